@@ -1,0 +1,114 @@
+"""lwfm-bus: a lightweight, event-driven workflow manager on NATS JetStream.
+
+Everything public is exported here; modules with a leading underscore are private.
+"""
+
+from __future__ import annotations
+
+from ._bus import DeadLetter, PublishAck, Subscription
+from ._client import Bus, connect
+from ._config import BusConfig, EmbeddedServerConfig, default_home, load_config
+from ._errors import (
+    BusClosedError,
+    ConfigError,
+    EventTooLargeError,
+    InvalidEventError,
+    InvalidTokenError,
+    JobError,
+    JobTimeoutError,
+    LwfmBusError,
+    PublishError,
+    ServerStartError,
+    SiteError,
+    TriggerError,
+    UnknownJobError,
+)
+from ._events import (
+    DataArrival,
+    DataEvent,
+    DecodeFailure,
+    Event,
+    EventData,
+    EventDecodeError,
+    JobStatus,
+    JobStatusEvent,
+    SiteHeartbeat,
+    SiteHeartbeatEvent,
+    SiteStatus,
+    TriggerCancelled,
+    TriggerCancelledEvent,
+    TriggerExpired,
+    TriggerExpiredEvent,
+    TriggerFailed,
+    TriggerFailedEvent,
+    TriggerFired,
+    TriggerFiredEvent,
+    TriggerRegistered,
+    TriggerRegisteredEvent,
+    decode_event,
+    encode_event,
+    make_event,
+    new_id,
+)
+from ._server import EmbeddedServer
+from ._states import JobState
+from ._subjects import check_token, data_filter, job_filter, workflow_filter
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Bus",
+    "BusClosedError",
+    "BusConfig",
+    "ConfigError",
+    "DataArrival",
+    "DataEvent",
+    "DeadLetter",
+    "DecodeFailure",
+    "EmbeddedServer",
+    "EmbeddedServerConfig",
+    "Event",
+    "EventData",
+    "EventDecodeError",
+    "EventTooLargeError",
+    "InvalidEventError",
+    "InvalidTokenError",
+    "JobError",
+    "JobState",
+    "JobStatus",
+    "JobStatusEvent",
+    "JobTimeoutError",
+    "LwfmBusError",
+    "PublishAck",
+    "PublishError",
+    "ServerStartError",
+    "SiteError",
+    "SiteHeartbeat",
+    "SiteHeartbeatEvent",
+    "SiteStatus",
+    "Subscription",
+    "TriggerCancelled",
+    "TriggerCancelledEvent",
+    "TriggerError",
+    "TriggerExpired",
+    "TriggerExpiredEvent",
+    "TriggerFailed",
+    "TriggerFailedEvent",
+    "TriggerFired",
+    "TriggerFiredEvent",
+    "TriggerRegistered",
+    "TriggerRegisteredEvent",
+    "UnknownJobError",
+    "__version__",
+    "check_token",
+    "connect",
+    "data_filter",
+    "decode_event",
+    "default_home",
+    "encode_event",
+    "job_filter",
+    "load_config",
+    "make_event",
+    "new_id",
+    "workflow_filter",
+]

@@ -1,0 +1,356 @@
+"""The event bus: publish typed events, subscribe to them, replay the stream.
+
+One JetStream stream (``LWFM``) captures ``lwfm.>`` on file storage with a duplicate
+window; everything else the system keeps is a projection of it.  Subscriptions are
+async iterators of typed events.  A message that cannot be decoded is never raised
+out of the loop: it is parked on ``lwfm-dlq.<reason>`` (stream ``LWFM_DLQ``) with the
+reason and the original bytes, counted, and iteration goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+
+from ._config import BusConfig
+from ._errors import BusClosedError, PublishError
+from ._events import Event, EventDecodeError, decode_event, encode_event
+from ._subjects import DLQ_ROOT, ROOT, dead_letter_subject
+
+__all__ = ["DLQ_STREAM", "STREAM", "BusStats", "DeadLetter", "EventBus", "PublishAck", "Subscription"]
+
+log = logging.getLogger("lwfm_bus.bus")
+
+STREAM = "LWFM"
+DLQ_STREAM = "LWFM_DLQ"
+_DLQ_MAX_AGE_S = 30 * 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class PublishAck:
+    """The server's receipt: where the event landed, and whether it was a duplicate."""
+
+    seq: int
+    duplicate: bool
+
+
+@dataclass(slots=True)
+class BusStats:
+    """Counters a long-running process can export; nothing here is needed for correctness."""
+
+    published: int = 0
+    duplicates: int = 0
+    delivered: int = 0
+    dead_lettered: int = 0
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+
+
+class EventBus:
+    """Typed events over one NATS connection.  Obtain one from :func:`lwfm_bus.connect`."""
+
+    def __init__(self, nc: NATS, config: BusConfig) -> None:
+        self._nc = nc
+        self._js: JetStreamContext = nc.jetstream(timeout=config.request_timeout_s)
+        self.config = config
+        self.stats = BusStats()
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def nats(self) -> NATS:
+        """The underlying nats-py connection, for what the bus does not wrap."""
+        return self._nc
+
+    @property
+    def jetstream(self) -> JetStreamContext:
+        return self._js
+
+    @property
+    def connected_url(self) -> str | None:
+        url = self._nc.connected_url
+        return url.geturl() if url else None
+
+    def _check_open(self) -> None:
+        if self._nc.is_closed:
+            raise BusClosedError("the bus connection is closed")
+
+    async def ensure_streams(self) -> None:
+        """Create the event and dead-letter streams, or bring their settings up to date.
+
+        Idempotent and safe to race: the server accepts an identical ``add`` twice.
+        """
+        await self._ensure(
+            StreamConfig(
+                name=STREAM,
+                description="lwfm-bus events: the source of truth",
+                subjects=[f"{ROOT}.>"],
+                storage=StorageType.FILE,
+                retention=RetentionPolicy.LIMITS,
+                discard=DiscardPolicy.OLD,
+                duplicate_window=self.config.dedup_window_s,
+                allow_direct=True,
+            )
+        )
+        await self._ensure(
+            StreamConfig(
+                name=DLQ_STREAM,
+                description="lwfm-bus dead letters: messages that were not valid events",
+                subjects=[f"{DLQ_ROOT}.>"],
+                storage=StorageType.FILE,
+                retention=RetentionPolicy.LIMITS,
+                max_age=_DLQ_MAX_AGE_S,
+                duplicate_window=self.config.dedup_window_s,
+            )
+        )
+
+    async def _ensure(self, wanted: StreamConfig) -> None:
+        assert wanted.name is not None
+        try:
+            info = await self._js.stream_info(wanted.name)
+        except nats.js.errors.NotFoundError:
+            await self._js.add_stream(wanted)
+            return
+        have = info.config
+        if (
+            sorted(have.subjects or []) != sorted(wanted.subjects or [])
+            or have.duplicate_window != wanted.duplicate_window
+            or (wanted.max_age is not None and have.max_age != wanted.max_age)
+        ):
+            log.info("updating stream %s to the current settings", wanted.name)
+            await self._js.update_stream(wanted)
+
+    # ------------------------------------------------------------------ publish
+
+    async def publish(self, event: Event) -> PublishAck:
+        """Publish one event and wait until the server has stored it.
+
+        The event id is sent as ``Nats-Msg-Id``, so publishing the same event again
+        within the duplicate window is acknowledged as a duplicate and not stored.
+        """
+        self._check_open()
+        subject = event.nats_subject()
+        payload = encode_event(event, self.config.max_event_bytes)
+        try:
+            ack = await self._js.publish(subject, payload, headers={"Nats-Msg-Id": event.id}, stream=STREAM)
+        except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+            raise PublishError(f"event {event.id} on {subject} was not acknowledged: {exc!r}") from exc
+        duplicate = bool(ack.duplicate)
+        self.stats.published += 1
+        self.stats.duplicates += duplicate
+        return PublishAck(seq=ack.seq, duplicate=duplicate)
+
+    # ------------------------------------------------------------------ subscribe
+
+    def subscribe(
+        self,
+        subject_filter: str = f"{ROOT}.>",
+        *,
+        start_seq: int | None = None,
+        start_time: datetime | None = None,
+        from_start: bool = False,
+        follow: bool = True,
+    ) -> Subscription:
+        """Typed events matching a NATS wildcard filter, as an async iterator.
+
+        By default only events published from now on are delivered.  ``start_seq``,
+        ``start_time`` or ``from_start`` replay history first.  ``follow=False`` ends
+        the iteration at the end of the stream as it was when the subscription began.
+        """
+        if sum(x is not None and x is not False for x in (start_seq, start_time, from_start)) > 1:
+            raise ValueError("choose at most one of start_seq, start_time and from_start")
+        cfg = ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
+        if start_seq is not None:
+            cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq)
+        elif start_time is not None:
+            if start_time.tzinfo is None:
+                raise ValueError("start_time must be timezone-aware")
+            cfg = ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_TIME,
+                opt_start_time=start_time,
+            )
+        elif from_start:
+            cfg = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+        return Subscription(self, subject_filter, cfg, follow=follow)
+
+    def replay(
+        self,
+        subject_filter: str = f"{ROOT}.>",
+        *,
+        start_seq: int | None = None,
+        start_time: datetime | None = None,
+        follow: bool = False,
+    ) -> Subscription:
+        """History from a sequence or a time (default: the beginning), ending at the present."""
+        return self.subscribe(
+            subject_filter,
+            start_seq=start_seq,
+            start_time=start_time,
+            from_start=start_seq is None and start_time is None,
+            follow=follow,
+        )
+
+    # ------------------------------------------------------------------ dead letters
+
+    async def dead_letter(self, msg: Msg, error: EventDecodeError) -> None:
+        """Park an undecodable message with its reason; never raises."""
+        self.stats.dead_lettered += 1
+        reasons = self.stats.dead_letter_reasons
+        reasons[error.reason.value] = reasons.get(error.reason.value, 0) + 1
+        headers = {
+            "Lwfm-Dlq-Reason": error.reason.value,
+            "Lwfm-Dlq-Error": _header_safe(str(error)),
+            "Lwfm-Dlq-Subject": _header_safe(msg.subject),
+        }
+        try:
+            meta = msg.metadata
+            headers["Lwfm-Dlq-Stream-Seq"] = str(meta.sequence.stream)
+            # Every subscriber that meets the message parks it under the same id, so the
+            # dead-letter stream keeps one copy however many subscribers there are.
+            headers["Nats-Msg-Id"] = f"dlq:{meta.stream}:{meta.sequence.stream}"
+        except (nats.errors.NotJSMessageError, ValueError, IndexError):
+            pass
+        log.warning("dead-lettered a message on %s: %s", msg.subject, error)
+        try:
+            await self._js.publish(dead_letter_subject(error.reason.value), msg.data, headers=headers)
+        except Exception as exc:  # noqa: BLE001 - parking is best effort; the counter already moved
+            log.error("could not dead-letter a message from %s: %r", msg.subject, exc)
+
+    def dead_letters(self, *, follow: bool = False) -> AsyncIterator[DeadLetter]:
+        """Iterate over parked messages (oldest first)."""
+        return _iter_dead_letters(self, follow)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that was not a valid event, with why."""
+
+    reason: str
+    error: str
+    subject: str
+    data: bytes
+    seq: int
+
+
+async def _iter_dead_letters(bus: EventBus, follow: bool) -> AsyncIterator[DeadLetter]:
+    js = bus.jetstream
+    info = await js.stream_info(DLQ_STREAM)
+    last = info.state.last_seq
+    if not follow and info.state.messages == 0:
+        return
+    sub = await js.subscribe(
+        f"{DLQ_ROOT}.>",
+        stream=DLQ_STREAM,
+        ordered_consumer=True,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+    )
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=None)
+            hdrs = msg.headers or {}
+            seq = msg.metadata.sequence.stream
+            yield DeadLetter(
+                reason=hdrs.get("Lwfm-Dlq-Reason", ""),
+                error=hdrs.get("Lwfm-Dlq-Error", ""),
+                subject=hdrs.get("Lwfm-Dlq-Subject", ""),
+                data=msg.data,
+                seq=seq,
+            )
+            if not follow and seq >= last:
+                return
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+def _header_safe(text: str, limit: int = 1024) -> str:
+    """Header values must be one line."""
+    return " ".join(text.split())[:limit]
+
+
+class Subscription:
+    """An async iterator of typed events; use it with ``async with``.
+
+    ``last_seq`` is the stream sequence of the last event yielded, so a projection
+    can remember where to resume.
+    """
+
+    def __init__(self, bus: EventBus, subject_filter: str, config: ConsumerConfig, *, follow: bool) -> None:
+        self._bus = bus
+        self._filter = subject_filter
+        self._config = config
+        self._follow = follow
+        self._sub: JetStreamContext.PushSubscription | None = None
+        self._done = False
+        self.last_seq = 0
+        self.dead_lettered = 0
+
+    async def __aenter__(self) -> Subscription:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        self._bus._check_open()
+        stream = DLQ_STREAM if self._filter.startswith(DLQ_ROOT) else STREAM
+        self._sub = await self._bus.jetstream.subscribe(
+            self._filter, stream=stream, ordered_consumer=True, config=self._config
+        )
+        if not self._follow:
+            # Nothing pending and nothing already pushed to us: the history is empty.
+            info = await self._sub.consumer_info()
+            delivered = info.delivered.consumer_seq if info.delivered else 0
+            self._done = info.num_pending == 0 and not delivered
+
+    async def close(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+                await sub.unsubscribe()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        while True:
+            if self._done:
+                raise StopAsyncIteration
+            if self._sub is None:
+                await self.open()
+                continue
+            try:
+                msg = await self._sub.next_msg(timeout=None)
+            except nats.errors.ConnectionClosedError:
+                raise BusClosedError("the bus connection closed during iteration") from None
+            meta = msg.metadata
+            self.last_seq = meta.sequence.stream
+            if not self._follow and meta.num_pending == 0:
+                self._done = True
+            try:
+                event = decode_event(msg.data, self._bus.config.max_event_bytes)
+            except EventDecodeError as err:
+                self.dead_lettered += 1
+                await self._bus.dead_letter(msg, err)
+                continue
+            self._bus.stats.delivered += 1
+            return event
+
+    async def next(self, timeout: float | None = None) -> Event:
+        """The next event, or :class:`TimeoutError` after ``timeout`` seconds."""
+        return await asyncio.wait_for(self.__anext__(), timeout)

@@ -1,0 +1,177 @@
+"""Reaching a bus: an external NATS deployment, a running embedded server, or a new one.
+
+On a laptop several processes share one embedded server: the one that starts it
+records its URL in ``<home>/server.json`` and holds ``<home>/server.lock`` for its
+life, so others find it, and a stale record (its owner died) is recognised because
+the lock is free.  Start-up itself is serialised by ``<home>/start.lock``, so two
+processes racing to start the server end up sharing one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+import nats
+import nats.errors
+from nats.aio.client import Client as NATS
+
+from ._bus import EventBus
+from ._config import BusConfig
+from ._errors import ConfigError, LwfmBusError
+from ._server import EmbeddedServer
+
+__all__ = ["open_event_bus", "running_server_url", "serve_embedded"]
+
+log = logging.getLogger("lwfm_bus.connect")
+
+try:  # POSIX: advisory locks.  Elsewhere the embedded server is simply not shared.
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+
+def _try_lock(handle: IO[str], blocking: bool) -> bool:
+    if fcntl is None:  # pragma: no cover
+        return True
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _record_path(home: Path) -> Path:
+    return home / "server.json"
+
+
+def running_server_url(home: Path) -> str | None:
+    """URL of the embedded server another process runs for this home, if it is alive."""
+    home.mkdir(parents=True, exist_ok=True)
+    record = _record_path(home)
+    if not record.exists():
+        return None
+    with open(home / "server.lock", "a+") as probe:
+        if _try_lock(probe, blocking=False):
+            return None  # nobody holds the lock: the record is stale
+    try:
+        return str(json.loads(record.read_text())["url"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+@contextlib.asynccontextmanager
+async def serve_embedded(config: BusConfig) -> AsyncIterator[EmbeddedServer]:
+    """Start the embedded server for ``config.home`` and advertise it until exit."""
+    home = config.home
+    home.mkdir(parents=True, exist_ok=True)
+    owner = open(home / "server.lock", "a+")  # noqa: SIM115, ASYNC230 - held for the server's life
+    try:
+        if not _try_lock(owner, blocking=False):
+            raise ConfigError(f"an embedded server for {home} is already running at {running_server_url(home)}")
+        async with EmbeddedServer(config.embedded, config.store_dir(), name=f"lwfm-{config.site}") as server:
+            record = _record_path(home)
+            tmp = record.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"url": server.url, "pid": server.pid, "owner_pid": os.getpid()}))
+            tmp.replace(record)
+            try:
+                yield server
+            finally:
+                with contextlib.suppress(OSError):
+                    record.unlink()
+    finally:
+        owner.close()
+
+
+def _tls_context(config: BusConfig) -> ssl.SSLContext | None:
+    if not (config.tls_ca_file or config.tls_cert_file):
+        return None
+    ctx = ssl.create_default_context(cafile=str(config.tls_ca_file) if config.tls_ca_file else None)
+    if config.tls_cert_file:
+        if not config.tls_key_file:
+            raise ConfigError("tls_cert_file is set but tls_key_file is not")
+        ctx.load_cert_chain(str(config.tls_cert_file), str(config.tls_key_file))
+    return ctx
+
+
+async def _nats_connect(servers: list[str], config: BusConfig, name: str) -> NATS:
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats: %r", exc)
+
+    async def on_disconnect() -> None:
+        log.warning("nats: disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats: reconnected")
+
+    options: dict[str, Any] = {
+        "servers": servers,
+        "name": name,
+        "connect_timeout": config.connect_timeout_s,
+        "max_reconnect_attempts": -1,
+        "error_cb": on_error,
+        "disconnected_cb": on_disconnect,
+        "reconnected_cb": on_reconnect,
+    }
+    if config.user:
+        options["user"] = config.user
+    if config.password:
+        options["password"] = config.password.get_secret_value()
+    if config.token:
+        options["token"] = config.token.get_secret_value()
+    if config.creds_file:
+        options["user_credentials"] = str(config.creds_file)
+    tls = _tls_context(config)
+    if tls is not None:
+        options["tls"] = tls
+    try:
+        return await nats.connect(**options)
+    except (nats.errors.Error, OSError, TimeoutError) as exc:
+        # Never echo the options: they may hold secrets.
+        raise LwfmBusError(f"cannot connect to NATS at {', '.join(servers)}: {exc!r}") from exc
+
+
+@contextlib.asynccontextmanager
+async def open_event_bus(
+    config: BusConfig, *, name: str = "lwfm-bus", bus_class: type[EventBus] = EventBus
+) -> AsyncIterator[EventBus]:
+    """Connect (starting the embedded server if needed), ensure the streams, yield the bus."""
+    async with contextlib.AsyncExitStack() as stack:
+        if config.servers:
+            servers = list(config.servers)
+        else:
+            servers = await _embedded_servers(config, stack)
+        nc = await _nats_connect(servers, config, name)
+        stack.push_async_callback(_close, nc)
+        bus = bus_class(nc, config)
+        await bus.ensure_streams()
+        yield bus
+
+
+async def _embedded_servers(config: BusConfig, stack: contextlib.AsyncExitStack) -> list[str]:
+    home = config.home
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "start.lock", "a+") as start:  # noqa: ASYNC230 - a lock file, never read
+        await anyio.to_thread.run_sync(_try_lock, start, True)
+        url = running_server_url(home)
+        if url is None:
+            server = await stack.enter_async_context(serve_embedded(config))
+            url = server.url
+    return [url]
+
+
+async def _close(nc: NATS) -> None:
+    if nc.is_closed:
+        return
+    try:
+        with anyio.fail_after(5):
+            await nc.drain()
+    except (TimeoutError, nats.errors.Error):
+        await nc.close()

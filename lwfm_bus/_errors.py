@@ -1,0 +1,98 @@
+"""The exception tree of lwfm-bus.
+
+Every error the library raises on purpose derives from :class:`LwfmBusError`, so a
+caller can catch one class.  Where a builtin says the same thing, the subclass mixes
+it in, so ``except ValueError`` keeps working for code that does not know us::
+
+    LwfmBusError
+    ├── ConfigError (ValueError)          bad settings, bad site file, bad option
+    ├── ServerStartError (RuntimeError)   the embedded nats-server did not come up
+    ├── BusClosedError (RuntimeError)     the bus was used after it was closed
+    ├── InvalidEventError (ValueError)    an event failed validation, on the way in or out
+    │   ├── InvalidTokenError             a subject token from a user is unusable
+    │   └── EventTooLargeError            an encoded event exceeds the size limit
+    ├── PublishError (RuntimeError)       the server did not acknowledge an event
+    ├── JobError                          a job could not be submitted / found / cancelled
+    │   ├── UnknownJobError (LookupError)
+    │   └── JobTimeoutError (TimeoutError)
+    ├── SiteError (RuntimeError)          a site adapter failed or is unknown
+    └── TriggerError (ValueError)         a trigger definition is rejected
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BusClosedError",
+    "ConfigError",
+    "EventTooLargeError",
+    "InvalidEventError",
+    "InvalidTokenError",
+    "JobError",
+    "JobTimeoutError",
+    "LwfmBusError",
+    "PublishError",
+    "ServerStartError",
+    "SiteError",
+    "TriggerError",
+    "UnknownJobError",
+]
+
+
+class LwfmBusError(Exception):
+    """Root of every error lwfm-bus raises on purpose."""
+
+
+class ConfigError(LwfmBusError, ValueError):
+    """Settings that cannot work: the message names the file and key where there is one."""
+
+
+class ServerStartError(LwfmBusError, RuntimeError):
+    """The embedded nats-server failed to start.
+
+    ``log`` holds the server's own fatal lines, because its words are the diagnosis.
+    """
+
+    def __init__(self, message: str, log: list[str] | None = None) -> None:
+        self.log = list(log or [])
+        detail = "\n".join(self.log)
+        super().__init__(f"{message}\n{detail}" if detail else message)
+
+
+class BusClosedError(LwfmBusError, RuntimeError):
+    """The bus connection is closed; open a new one with ``connect()``."""
+
+
+class InvalidEventError(LwfmBusError, ValueError):
+    """An event does not satisfy its schema."""
+
+
+class InvalidTokenError(InvalidEventError):
+    """A user-supplied subject token contains ``.``, ``*``, ``>``, whitespace, or is empty."""
+
+
+class EventTooLargeError(InvalidEventError):
+    """An encoded event is larger than the bus accepts."""
+
+
+class PublishError(LwfmBusError, RuntimeError):
+    """The server did not durably accept an event."""
+
+
+class JobError(LwfmBusError):
+    """A job could not be submitted, found or cancelled."""
+
+
+class UnknownJobError(JobError, LookupError):
+    """No job with this id is known to the bus."""
+
+
+class JobTimeoutError(JobError, TimeoutError):
+    """A job did not reach the awaited state in time."""
+
+
+class SiteError(LwfmBusError, RuntimeError):
+    """A site adapter is unknown, broken, or failed an operation."""
+
+
+class TriggerError(LwfmBusError, ValueError):
+    """A trigger definition was rejected; the message names the field."""

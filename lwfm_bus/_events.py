@@ -1,0 +1,408 @@
+"""Typed events in a CloudEvents 1.0 structured-JSON envelope.
+
+Every fact the system learns is one of these immutable models.  On the wire an event
+is the CloudEvents JSON object itself; its ``type`` is the discriminator that picks
+the model, so one :data:`decode_event` call turns any bytes from the bus into the
+right class -- or into an :class:`InvalidEventError` that says why not.
+
+The envelope ``id`` doubles as the JetStream ``Nats-Msg-Id``: publishing the same
+event twice is dropped by the server, and an imported event is recognised.
+``schemaversion`` (a CloudEvents extension attribute) is bumped when a payload changes
+incompatibly, so old and new producers can share a stream.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal, TypeAlias
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
+
+from ._errors import EventTooLargeError, InvalidEventError
+from ._meta import Metadata
+from ._states import JobState
+from ._subjects import Token, subject_for
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "DataArrival",
+    "DataEvent",
+    "DecodeFailure",
+    "Event",
+    "EventData",
+    "EventDecodeError",
+    "JobStatus",
+    "JobStatusEvent",
+    "SiteHeartbeat",
+    "SiteHeartbeatEvent",
+    "SiteStatus",
+    "TriggerCancelled",
+    "TriggerCancelledEvent",
+    "TriggerExpired",
+    "TriggerExpiredEvent",
+    "TriggerFailed",
+    "TriggerFailedEvent",
+    "TriggerFired",
+    "TriggerFiredEvent",
+    "TriggerRegistered",
+    "TriggerRegisteredEvent",
+    "decode_event",
+    "encode_event",
+    "event_adapter",
+    "event_classes",
+    "make_event",
+    "new_id",
+]
+
+SCHEMA_VERSION = 1
+
+EventId = Annotated[str, StringConstraints(pattern=r"^[!-~]{1,200}$")]
+"""Printable ASCII without spaces: it is also sent as a NATS header value."""
+
+ShortText = Annotated[str, StringConstraints(max_length=4096)]
+
+
+def new_id() -> str:
+    """A fresh, collision-free event id."""
+    return uuid.uuid4().hex
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --------------------------------------------------------------------------- payloads
+
+
+class JobStatus(_Model):
+    """A job reached a canonical state (``INFO`` carries progress while running)."""
+
+    job_id: Token = Field(description="The bus-wide job id.")
+    site: Token = Field(description="Site the job runs on.")
+    state: JobState = Field(description="Canonical lwfm state.")
+    workflow_id: Token | None = Field(default=None, description="Workflow the job belongs to.")
+    name: ShortText | None = Field(default=None, description="Human-readable job name.")
+    native_id: ShortText | None = Field(default=None, description="The site's own id (pid, Slurm job id).")
+    native_state: ShortText | None = Field(default=None, description="The site's own state word, unmapped.")
+    native_info: ShortText | None = Field(default=None, description="The site's own explanation.")
+    info: ShortText | None = Field(default=None, description="Free text from the job or the adapter.")
+    exit_code: int | None = Field(default=None, description="Process exit code, when one exists.")
+    parent_ids: tuple[Token, ...] = Field(default=(), description="Jobs whose completion started this one.")
+
+
+class DataArrival(_Model):
+    """Data with metadata appeared at a location (written by a job or notated by a user)."""
+
+    data_id: Token = Field(description="Id of this data record.")
+    site: Token = Field(description="Site where the bytes live.")
+    location: Annotated[str, StringConstraints(min_length=1, max_length=4096)] = Field(
+        description="Path on the site, or a URL."
+    )
+    metadata: Metadata = Field(default_factory=dict, description="User metadata, typed and bounded.")
+    size: NonNegativeInt | None = Field(default=None, description="Bytes, when known.")
+    checksum: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]+:[0-9a-f]{16,128}$")] | None = Field(
+        default=None, description="'<algorithm>:<hex digest>', when the bytes were local."
+    )
+    job_id: Token | None = Field(default=None, description="Job that produced or recorded the data.")
+    workflow_id: Token | None = Field(default=None, description="Workflow of that job.")
+
+
+class _TriggerPayload(_Model):
+    trigger_id: Token = Field(description="Id of the trigger.")
+    site: Token = Field(description="Site of the engine or registrar that speaks.")
+    workflow_id: Token | None = Field(default=None, description="Workflow the trigger belongs to.")
+
+
+class TriggerRegistered(_TriggerPayload):
+    """A trigger was accepted; ``definition`` is its full, validated definition."""
+
+    kind: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")] = Field(
+        description="Trigger kind (job-status, join, data-flow ...)."
+    )
+    definition: dict[str, Any] = Field(description="The trigger as registered.")
+
+
+class TriggerFired(_TriggerPayload):
+    """A trigger's condition held and its downstream job was dispatched."""
+
+    firing_key: Annotated[str, StringConstraints(min_length=1, max_length=512)] = Field(
+        description="Deterministic key of this firing; claimed once in the server."
+    )
+    downstream_job_id: Token | None = Field(default=None, description="The job that was submitted.")
+    parent_job_ids: tuple[Token, ...] = Field(default=(), description="Upstream jobs that caused the firing.")
+    cause_event_ids: tuple[EventId, ...] = Field(default=(), description="Events that completed the condition.")
+
+
+class TriggerExpired(_TriggerPayload):
+    """A trigger's ``within`` window passed before its condition held."""
+
+    reason: ShortText = Field(description="Why it expired.")
+    fallback_job_id: Token | None = Field(default=None, description="The fallback job started, if any.")
+
+
+class TriggerFailed(_TriggerPayload):
+    """Dispatch failed for good after bounded retries."""
+
+    reason: ShortText = Field(description="The last error.")
+    attempts: NonNegativeInt = Field(default=0, description="How many dispatches were tried.")
+    firing_key: Annotated[str, StringConstraints(max_length=512)] | None = Field(
+        default=None, description="The firing that failed, if one was claimed."
+    )
+
+
+class TriggerCancelled(_TriggerPayload):
+    """A trigger was withdrawn before it fired."""
+
+    reason: ShortText | None = Field(default=None, description="Why, if given.")
+
+
+class SiteStatus(StrEnum):
+    UP = "UP"
+    DEGRADED = "DEGRADED"
+    DOWN = "DOWN"
+
+
+class SiteHeartbeat(_Model):
+    """A site adapter is alive (or says it is going away)."""
+
+    site: Token = Field(description="The site.")
+    adapter: Annotated[str, StringConstraints(max_length=128)] = Field(description="Adapter name.")
+    status: SiteStatus = Field(default=SiteStatus.UP, description="Health as the adapter sees it.")
+    interval_s: float | None = Field(default=None, gt=0, description="Seconds until the next heartbeat.")
+    info: ShortText | None = Field(default=None, description="Free text.")
+
+
+EventData: TypeAlias = (
+    JobStatus
+    | DataArrival
+    | TriggerRegistered
+    | TriggerFired
+    | TriggerExpired
+    | TriggerFailed
+    | TriggerCancelled
+    | SiteHeartbeat
+)
+
+# --------------------------------------------------------------------------- envelopes
+
+
+class _Envelope(_Model):
+    """CloudEvents 1.0 attributes shared by every event."""
+
+    specversion: Literal["1.0"] = "1.0"
+    id: EventId = Field(default_factory=new_id, description="Unique id; also the JetStream Nats-Msg-Id.")
+    source: Annotated[str, StringConstraints(min_length=1, max_length=1024)] = Field(
+        description="URI-reference of the producer, e.g. /sites/local/engine."
+    )
+    time: AwareDatetime = Field(default_factory=_now, description="When the fact happened.")
+    subject: Annotated[str, StringConstraints(max_length=256)] | None = Field(
+        default=None, description="The entity the event is about (job, data or trigger id)."
+    )
+    datacontenttype: Literal["application/json"] = "application/json"
+    schemaversion: Literal[1] = Field(default=1, description="lwfm-bus payload schema version.")
+    traceparent: Annotated[str, StringConstraints(max_length=128)] | None = Field(
+        default=None, description="W3C trace context, passed through untouched."
+    )
+
+    kind: ClassVar[str]
+
+    def nats_subject(self) -> str:
+        """The NATS subject this event is published on (see :mod:`._subjects`)."""
+        raise NotImplementedError
+
+
+class JobStatusEvent(_Envelope):
+    type: Literal["lwfm.job.status"] = "lwfm.job.status"
+    data: JobStatus
+    kind: ClassVar[str] = "job"
+
+    def nats_subject(self) -> str:
+        d = self.data
+        return subject_for(d.site, "job", d.workflow_id, d.job_id, d.state.value)
+
+
+class DataEvent(_Envelope):
+    type: Literal["lwfm.data.arrived"] = "lwfm.data.arrived"
+    data: DataArrival
+    kind: ClassVar[str] = "data"
+
+    def nats_subject(self) -> str:
+        d = self.data
+        return subject_for(d.site, "data", d.workflow_id, d.job_id, "arrived")
+
+
+class _TriggerEnvelope(_Envelope):
+    kind: ClassVar[str] = "trigger"
+    detail: ClassVar[str]
+    data: _TriggerPayload
+
+    def nats_subject(self) -> str:
+        d = self.data
+        return subject_for(d.site, "trigger", d.workflow_id, d.trigger_id, self.detail)
+
+
+class TriggerRegisteredEvent(_TriggerEnvelope):
+    type: Literal["lwfm.trigger.registered"] = "lwfm.trigger.registered"
+    data: TriggerRegistered
+    detail: ClassVar[str] = "registered"
+
+
+class TriggerFiredEvent(_TriggerEnvelope):
+    type: Literal["lwfm.trigger.fired"] = "lwfm.trigger.fired"
+    data: TriggerFired
+    detail: ClassVar[str] = "fired"
+
+
+class TriggerExpiredEvent(_TriggerEnvelope):
+    type: Literal["lwfm.trigger.expired"] = "lwfm.trigger.expired"
+    data: TriggerExpired
+    detail: ClassVar[str] = "expired"
+
+
+class TriggerFailedEvent(_TriggerEnvelope):
+    type: Literal["lwfm.trigger.failed"] = "lwfm.trigger.failed"
+    data: TriggerFailed
+    detail: ClassVar[str] = "failed"
+
+
+class TriggerCancelledEvent(_TriggerEnvelope):
+    type: Literal["lwfm.trigger.cancelled"] = "lwfm.trigger.cancelled"
+    data: TriggerCancelled
+    detail: ClassVar[str] = "cancelled"
+
+
+class SiteHeartbeatEvent(_Envelope):
+    type: Literal["lwfm.site.heartbeat"] = "lwfm.site.heartbeat"
+    data: SiteHeartbeat
+    kind: ClassVar[str] = "site"
+
+    def nats_subject(self) -> str:
+        return subject_for(self.data.site, "site", None, None, "heartbeat")
+
+
+Event: TypeAlias = Annotated[
+    JobStatusEvent
+    | DataEvent
+    | TriggerRegisteredEvent
+    | TriggerFiredEvent
+    | TriggerExpiredEvent
+    | TriggerFailedEvent
+    | TriggerCancelledEvent
+    | SiteHeartbeatEvent,
+    Field(discriminator="type"),
+]
+"""Any lwfm-bus event; ``type`` selects the model."""
+
+_EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+_CLASSES: tuple[type[_Envelope], ...] = (
+    JobStatusEvent,
+    DataEvent,
+    TriggerRegisteredEvent,
+    TriggerFiredEvent,
+    TriggerExpiredEvent,
+    TriggerFailedEvent,
+    TriggerCancelledEvent,
+    SiteHeartbeatEvent,
+)
+_BY_PAYLOAD: dict[object, type[_Envelope]] = {cls.model_fields["data"].annotation: cls for cls in _CLASSES}
+
+
+def event_classes() -> tuple[type[_Envelope], ...]:
+    """Every event model, in a stable order (used to generate ``schemas/``)."""
+    return _CLASSES
+
+
+def event_adapter() -> TypeAdapter[Event]:
+    """The one decoder for the union of all events."""
+    return _EVENT_ADAPTER
+
+
+def make_event(data: EventData, *, source: str, **envelope: Any) -> Event:
+    """Wrap a payload in the right envelope; ``subject`` defaults to the entity id."""
+    cls = _BY_PAYLOAD[type(data)]
+    if "subject" not in envelope:
+        envelope["subject"] = _entity_of(data)
+    event: Event = _EVENT_ADAPTER.validate_python(
+        {"type": cls.model_fields["type"].default, "source": source, "data": data, **envelope}
+    )
+    return event
+
+
+def _entity_of(data: EventData) -> str | None:
+    if isinstance(data, JobStatus):
+        return data.job_id
+    if isinstance(data, DataArrival):
+        return data.data_id
+    if isinstance(data, SiteHeartbeat):
+        return data.site
+    return data.trigger_id
+
+
+class DecodeFailure(StrEnum):
+    """Why bytes from the wire are not an event; also the dead-letter subject token."""
+
+    TOO_LARGE = "too-large"
+    NOT_JSON = "not-json"
+    UNKNOWN_TYPE = "unknown-type"
+    INVALID = "invalid"
+
+
+class EventDecodeError(InvalidEventError):
+    """Bytes that are not a valid event; ``reason`` classifies the failure."""
+
+    def __init__(self, reason: DecodeFailure, message: str) -> None:
+        self.reason = reason
+        super().__init__(f"{reason.value}: {message}")
+
+
+def encode_event(event: Event, max_bytes: int | None = None) -> bytes:
+    """Serialise to CloudEvents structured JSON, refusing oversize events up front."""
+    raw = event.model_dump_json(exclude_none=True).encode()
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise EventTooLargeError(f"event {event.id} is {len(raw)} bytes; the bus accepts at most {max_bytes}")
+    return raw
+
+
+def decode_event(raw: bytes, max_bytes: int | None = None) -> Event:
+    """Parse and validate bytes from the wire, or raise :class:`EventDecodeError`."""
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise EventDecodeError(DecodeFailure.TOO_LARGE, f"{len(raw)} bytes exceeds the limit of {max_bytes}")
+    try:
+        return _EVENT_ADAPTER.validate_json(raw)
+    except ValidationError as exc:
+        kinds = {e["type"] for e in exc.errors()}
+        if "json_invalid" in kinds or "json_type" in kinds:
+            reason = DecodeFailure.NOT_JSON
+        elif kinds & {"union_tag_invalid", "union_tag_not_found", "model_attributes_type", "model_type"}:
+            reason = DecodeFailure.UNKNOWN_TYPE
+        else:
+            reason = DecodeFailure.INVALID
+        raise EventDecodeError(reason, _summarise(exc)) from None
+
+
+def _summarise(exc: ValidationError, limit: int = 5) -> str:
+    """A short, log-safe summary: field paths and messages, never the input values."""
+    parts = []
+    for err in exc.errors(include_input=False, include_url=False)[:limit]:
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        parts.append(f"{loc}: {err['msg']}")
+    more = exc.error_count() - limit
+    if more > 0:
+        parts.append(f"... and {more} more")
+    return "; ".join(parts)

@@ -1,0 +1,105 @@
+"""The subject hierarchy: where every event lives on NATS.
+
+All events share one shape so that an outsider can filter by position alone::
+
+    lwfm.<site>.<kind>.<workflow>.<entity>.<detail>
+
+=========  ===========  =====================  ============================
+kind       entity       detail                 example
+=========  ===========  =====================  ============================
+job        job id       canonical state        ``lwfm.hpc1.job.wf1.j42.FAILED``
+data       producer job ``arrived``            ``lwfm.hpc1.data.wf1.j42.arrived``
+trigger    trigger id   registered/fired/...   ``lwfm.local.trigger.wf1.t7.fired``
+site       ``_``        ``heartbeat``          ``lwfm.hpc1.site._._.heartbeat``
+=========  ===========  =====================  ============================
+
+A missing workflow or job is written ``_``.  Because the workflow is always the 4th
+token and the entity the 5th, ``lwfm.*.*.wf1.>`` is every event of workflow ``wf1``.
+
+Dead letters live outside the stream's ``lwfm.>`` capture, under ``lwfm-dlq.<reason>``,
+so a poisoned message can never be consumed twice by the engine.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import StringConstraints
+
+from ._errors import InvalidTokenError
+
+__all__ = [
+    "DLQ_ROOT",
+    "NONE_TOKEN",
+    "ROOT",
+    "Token",
+    "check_token",
+    "data_filter",
+    "dead_letter_subject",
+    "job_filter",
+    "subject_for",
+    "workflow_filter",
+]
+
+ROOT = "lwfm"
+DLQ_ROOT = "lwfm-dlq"
+NONE_TOKEN = "_"  # noqa: S105 - a placeholder token, not a secret
+
+# Tokens are a conservative character set: any tool, in any language, can put them
+# in a subject, a file name and a URL without quoting.
+_TOKEN = re.compile(r"^[A-Za-z0-9_\-:@+=~^]{1,128}$")
+
+Token = Annotated[str, StringConstraints(pattern=_TOKEN.pattern)]
+"""A string usable as one subject token (site names, job, workflow and trigger ids)."""
+
+
+def check_token(value: str, what: str = "token") -> str:
+    """Return ``value`` if it is usable as one subject token, else raise.
+
+    Rejected: empty, longer than 128 characters, or containing anything outside
+    ``A-Z a-z 0-9 _ - : @ + = ~ ^`` -- in particular ``.``, ``*``, ``>`` and whitespace,
+    which would change the meaning of a subject or of a wildcard filter.
+    """
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
+        raise InvalidTokenError(
+            f"invalid {what} {value!r}: use 1-128 characters of letters, digits and _-:@+=~^ "
+            "(no '.', '*', '>' or whitespace)"
+        )
+    return value
+
+
+def subject_for(site: str, kind: str, workflow: str | None, entity: str | None, detail: str) -> str:
+    """Build the subject of one event, validating every token."""
+    return ".".join(
+        (
+            ROOT,
+            check_token(site, "site name"),
+            kind,
+            check_token(workflow or NONE_TOKEN, "workflow id"),
+            check_token(entity or NONE_TOKEN, "entity id"),
+            check_token(detail, "subject detail"),
+        )
+    )
+
+
+def workflow_filter(workflow: str) -> str:
+    """Every event of one workflow, on any site."""
+    return f"{ROOT}.*.*.{check_token(workflow, 'workflow id')}.>"
+
+
+def job_filter(job_id: str) -> str:
+    """Every event about or produced by one job (status and data), on any site."""
+    return f"{ROOT}.*.*.*.{check_token(job_id, 'job id')}.*"
+
+
+def data_filter(site: str = "*") -> str:
+    """Every data arrival of one site (``*`` for all sites)."""
+    if site != "*":
+        check_token(site, "site name")
+    return f"{ROOT}.{site}.data.>"
+
+
+def dead_letter_subject(reason: str) -> str:
+    """Where a message that could not be decoded is parked, by reason."""
+    return f"{DLQ_ROOT}.{check_token(reason, 'reason')}"

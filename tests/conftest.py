@@ -1,0 +1,1 @@
+pytest_plugins = ["lwfm_bus.testing.pytest_plugin"]
