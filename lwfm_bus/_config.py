@@ -100,7 +100,7 @@ class BusConfig(_Frozen):
 _ENV = "LWFM_BUS_"
 
 
-def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> BusConfig:
+def load_config(env: Mapping[str, str] | None = None, overrides: Mapping[str, object] | None = None) -> BusConfig:
     """Build a :class:`BusConfig` from ``LWFM_BUS_*`` variables plus explicit overrides.
 
     ``LWFM_BUS_URL`` (comma-separated), ``_USER``, ``_PASSWORD``, ``_TOKEN``, ``_CREDS``,
@@ -136,7 +136,7 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: object) -> Bu
         embedded["port"] = env[_ENV + "PORT"]
     if embedded:
         values["embedded"] = embedded
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return BusConfig.model_validate(values)
     except ValueError as exc:

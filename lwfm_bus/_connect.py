@@ -106,7 +106,7 @@ async def _nats_connect(servers: list[str], config: BusConfig, name: str) -> NAT
         log.warning("nats: %r", exc)
 
     async def on_disconnect() -> None:
-        log.warning("nats: disconnected")
+        log.info("nats: disconnected")
 
     async def on_reconnect() -> None:
         log.info("nats: reconnected")

@@ -1,0 +1,67 @@
+"""``lwfm-bus events``: tail the bus, for people (one line each) or machines (``--json``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from typing import Any
+
+from .._client import connect
+from .._config import BusConfig
+from .._events import DataEvent, Event, JobStatusEvent, SiteHeartbeatEvent, encode_event
+from .._subjects import ROOT
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("events", help="show events live (and optionally history first)")
+    p.add_argument("filter", nargs="?", default=f"{ROOT}.>", help="NATS subject filter (default: lwfm.>)")
+    p.add_argument("--json", action="store_true", help="one CloudEvents JSON object per line")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--all", action="store_true", help="replay the whole history first")
+    start.add_argument("--since-seq", type=int, metavar="SEQ", help="replay from this stream sequence")
+    start.add_argument(
+        "--since", type=datetime.fromisoformat, metavar="TIME", help="replay from this ISO-8601 time (with timezone)"
+    )
+    p.add_argument("--no-follow", action="store_true", help="stop at the end of the history")
+    p.set_defaults(func=run)
+
+
+def describe(event: Event) -> str:
+    """A one-line summary for people."""
+    if isinstance(event, JobStatusEvent):
+        d = event.data
+        extra = f" exit={d.exit_code}" if d.exit_code is not None else ""
+        info = f" {d.info}" if d.info else ""
+        return f"job {d.job_id} {d.state.value}{extra} on {d.site}{info}"
+    if isinstance(event, DataEvent):
+        d2 = event.data
+        meta = " ".join(f"{k}={v}" for k, v in d2.metadata.items())
+        return f"data {d2.location} on {d2.site} {meta}".rstrip()
+    if isinstance(event, SiteHeartbeatEvent):
+        return f"site {event.data.site} {event.data.status.value} ({event.data.adapter})"
+    return f"{event.type.removeprefix('lwfm.')} {event.subject}"
+
+
+async def run(args: argparse.Namespace, config: BusConfig) -> int:
+    if args.since is not None and args.since.tzinfo is None:
+        print("lwfm-bus: error: --since needs a timezone, e.g. 2026-01-01T00:00:00+00:00", file=sys.stderr)
+        return 2
+    async with connect(config, name="lwfm-bus events") as bus:
+        sub = bus.subscribe(
+            args.filter,
+            start_seq=args.since_seq,
+            start_time=args.since,
+            from_start=args.all,
+            follow=not args.no_follow,
+        )
+        async with sub:
+            print(f"lwfm-bus: listening on {args.filter} at {bus.connected_url}", file=sys.stderr, flush=True)
+            async for event in sub:
+                if args.json:
+                    sys.stdout.write(encode_event(event).decode() + "\n")
+                else:
+                    stamp = event.time.astimezone().strftime("%H:%M:%S.%f")[:-3]
+                    sys.stdout.write(f"{stamp} {sub.last_seq:>6} {describe(event)}\n")
+                sys.stdout.flush()
+    return 0

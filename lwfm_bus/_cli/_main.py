@@ -1,0 +1,83 @@
+"""Argument parsing and the run loop shared by every subcommand.
+
+Each subcommand module exposes ``register(subparsers)`` and sets ``func`` on its
+parser to an ``async def (args, config) -> int``.  Errors we raise on purpose become
+one clear line on stderr and exit code 2; Ctrl-C and SIGTERM stop cleanly (130/143).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+from .._config import BusConfig, load_config
+from .._errors import LwfmBusError
+from . import _demo, _events, _schemas, _server
+
+Command = Callable[[argparse.Namespace, BusConfig], Awaitable[int]]
+
+_MODULES = (_server, _events, _demo, _schemas)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lwfm-bus",
+        description="Lightweight event-driven workflow manager on NATS JetStream.",
+    )
+    parser.add_argument("--home", type=Path, help="state directory (default: per-user; env LWFM_BUS_HOME)")
+    parser.add_argument("--url", help="NATS server URL(s), comma-separated (default: embedded; env LWFM_BUS_URL)")
+    parser.add_argument("--site", help="site this process speaks for (default: local; env LWFM_BUS_SITE)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in _MODULES:
+        module.register(sub)
+    return parser
+
+
+def _config(args: argparse.Namespace) -> BusConfig:
+    overrides: dict[str, object] = {"home": args.home, "site": args.site}
+    if args.url:
+        overrides["servers"] = tuple(u.strip() for u in args.url.split(",") if u.strip())
+    return load_config(overrides=overrides)
+
+
+async def _run(func: Command, args: argparse.Namespace, config: BusConfig) -> int:
+    # SIGTERM ends the command the way Ctrl-C does: by cancelling it, so every
+    # ``async with`` below unwinds and child servers are stopped.
+    task = asyncio.current_task()
+    terminated = False
+
+    def on_sigterm() -> None:
+        nonlocal terminated
+        terminated = True
+        if task is not None:
+            task.cancel()
+
+    if sys.platform != "win32":
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        return await func(args, config)
+    except asyncio.CancelledError:
+        if terminated:
+            return 143
+        raise  # Ctrl-C: asyncio.run turns this into KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        config = _config(args)
+        return asyncio.run(_run(args.func, args, config))
+    except KeyboardInterrupt:
+        return 130
+    except LwfmBusError as exc:
+        print(f"lwfm-bus: error: {exc}", file=sys.stderr)
+        return 2
