@@ -6,7 +6,7 @@ Everything public is exported here; modules with a leading underscore are privat
 from __future__ import annotations
 
 from ._bus import DeadLetter, PublishAck, Subscription
-from ._client import Bus, connect
+from ._client import Bus, Job, connect
 from ._config import BusConfig, EmbeddedServerConfig, default_home, load_config
 from ._errors import (
     BusClosedError,
@@ -45,18 +45,25 @@ from ._events import (
     TriggerFiredEvent,
     TriggerRegistered,
     TriggerRegisteredEvent,
+    WorkflowDefined,
+    WorkflowDefinedEvent,
     decode_event,
     encode_event,
     make_event,
     new_id,
 )
+from ._index import JobRecord, WorkflowRecord
+from ._jobs import JobContext, JobDefn, Resources, Workflow
+from ._registry import ENTRY_POINT_GROUP, SiteSpec
 from ._server import EmbeddedServer
+from ._sites import SiteAdapter, SiteRuntime, StatusReporter
 from ._states import JobState
 from ._subjects import check_token, data_filter, job_filter, workflow_filter
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "Bus",
     "BusClosedError",
     "BusConfig",
@@ -73,7 +80,11 @@ __all__ = [
     "EventTooLargeError",
     "InvalidEventError",
     "InvalidTokenError",
+    "Job",
+    "JobContext",
+    "JobDefn",
     "JobError",
+    "JobRecord",
     "JobState",
     "JobStatus",
     "JobStatusEvent",
@@ -81,11 +92,16 @@ __all__ = [
     "LwfmBusError",
     "PublishAck",
     "PublishError",
+    "Resources",
     "ServerStartError",
+    "SiteAdapter",
     "SiteError",
     "SiteHeartbeat",
     "SiteHeartbeatEvent",
+    "SiteRuntime",
+    "SiteSpec",
     "SiteStatus",
+    "StatusReporter",
     "Subscription",
     "TriggerCancelled",
     "TriggerCancelledEvent",
@@ -99,6 +115,10 @@ __all__ = [
     "TriggerRegistered",
     "TriggerRegisteredEvent",
     "UnknownJobError",
+    "Workflow",
+    "WorkflowDefined",
+    "WorkflowDefinedEvent",
+    "WorkflowRecord",
     "__version__",
     "check_token",
     "connect",

@@ -1,19 +1,274 @@
-"""``connect()``: the one entry point of the Python API."""
+"""``connect()`` and :class:`Bus`: the Python API for events, workflows and jobs.
+
+The bus owns what a process needs to act on jobs: the site adapters it has opened
+(opened lazily, each taking over orphaned jobs as it opens), and the SQLite index
+that answers status queries.  Waiting on a job never polls: it subscribes to the
+job's subject from the start of the stream, so a job that already finished answers
+at once and one still running wakes the waiter with its terminal event.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 from ._bus import EventBus
 from ._config import BusConfig, load_config
 from ._connect import open_event_bus
+from ._errors import ConfigError, JobTimeoutError, SiteError, UnknownJobError
+from ._events import JobStatus, JobStatusEvent, WorkflowDefined, make_event, new_id
+from ._index import JobIndex, JobRecord, WorkflowRecord
+from ._jobs import JobContext, JobDefn, Workflow
+from ._meta import Metadata
+from ._registry import SiteSpec, discover_adapters, load_sites
+from ._sites import LogStream, SiteAdapter, SiteRuntime
+from ._states import JobState
+from ._subjects import ROOT, check_token
 
-__all__ = ["Bus", "connect"]
+__all__ = ["Bus", "Job", "connect"]
+
+log = logging.getLogger("lwfm_bus.client")
+
+_LIFECYCLE = frozenset(s for s in JobState if s is not JobState.INFO)
+
+
+class _Reporter:
+    """Publishes what adapters observe as canonical job events.
+
+    Lifecycle states get a deterministic event id (``<job>:<STATE>``), so two processes
+    that both observe the same transition -- a launcher and an adopter -- store it once.
+    """
+
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
+
+    async def report(
+        self,
+        ctx: JobContext,
+        state: JobState,
+        *,
+        native_state: str | None = None,
+        native_info: str | None = None,
+        exit_code: int | None = None,
+        info: str | None = None,
+    ) -> None:
+        payload = JobStatus(
+            job_id=ctx.job_id,
+            site=ctx.site,
+            state=state,
+            workflow_id=ctx.workflow_id,
+            name=ctx.name,
+            native_id=ctx.native_id,
+            native_state=native_state,
+            native_info=native_info,
+            exit_code=exit_code,
+            info=info,
+            parent_ids=ctx.parent_ids,
+        )
+        envelope: dict[str, Any] = {}
+        if state in _LIFECYCLE:
+            envelope["id"] = f"{ctx.job_id}:{state.value}"
+        await self._bus.publish(make_event(payload, source=f"/sites/{ctx.site}/adapter", **envelope))
+
+
+@dataclass(frozen=True)
+class Job:
+    """A handle on a submitted job."""
+
+    job_id: str
+    site: str
+    workflow_id: str | None
+    bus: Bus
+
+    async def wait(self, timeout: float | None = None) -> JobStatus:
+        return await self.bus.wait(self.job_id, timeout=timeout)
+
+    async def status(self) -> JobRecord:
+        return await self.bus.status(self.job_id)
+
+    async def cancel(self) -> None:
+        await self.bus.cancel(self.job_id)
+
+    async def logs(self, stream: LogStream = "stdout") -> bytes:
+        return await self.bus.logs(self.job_id, stream)
 
 
 class Bus(EventBus):
-    """A connection to an lwfm bus: typed events now, jobs and triggers as they land."""
+    """A connection to an lwfm bus.  Obtain one with ``async with lwfm_bus.connect() as bus``."""
+
+    def __init__(self, nc: Any, config: BusConfig) -> None:
+        super().__init__(nc, config)
+        self._specs: dict[str, SiteSpec] | None = None
+        self._adapters: dict[str, SiteAdapter] = {}
+        self._adapter_lock = asyncio.Lock()
+        self._index: JobIndex | None = None
+        self._reporter = _Reporter(self)
+
+    async def _aclose(self) -> None:
+        for name, adapter in list(self._adapters.items()):
+            try:
+                await adapter.close()
+            except Exception:
+                log.exception("closing site %s failed", name)
+        self._adapters.clear()
+        if self._index is not None:
+            await self._index.__aexit__(None, None, None)
+            self._index = None
+
+    # ------------------------------------------------------------------ sites
+
+    def site_specs(self) -> dict[str, SiteSpec]:
+        if self._specs is None:
+            self._specs = load_sites(self.config.sites_path(), discover_adapters())
+        return self._specs
+
+    def job_env(self) -> dict[str, str]:
+        """How a launched job reaches this bus by itself (passed in its environment)."""
+        cfg = self.config
+        env = {
+            "LWFM_BUS_URL": self.connected_url or ",".join(cfg.servers),
+            "LWFM_BUS_HOME": str(cfg.home),
+        }
+        if cfg.user:
+            env["LWFM_BUS_USER"] = cfg.user
+        if cfg.password:
+            env["LWFM_BUS_PASSWORD"] = cfg.password.get_secret_value()
+        if cfg.token:
+            env["LWFM_BUS_TOKEN"] = cfg.token.get_secret_value()
+        for key, path in (
+            ("LWFM_BUS_CREDS", cfg.creds_file),
+            ("LWFM_BUS_TLS_CA", cfg.tls_ca_file),
+            ("LWFM_BUS_TLS_CERT", cfg.tls_cert_file),
+            ("LWFM_BUS_TLS_KEY", cfg.tls_key_file),
+        ):
+            if path:
+                env[key] = str(path)
+        return env
+
+    async def site(self, name: str) -> SiteAdapter:
+        """The opened adapter of a configured site (opening it adopts orphaned jobs)."""
+        async with self._adapter_lock:
+            if name in self._adapters:
+                return self._adapters[name]
+            spec = self.site_specs().get(name)
+            if spec is None:
+                known = ", ".join(sorted(self.site_specs()))
+                raise ConfigError(f"unknown site {name!r} (configured: {known}; see {self.config.sites_path()})")
+            runtime = SiteRuntime(
+                site=name,
+                state_dir=self.config.home / "sites" / name,
+                reporter=self._reporter,
+                job_env=self.job_env(),
+            )
+            try:
+                adapter: SiteAdapter = spec.adapter_class(spec.options, runtime)
+                await adapter.open()
+            except ConfigError:
+                raise
+            except Exception as exc:
+                raise SiteError(f"site {name!r} ({spec.adapter}) failed to open: {exc}") from exc
+            self._adapters[name] = adapter
+            return adapter
+
+    # ------------------------------------------------------------------ index
+
+    async def index(self) -> JobIndex:
+        if self._index is None:
+            self._index = await JobIndex(self.config.home / "index.sqlite", self).__aenter__()
+        return self._index
+
+    # ------------------------------------------------------------------ workflows
+
+    async def define_workflow(
+        self, name: str | None = None, properties: Metadata | None = None, *, workflow_id: str | None = None
+    ) -> Workflow:
+        """Create (or update) a named group of jobs with properties."""
+        wf = Workflow(workflow_id=workflow_id or new_id(), name=name, properties=dict(properties or {}))
+        data = WorkflowDefined(workflow_id=wf.workflow_id, site=self.config.site, name=name, properties=wf.properties)
+        await self.publish(make_event(data, source=f"/sites/{self.config.site}/api"))
+        return wf
+
+    async def workflow(self, workflow_id: str) -> WorkflowRecord | None:
+        return await (await self.index()).workflow(workflow_id)
+
+    # ------------------------------------------------------------------ jobs
+
+    async def submit(
+        self,
+        defn: JobDefn,
+        *,
+        site: str = "local",
+        workflow: Workflow | str | None = None,
+        parents: Iterable[str] = (),
+        job_id: str | None = None,
+    ) -> Job:
+        """Submit a job to a site and return at once; its states arrive as events."""
+        wf_id = workflow.workflow_id if isinstance(workflow, Workflow) else workflow
+        ctx = JobContext(
+            job_id=job_id or new_id(),
+            site=check_token(site, "site name"),
+            workflow_id=wf_id,
+            name=defn.label(),
+            parent_ids=tuple(parents),
+        )
+        adapter = await self.site(site)
+        await self._reporter.report(ctx, JobState.READY)
+        try:
+            await adapter.submit(ctx, defn)
+        except Exception as exc:
+            await self._reporter.report(ctx, JobState.FAILED, native_info=f"submit failed: {exc}")
+            raise SiteError(f"site {site!r} refused job {ctx.job_id}: {exc}") from exc
+        return Job(job_id=ctx.job_id, site=site, workflow_id=wf_id, bus=self)
+
+    async def wait(self, job_id: str, *, timeout: float | None = None) -> JobStatus:
+        """The job's terminal status, woken by its event (it may have ended already)."""
+        subject = f"{ROOT}.*.job.*.{check_token(job_id, 'job id')}.*"
+
+        async def terminal() -> JobStatus:
+            async with self.subscribe(subject, from_start=True) as events:
+                async for event in events:
+                    if isinstance(event, JobStatusEvent) and event.data.state.is_terminal:
+                        return event.data
+            raise UnknownJobError(job_id)  # pragma: no cover - a followed subscription does not end
+
+        try:
+            return await asyncio.wait_for(terminal(), timeout)
+        except TimeoutError:
+            raise JobTimeoutError(f"job {job_id} did not finish within {timeout}s") from None
+
+    async def status(self, job_id: str) -> JobRecord:
+        record = await (await self.index()).job(job_id)
+        if record is None:
+            raise UnknownJobError(f"no job {job_id!r} is known to this bus")
+        return record
+
+    async def jobs(self, *, workflow: Workflow | str | None = None) -> list[JobRecord]:
+        wf_id = workflow.workflow_id if isinstance(workflow, Workflow) else workflow
+        return await (await self.index()).jobs(workflow_id=wf_id)
+
+    async def _context(self, job_id: str) -> JobContext:
+        r = await self.status(job_id)
+        return JobContext(
+            job_id=r.job_id,
+            site=r.site,
+            workflow_id=r.workflow_id,
+            name=r.name,
+            native_id=r.native_id,
+            parent_ids=r.parent_ids,
+        )
+
+    async def cancel(self, job_id: str) -> None:
+        """Stop a job and everything it started; its CANCELLED event follows."""
+        ctx = await self._context(job_id)
+        await (await self.site(ctx.site)).cancel(ctx)
+
+    async def logs(self, job_id: str, stream: LogStream = "stdout") -> bytes:
+        ctx = await self._context(job_id)
+        return await (await self.site(ctx.site)).logs(ctx, stream)
 
 
 @contextlib.asynccontextmanager
@@ -23,9 +278,13 @@ async def connect(config: BusConfig | None = None, *, name: str = "lwfm-bus") ->
     ::
 
         async with lwfm_bus.connect() as bus:
-            await bus.publish(event)
+            job = await bus.submit(JobDefn.of(["echo", "hi"]))
+            await job.wait()
     """
     cfg = config if config is not None else load_config()
     async with open_event_bus(cfg, name=name, bus_class=Bus) as bus:
         assert isinstance(bus, Bus)
-        yield bus
+        try:
+            yield bus
+        finally:
+            await bus._aclose()

@@ -75,6 +75,7 @@ class BusConfig(_Frozen):
     tls_key_file: Path | None = None
     home: Path = Field(default_factory=default_home, description="State directory of this installation.")
     site: Token = Field(default="local", description="Name of the site this process speaks for.")
+    sites_file: Path | None = Field(default=None, description="Sites TOML file; default: <home>/sites.toml.")
     max_event_bytes: PositiveInt = Field(default=256 * 1024, description="Largest event accepted either way.")
     dedup_window_s: PositiveFloat = Field(default=600.0, description="JetStream duplicate window.")
     connect_timeout_s: PositiveFloat = 5.0
@@ -93,6 +94,9 @@ class BusConfig(_Frozen):
     def is_embedded(self) -> bool:
         return not self.servers
 
+    def sites_path(self) -> Path:
+        return self.sites_file or self.home / "sites.toml"
+
     def store_dir(self) -> Path:
         return self.embedded.store_dir or self.home / "jetstream"
 
@@ -104,7 +108,7 @@ def load_config(env: Mapping[str, str] | None = None, overrides: Mapping[str, ob
     """Build a :class:`BusConfig` from ``LWFM_BUS_*`` variables plus explicit overrides.
 
     ``LWFM_BUS_URL`` (comma-separated), ``_USER``, ``_PASSWORD``, ``_TOKEN``, ``_CREDS``,
-    ``_TLS_CA``, ``_TLS_CERT``, ``_TLS_KEY``, ``_HOME``, ``_SITE``, ``_NATS_SERVER``
+    ``_TLS_CA``, ``_TLS_CERT``, ``_TLS_KEY``, ``_HOME``, ``_SITE``, ``_SITES``, ``_NATS_SERVER``
     (the embedded binary), ``_PORT`` (the embedded port).
     """
     env = os.environ if env is None else env
@@ -127,6 +131,7 @@ def load_config(env: Mapping[str, str] | None = None, overrides: Mapping[str, ob
         ("TLS_KEY", "tls_key_file"),
         ("HOME", "home"),
         ("SITE", "site"),
+        ("SITES", "sites_file"),
     ):
         take(var, key)
     embedded: dict[str, object] = {}

@@ -57,6 +57,8 @@ __all__ = [
     "TriggerFiredEvent",
     "TriggerRegistered",
     "TriggerRegisteredEvent",
+    "WorkflowDefined",
+    "WorkflowDefinedEvent",
     "decode_event",
     "encode_event",
     "event_adapter",
@@ -171,6 +173,15 @@ class TriggerCancelled(_TriggerPayload):
     reason: ShortText | None = Field(default=None, description="Why, if given.")
 
 
+class WorkflowDefined(_Model):
+    """A workflow (a named group of jobs) was created or its properties changed."""
+
+    workflow_id: Token = Field(description="The workflow id.")
+    site: Token = Field(description="Site of the process that defined it.")
+    name: Annotated[str, StringConstraints(max_length=256)] | None = Field(default=None, description="For people.")
+    properties: Metadata = Field(default_factory=dict, description="Typed, bounded properties.")
+
+
 class SiteStatus(StrEnum):
     UP = "UP"
     DEGRADED = "DEGRADED"
@@ -196,6 +207,7 @@ EventData: TypeAlias = (
     | TriggerFailed
     | TriggerCancelled
     | SiteHeartbeat
+    | WorkflowDefined
 )
 
 # --------------------------------------------------------------------------- envelopes
@@ -295,6 +307,15 @@ class SiteHeartbeatEvent(_Envelope):
         return subject_for(self.data.site, "site", None, None, "heartbeat")
 
 
+class WorkflowDefinedEvent(_Envelope):
+    type: Literal["lwfm.workflow.defined"] = "lwfm.workflow.defined"
+    data: WorkflowDefined
+    kind: ClassVar[str] = "workflow"
+
+    def nats_subject(self) -> str:
+        return subject_for(self.data.site, "workflow", self.data.workflow_id, None, "defined")
+
+
 Event: TypeAlias = Annotated[
     JobStatusEvent
     | DataEvent
@@ -303,7 +324,8 @@ Event: TypeAlias = Annotated[
     | TriggerExpiredEvent
     | TriggerFailedEvent
     | TriggerCancelledEvent
-    | SiteHeartbeatEvent,
+    | SiteHeartbeatEvent
+    | WorkflowDefinedEvent,
     Field(discriminator="type"),
 ]
 """Any lwfm-bus event; ``type`` selects the model."""
@@ -319,6 +341,7 @@ _CLASSES: tuple[type[_Envelope], ...] = (
     TriggerFailedEvent,
     TriggerCancelledEvent,
     SiteHeartbeatEvent,
+    WorkflowDefinedEvent,
 )
 _BY_PAYLOAD: dict[object, type[_Envelope]] = {cls.model_fields["data"].annotation: cls for cls in _CLASSES}
 
@@ -351,6 +374,8 @@ def _entity_of(data: EventData) -> str | None:
         return data.data_id
     if isinstance(data, SiteHeartbeat):
         return data.site
+    if isinstance(data, WorkflowDefined):
+        return data.workflow_id
     return data.trigger_id
 
 

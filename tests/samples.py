@@ -40,4 +40,5 @@ def sample_events(site: str = "hpc1") -> list[lb.Event]:
         lb.make_event(lb.TriggerFailed(trigger_id="t3", site=site, reason="site down", attempts=5), source=src),
         lb.make_event(lb.TriggerCancelled(trigger_id="t4", site=site), source=src),
         lb.make_event(lb.SiteHeartbeat(site=site, adapter="local", interval_s=5), source=src),
+        lb.make_event(lb.WorkflowDefined(workflow_id="wf1", site=site, name="demo", properties={"k": 1}), source=src),
     ]

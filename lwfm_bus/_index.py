@@ -1,0 +1,261 @@
+"""The SQLite index: a projection of the stream, for queries the stream cannot answer.
+
+It is never written to directly: :meth:`JobIndex.catch_up` replays the stream from the
+last applied sequence and applies each event idempotently, so the file can be deleted
+at any time and is rebuilt from the stream on the next query.  Several processes
+sharing one home serialise their catch-ups with a file lock, so each event is applied
+once; a state that arrives late or out of order is judged by the state order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+
+import aiosqlite
+import anyio
+
+from ._bus import EventBus
+from ._events import Event, JobStatusEvent, WorkflowDefinedEvent
+from ._states import JobState
+from ._subjects import ROOT
+
+__all__ = ["JobIndex", "JobRecord", "WorkflowRecord"]
+
+log = logging.getLogger("lwfm_bus.index")
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+_SCHEMA = """
+PRAGMA journal_mode = WAL;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    site TEXT NOT NULL,
+    workflow_id TEXT,
+    name TEXT,
+    state TEXT NOT NULL,
+    native_id TEXT,
+    native_state TEXT,
+    native_info TEXT,
+    info TEXT,
+    exit_code INTEGER,
+    parent_ids TEXT NOT NULL DEFAULT '[]',
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_workflow ON jobs (workflow_id, created_at);
+CREATE INDEX IF NOT EXISTS jobs_by_site_state ON jobs (site, state);
+CREATE TABLE IF NOT EXISTS job_history (
+    seq INTEGER PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    time TEXT NOT NULL,
+    exit_code INTEGER,
+    info TEXT
+);
+CREATE INDEX IF NOT EXISTS history_by_job ON job_history (job_id, seq);
+CREATE TABLE IF NOT EXISTS workflows (
+    workflow_id TEXT PRIMARY KEY,
+    name TEXT,
+    properties TEXT NOT NULL DEFAULT '{}',
+    created_at TEXT NOT NULL
+);
+"""
+
+_RANKS = {s.value: s.rank for s in JobState}
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """What the index knows of a job: its latest state by the state order."""
+
+    job_id: str
+    site: str
+    workflow_id: str | None
+    name: str | None
+    state: JobState
+    native_id: str | None
+    native_state: str | None
+    native_info: str | None
+    info: str | None
+    exit_code: int | None
+    parent_ids: tuple[str, ...]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class WorkflowRecord:
+    workflow_id: str
+    name: str | None
+    properties: dict[str, object]
+    created_at: datetime
+
+
+class JobIndex:
+    """``async with JobIndex(path, bus) as index``; every query catches up first."""
+
+    def __init__(self, path: Path, bus: EventBus) -> None:
+        self._path = path
+        self._bus = bus
+        self._db: aiosqlite.Connection | None = None
+
+    async def __aenter__(self) -> JobIndex:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = await aiosqlite.connect(self._path)
+        self._db.row_factory = aiosqlite.Row
+        await self._db.executescript(_SCHEMA)
+        await self._db.commit()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("the index is not open")
+        return self._db
+
+    async def last_seq(self) -> int:
+        async with self.db.execute("SELECT value FROM meta WHERE key = 'last_seq'") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def catch_up(self) -> int:
+        """Apply every event stored since the last catch-up; return how many were applied."""
+        with open(self._path.with_suffix(".lock"), "a+") as lock:  # noqa: ASYNC230 - a lock file
+            if fcntl is not None:
+                await anyio.to_thread.run_sync(fcntl.flock, lock.fileno(), fcntl.LOCK_EX)
+            start = await self.last_seq() + 1
+            applied = 0
+            async with self._bus.replay(f"{ROOT}.>", start_seq=start) as history:
+                async for event in history:
+                    await self._apply(event, history.last_seq)
+                    applied += 1
+                    if applied % 1000 == 0:
+                        await self._commit(history.last_seq)
+                if history.last_seq:
+                    await self._commit(history.last_seq)
+            return applied
+
+    async def _commit(self, seq: int) -> None:
+        await self.db.execute(
+            "INSERT INTO meta (key, value) VALUES ('last_seq', ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (str(seq),),
+        )
+        await self.db.commit()
+
+    async def _apply(self, event: Event, seq: int) -> None:
+        if isinstance(event, JobStatusEvent):
+            await self._apply_job(event, seq)
+        elif isinstance(event, WorkflowDefinedEvent):
+            d = event.data
+            await self.db.execute(
+                "INSERT INTO workflows (workflow_id, name, properties, created_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(workflow_id) DO UPDATE SET name = excluded.name, properties = excluded.properties",
+                (d.workflow_id, d.name, json.dumps(d.properties), event.time.isoformat()),
+            )
+
+    async def _apply_job(self, event: JobStatusEvent, seq: int) -> None:
+        d = event.data
+        t = event.time.isoformat()
+        await self.db.execute(
+            "INSERT OR IGNORE INTO job_history (seq, job_id, state, time, exit_code, info) VALUES (?, ?, ?, ?, ?, ?)",
+            (seq, d.job_id, d.state.value, t, d.exit_code, d.info or d.native_info),
+        )
+        async with self.db.execute("SELECT state FROM jobs WHERE job_id = ?", (d.job_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            await self.db.execute(
+                "INSERT INTO jobs (job_id, site, workflow_id, name, state, native_id, native_state, native_info, "
+                "info, exit_code, parent_ids, created_at, updated_at, seq) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    d.job_id, d.site, d.workflow_id, d.name, d.state.value, d.native_id, d.native_state,
+                    d.native_info, d.info, d.exit_code, json.dumps(list(d.parent_ids)), t, t, seq,
+                ),
+            )  # fmt: skip
+            return
+        if not d.state.supersedes(JobState(row["state"])):
+            return  # a late or out-of-order report: the job has moved on
+        await self.db.execute(
+            "UPDATE jobs SET state = ?, native_id = COALESCE(?, native_id), native_state = ?, "
+            "native_info = ?, info = COALESCE(?, info), exit_code = COALESCE(?, exit_code), "
+            "workflow_id = COALESCE(workflow_id, ?), name = COALESCE(name, ?), updated_at = ?, seq = ? "
+            "WHERE job_id = ?",
+            (
+                d.state.value, d.native_id, d.native_state, d.native_info, d.info, d.exit_code,
+                d.workflow_id, d.name, t, seq, d.job_id,
+            ),
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ queries
+
+    async def job(self, job_id: str) -> JobRecord | None:
+        await self.catch_up()
+        async with self.db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)) as cur:
+            row = await cur.fetchone()
+        return _job(row) if row else None
+
+    async def jobs(self, *, workflow_id: str | None = None, limit: int = 1000) -> list[JobRecord]:
+        await self.catch_up()
+        if workflow_id is None:
+            sql, args = "SELECT * FROM jobs ORDER BY created_at LIMIT ?", (limit,)
+        else:
+            sql = "SELECT * FROM jobs WHERE workflow_id = ? ORDER BY created_at, seq LIMIT ?"
+            args = (workflow_id, limit)  # type: ignore[assignment]
+        async with self.db.execute(sql, args) as cur:
+            return [_job(r) for r in await cur.fetchall()]
+
+    async def history(self, job_id: str) -> list[tuple[JobState, datetime]]:
+        await self.catch_up()
+        async with self.db.execute("SELECT state, time FROM job_history WHERE job_id = ? ORDER BY seq", (job_id,)) as c:
+            return [(JobState(r[0]), datetime.fromisoformat(r[1])) for r in await c.fetchall()]
+
+    async def workflow(self, workflow_id: str) -> WorkflowRecord | None:
+        await self.catch_up()
+        async with self.db.execute("SELECT * FROM workflows WHERE workflow_id = ?", (workflow_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return WorkflowRecord(
+            workflow_id=row["workflow_id"],
+            name=row["name"],
+            properties=json.loads(row["properties"]),
+            created_at=datetime.fromisoformat(row["created_at"]),
+        )
+
+
+def _job(row: Sequence[object] | aiosqlite.Row) -> JobRecord:
+    r = row  # sqlite3.Row supports access by name
+    return JobRecord(
+        job_id=r["job_id"],  # type: ignore[call-overload]
+        site=r["site"],  # type: ignore[call-overload]
+        workflow_id=r["workflow_id"],  # type: ignore[call-overload]
+        name=r["name"],  # type: ignore[call-overload]
+        state=JobState(r["state"]),  # type: ignore[call-overload]
+        native_id=r["native_id"],  # type: ignore[call-overload]
+        native_state=r["native_state"],  # type: ignore[call-overload]
+        native_info=r["native_info"],  # type: ignore[call-overload]
+        info=r["info"],  # type: ignore[call-overload]
+        exit_code=r["exit_code"],  # type: ignore[call-overload]
+        parent_ids=tuple(json.loads(r["parent_ids"])),  # type: ignore[call-overload]
+        created_at=datetime.fromisoformat(r["created_at"]),  # type: ignore[call-overload]
+        updated_at=datetime.fromisoformat(r["updated_at"]),  # type: ignore[call-overload]
+    )

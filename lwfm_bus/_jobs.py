@@ -1,0 +1,106 @@
+"""What a job is: its definition (what to run) and its context (who it is).
+
+A definition is data a user writes or a pipeline generates; it never names a shell
+implicitly.  ``argv`` runs a program directly; a ``shell`` string runs through
+``/bin/sh -c`` only because the user marked it as shell, so a value that came over
+the wire is never interpreted by a shell by accident.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, StringConstraints, model_validator
+
+from ._events import new_id
+from ._subjects import Token
+
+__all__ = ["JobContext", "JobDefn", "Resources", "Workflow", "new_job_id"]
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
+ArgText = Annotated[str, StringConstraints(max_length=65536)]
+
+
+def new_job_id() -> str:
+    return new_id()
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Resources(_Frozen):
+    """Resource hints; each site maps what it understands (Slurm: sbatch options)."""
+
+    nodes: PositiveInt | None = None
+    tasks: PositiveInt | None = None
+    cpus_per_task: PositiveInt | None = None
+    memory_mb: PositiveInt | None = None
+    time_limit_s: PositiveInt | None = None
+    partition: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.,\-]{1,64}$")] | None = None
+    account: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")] | None = None
+    gpus: PositiveInt | None = None
+
+
+class JobDefn(_Frozen):
+    """What to run.  Exactly one of ``argv`` and ``shell``."""
+
+    argv: tuple[ArgText, ...] | None = Field(default=None, description="Program and arguments, run directly.")
+    shell: ArgText | None = Field(default=None, description="A shell command line, run by /bin/sh -c.")
+    name: Annotated[str, StringConstraints(max_length=256)] | None = Field(default=None, description="For people.")
+    env: dict[str, ArgText] = Field(default_factory=dict, description="Extra environment variables.")
+    cwd: Annotated[str, StringConstraints(max_length=4096)] | None = Field(
+        default=None, description="Working directory on the site."
+    )
+    resources: Resources = Field(default_factory=Resources, description="Resource hints.")
+
+    @model_validator(mode="after")
+    def _one_command(self) -> Self:
+        if (self.argv is None) == (self.shell is None):
+            raise ValueError("give exactly one of 'argv' (a list) or 'shell' (a string marked as shell)")
+        if self.argv is not None and not self.argv:
+            raise ValueError("'argv' must name a program")
+        for key in self.env:
+            if not _ENV_NAME.fullmatch(key):
+                raise ValueError(f"env: {key!r} is not a valid environment variable name")
+        for text in (*(self.argv or ()), self.shell or "", *self.env.values()):
+            if "\x00" in text:
+                raise ValueError("NUL bytes cannot be passed to a process")
+        return self
+
+    @classmethod
+    def of(cls, command: str | list[str] | tuple[str, ...], **kw: Any) -> JobDefn:
+        """``JobDefn.of(["echo", "hi"])`` runs argv; ``JobDefn.of("a | b")`` is shell, said explicitly."""
+        if isinstance(command, str):
+            return cls(shell=command, **kw)
+        return cls(argv=tuple(command), **kw)
+
+    def command(self) -> list[str]:
+        """The argv to execute: the shell form is spelled out, never implied."""
+        if self.shell is not None:
+            return ["/bin/sh", "-c", self.shell]
+        assert self.argv is not None
+        return list(self.argv)
+
+    def label(self) -> str:
+        return self.name or (self.argv[0] if self.argv else "sh")
+
+
+class JobContext(_Frozen):
+    """Who a job is: its identity on the bus and on its site."""
+
+    job_id: Token = Field(default_factory=new_job_id)
+    site: Token = "local"
+    workflow_id: Token | None = None
+    name: Annotated[str, StringConstraints(max_length=256)] | None = None
+    native_id: Annotated[str, StringConstraints(max_length=256)] | None = None
+    parent_ids: tuple[Token, ...] = ()
+
+
+class Workflow(_Frozen):
+    """A named group of jobs with properties."""
+
+    workflow_id: Token = Field(default_factory=new_id)
+    name: Annotated[str, StringConstraints(max_length=256)] | None = None
+    properties: dict[str, Any] = Field(default_factory=dict)

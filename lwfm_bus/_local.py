@@ -1,0 +1,387 @@
+"""The ``local`` site: jobs as real subprocesses of this machine.
+
+Each job gets a directory ``<state>/jobs/<job_id>/`` holding its definition, its
+stdout and stderr (written by the process itself, so nothing is lost if we die), its
+pid, and -- written by a tiny ``sh`` wrapper when the command ends -- its exit code.
+Jobs run in their own session, so cancel can kill the whole process group, and so
+they outlive the process that launched them.
+
+Whoever opens the site next adopts jobs whose launcher died: a job still running is
+watched again (a pidfd on Linux: woken by the kernel, not by polling), a job that
+ended meanwhile is reported from its exit-code file, a job that vanished without one
+is FAILED with that reason, and a job that never started is started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import IO, Any, ClassVar
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+from ._jobs import JobContext, JobDefn
+from ._sites import LogStream, SiteRuntime
+from ._states import JobState
+
+__all__ = ["LocalSite"]
+
+log = logging.getLogger("lwfm_bus.local")
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+# Runs the job as "$@" (never re-parsed by the shell) and records its exit code
+# atomically.  The script is a constant: no job data is ever interpolated into it.
+_WRAPPER = (
+    '"$@"; rc=$?; '
+    'printf "%s" "$rc" > "$LWFM_JOB_DIR/exit_code.tmp" && mv "$LWFM_JOB_DIR/exit_code.tmp" "$LWFM_JOB_DIR/exit_code"; '
+    "exit $rc"
+)
+
+
+class LocalOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_concurrent: PositiveInt = Field(
+        default_factory=lambda: os.cpu_count() or 1, description="Jobs running at once; the rest wait PENDING."
+    )
+    kill_grace_s: PositiveFloat = Field(default=5.0, description="SIGTERM to SIGKILL delay on cancel.")
+
+
+def _proc_start_time(pid: int) -> str | None:
+    """The kernel's start time of a pid, to tell a job from a later process reusing its pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses; fields resume after the last ')'.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    now = _proc_start_time(pid)
+    return started is None or now is None or now == started
+
+
+def _try_lock(handle: IO[str]) -> bool:
+    if fcntl is None:  # pragma: no cover
+        return True
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+class LocalSite:
+    """Run jobs as subprocesses here.  See the module docstring for the on-disk layout."""
+
+    Options: ClassVar[type[BaseModel]] = LocalOptions
+
+    def __init__(self, options: BaseModel, runtime: SiteRuntime) -> None:
+        assert isinstance(options, LocalOptions)
+        self._opts = options
+        self._rt = runtime
+        self._root = runtime.state_dir
+        self._jobs = self._root / "jobs"
+        self._active = self._root / "active"
+        self._owners = self._root / "owners"
+        self._slots = asyncio.Semaphore(options.max_concurrent)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._owner_lock: IO[str] | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        for d in (self._jobs, self._active, self._owners):
+            d.mkdir(parents=True, exist_ok=True)
+        # Held for this process's life: it tells others our jobs have a live owner.
+        self._owner_lock = open(self._owners / f"{os.getpid()}.lock", "a+")  # noqa: SIM115, ASYNC230
+        _try_lock(self._owner_lock)
+        await self._recover()
+
+    async def close(self) -> None:
+        """Stop watching; the jobs themselves keep running and will be adopted later."""
+        self._closed = True
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if self._owner_lock is not None:
+            self._owner_lock.close()
+            with contextlib.suppress(OSError):
+                (self._owners / f"{os.getpid()}.lock").unlink()
+            self._owner_lock = None
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], ctx: JobContext) -> None:
+        """Supervise one job; close() cancels and awaits every supervisor, and a failing one is logged."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("local job %s: supervisor failed", ctx.job_id, exc_info=t.exception())
+
+        task.add_done_callback(done)
+
+    # ------------------------------------------------------------------ submit / run
+
+    def _dir(self, job_id: str) -> Path:
+        return self._jobs / job_id
+
+    async def submit(self, ctx: JobContext, defn: JobDefn) -> str:
+        jobdir = self._dir(ctx.job_id)
+        jobdir.mkdir(parents=True, exist_ok=True)
+        (jobdir / "defn.json").write_text(defn.model_dump_json())
+        (jobdir / "context.json").write_text(ctx.model_dump_json())
+        self._mark_active(ctx.job_id)
+        await self._rt.reporter.report(ctx, JobState.PENDING, native_state="queued")
+        self._spawn(self._run(ctx, defn), ctx)
+        return ctx.job_id
+
+    def _mark_active(self, job_id: str) -> None:
+        (self._active / job_id).write_text(str(os.getpid()))
+
+    def _mark_done(self, job_id: str) -> None:
+        with contextlib.suppress(OSError):
+            (self._active / job_id).unlink()
+
+    def _env(self, ctx: JobContext, defn: JobDefn, jobdir: Path) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self._rt.job_env)
+        env.update(defn.env)
+        env.update(
+            {
+                "LWFM_JOB_ID": ctx.job_id,
+                "LWFM_SITE": ctx.site,
+                "LWFM_WORKFLOW_ID": ctx.workflow_id or "",
+                "LWFM_JOB_NAME": ctx.name or "",
+                "LWFM_PARENT_IDS": ",".join(ctx.parent_ids),
+                "LWFM_JOB_DIR": str(jobdir),
+            }
+        )
+        return env
+
+    async def _run(self, ctx: JobContext, defn: JobDefn) -> None:
+        jobdir = self._dir(ctx.job_id)
+        async with self._slots:
+            if (jobdir / "cancel_requested").exists():
+                await self._finish(ctx, JobState.CANCELLED, None, "cancelled before it started")
+                return
+            try:
+                with open(jobdir / "stdout", "ab") as out, open(jobdir / "stderr", "ab") as err:  # noqa: ASYNC230
+                    proc = await asyncio.create_subprocess_exec(
+                        "/bin/sh",
+                        "-c",
+                        _WRAPPER,
+                        "lwfm-job",
+                        *defn.command(),
+                        stdin=asyncio.subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=err,
+                        cwd=defn.cwd,
+                        env=self._env(ctx, defn, jobdir),
+                        start_new_session=True,
+                    )
+            except OSError as exc:
+                await self._finish(ctx, JobState.FAILED, None, f"could not start: {exc}")
+                return
+            started = _proc_start_time(proc.pid)
+            (jobdir / "pid").write_text(json.dumps({"pid": proc.pid, "start": started}))
+            ctx = ctx.model_copy(update={"native_id": str(proc.pid)})
+            await self._rt.reporter.report(ctx, JobState.RUNNING, native_state="running")
+            rc = await proc.wait()
+        await self._conclude(ctx, rc)
+
+    async def _conclude(self, ctx: JobContext, rc: int | None) -> None:
+        """Turn how the process ended into a canonical state, preferring the wrapper's record."""
+        jobdir = self._dir(ctx.job_id)
+        recorded = _read_exit_code(jobdir)
+        code = recorded if recorded is not None else rc
+        if (jobdir / "cancel_requested").exists():
+            await self._finish(ctx, JobState.CANCELLED, code, "cancelled")
+        elif code == 0:
+            await self._finish(ctx, JobState.COMPLETE, 0, None)
+        elif code is None:
+            await self._finish(ctx, JobState.FAILED, None, "the process ended without an exit code being recorded")
+        elif code < 0:
+            await self._finish(ctx, JobState.FAILED, code, f"killed by signal {-code}")
+        else:
+            await self._finish(ctx, JobState.FAILED, code, f"exit code {code}")
+
+    async def _finish(self, ctx: JobContext, state: JobState, code: int | None, why: str | None) -> None:
+        await self._rt.reporter.report(ctx, state, exit_code=code, native_info=why, native_state=state.value.lower())
+        self._mark_done(ctx.job_id)
+
+    # ------------------------------------------------------------------ recovery
+
+    async def _recover(self) -> None:
+        lock_path = self._root / "recover.lock"
+        with open(lock_path, "a+") as lock:  # noqa: ASYNC230 - a lock file
+            if fcntl is not None:
+                await anyio.to_thread.run_sync(fcntl.flock, lock.fileno(), fcntl.LOCK_EX)
+            for entry in sorted(self._active.iterdir()):
+                job_id = entry.name
+                try:
+                    owner = int(entry.read_text() or "0")
+                except (OSError, ValueError):
+                    owner = 0
+                if owner == os.getpid() or self._owner_alive(owner):
+                    continue
+                self._mark_active(job_id)  # ours now
+                await self._adopt(job_id)
+
+    def _owner_alive(self, pid: int) -> bool:
+        path = self._owners / f"{pid}.lock"
+        if not path.exists():
+            return False
+        with open(path, "a+") as probe:
+            if _try_lock(probe):
+                with contextlib.suppress(OSError):
+                    path.unlink()  # stale: its process is gone
+                return False
+        return True
+
+    async def _adopt(self, job_id: str) -> None:
+        jobdir = self._dir(job_id)
+        try:
+            ctx = JobContext.model_validate_json((jobdir / "context.json").read_text())
+            defn = JobDefn.model_validate_json((jobdir / "defn.json").read_text())
+        except (OSError, ValueError) as exc:
+            log.error("cannot adopt local job %s: unreadable job directory: %s", job_id, exc)
+            self._mark_done(job_id)
+            return
+        pid_file = jobdir / "pid"
+        if not pid_file.exists():
+            log.info("local job %s never started before its launcher died; starting it now", job_id)
+            self._spawn(self._run(ctx, defn), ctx)
+            return
+        info = json.loads(pid_file.read_text())
+        pid, started = int(info["pid"]), info.get("start")
+        ctx = ctx.model_copy(update={"native_id": str(pid)})
+        if _read_exit_code(jobdir) is not None or not _alive(pid, started):
+            log.info("local job %s ended while nobody watched; reporting it", job_id)
+            await self._conclude(ctx, None)
+            return
+        log.info("re-attached to local job %s (pid %s)", job_id, pid)
+        self._spawn(self._watch_foreign(ctx, pid, started), ctx)
+
+    async def _watch_foreign(self, ctx: JobContext, pid: int, started: str | None) -> None:
+        """Wait for a process that is not our child: its exit code comes from the wrapper's file."""
+        await _wait_pid_exit(pid, started)
+        await self._conclude(ctx, None)
+
+    # ------------------------------------------------------------------ queries
+
+    async def status(self, ctx: JobContext) -> JobState | None:
+        jobdir = self._dir(ctx.job_id)
+        if not jobdir.exists():
+            return None
+        code = _read_exit_code(jobdir)
+        if code is not None:
+            if (jobdir / "cancel_requested").exists():
+                return JobState.CANCELLED
+            return JobState.COMPLETE if code == 0 else JobState.FAILED
+        pid_file = jobdir / "pid"
+        if not pid_file.exists():
+            return JobState.PENDING
+        info = json.loads(pid_file.read_text())
+        if _alive(int(info["pid"]), info.get("start")):
+            return JobState.RUNNING
+        return JobState.CANCELLED if (jobdir / "cancel_requested").exists() else JobState.FAILED
+
+    async def cancel(self, ctx: JobContext) -> None:
+        """SIGTERM the job's process group, SIGKILL it after a grace period."""
+        jobdir = self._dir(ctx.job_id)
+        if not jobdir.exists():
+            return
+        (jobdir / "cancel_requested").touch()
+        pid_file = jobdir / "pid"
+        if not pid_file.exists():
+            return  # still queued: the runner sees the marker and never starts it
+        info = json.loads(pid_file.read_text())
+        pid, started = int(info["pid"]), info.get("start")
+        if not _alive(pid, started):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        with anyio.move_on_after(self._opts.kill_grace_s):
+            await _wait_pid_exit(pid, started)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+    async def logs(self, ctx: JobContext, stream: LogStream = "stdout") -> bytes:
+        path = self._dir(ctx.job_id) / stream
+        try:
+            return await anyio.Path(path).read_bytes()
+        except FileNotFoundError:
+            return b""
+
+    async def put(self, local_path: Path, site_path: str) -> None:
+        await anyio.to_thread.run_sync(shutil.copyfile, local_path, site_path)
+
+    async def get(self, site_path: str, local_path: Path) -> None:
+        await anyio.to_thread.run_sync(shutil.copyfile, site_path, local_path)
+
+
+def _read_exit_code(jobdir: Path) -> int | None:
+    try:
+        return int((jobdir / "exit_code").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+async def _wait_pid_exit(pid: int, started: str | None) -> None:
+    """Wait for a pid that may not be our child to exit.
+
+    On Linux a pidfd becomes readable when the process exits: the kernel wakes us.
+    Elsewhere we fall back to checking once a second.
+    """
+    if sys.platform == "linux" and hasattr(os, "pidfd_open"):
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return
+        try:
+            if not _alive(pid, started):
+                return
+            loop = asyncio.get_running_loop()
+            gone: asyncio.Future[None] = loop.create_future()
+
+            def readable() -> None:
+                if not gone.done():
+                    gone.set_result(None)
+
+            loop.add_reader(fd, readable)
+            try:
+                await gone
+            finally:
+                loop.remove_reader(fd)
+        finally:
+            os.close(fd)
+        return
+    while _alive(pid, started):  # noqa: ASYNC110 - non-Linux fallback: no pidfd to wait on
+        await asyncio.sleep(1.0)

@@ -1,0 +1,125 @@
+"""Finding site adapters (entry points) and reading the sites file.
+
+Adapters are plugins in the entry-point group ``lwfm_bus.sites``; the core names only
+``local``.  A plugin that fails to import is reported and skipped, never fatal: one
+broken SSH dependency must not stop a laptop from running local jobs.
+
+The sites file is TOML, one table per site::
+
+    [sites.hpc1]
+    adapter = "slurm"        # entry-point name
+    host = "login.hpc1"      # everything else: the adapter's options
+
+Errors name the file and the key (``sites.toml: sites.hpc1.max_jobs: ...``).
+"""
+
+from __future__ import annotations
+
+import logging
+import tomllib
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from ._errors import ConfigError
+from ._subjects import check_token
+
+__all__ = ["ENTRY_POINT_GROUP", "AdapterCatalog", "SiteSpec", "discover_adapters", "load_sites"]
+
+log = logging.getLogger("lwfm_bus.sites")
+
+ENTRY_POINT_GROUP = "lwfm_bus.sites"
+
+
+@dataclass
+class AdapterCatalog:
+    """Adapter classes by name, and the plugins that could not be loaded, with why."""
+
+    available: dict[str, type[Any]] = field(default_factory=dict)
+    broken: dict[str, str] = field(default_factory=dict)
+
+    def get(self, name: str, where: str) -> type[Any]:
+        if name in self.available:
+            return self.available[name]
+        if name in self.broken:
+            raise ConfigError(f"{where}: adapter {name!r} is installed but broken: {self.broken[name]}")
+        known = ", ".join(sorted(self.available)) or "none"
+        raise ConfigError(f"{where}: unknown adapter {name!r} (available: {known})")
+
+
+def discover_adapters() -> AdapterCatalog:
+    from ._local import LocalSite  # built in: always there, whatever the plugins do
+
+    catalog = AdapterCatalog(available={"local": LocalSite})
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in catalog.available:
+            continue
+        try:
+            cls = ep.load()
+            options = getattr(cls, "Options", None)
+            if not (isinstance(options, type) and issubclass(options, BaseModel)):
+                raise TypeError("the adapter class has no pydantic 'Options' model")
+        except Exception as exc:  # noqa: BLE001 - any failure of a plugin is reported, not fatal
+            catalog.broken[ep.name] = f"{type(exc).__name__}: {exc}"
+            log.warning("site adapter plugin %r (%s) is broken and skipped: %r", ep.name, ep.value, exc)
+            continue
+        catalog.available[ep.name] = cls
+    return catalog
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """One configured site: its name, adapter class and validated options."""
+
+    name: str
+    adapter: str
+    adapter_class: type[Any]
+    options: BaseModel
+
+
+def _spec(name: str, table: dict[str, Any], catalog: AdapterCatalog, where: str) -> SiteSpec:
+    try:
+        check_token(name, "site name")
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    raw = dict(table)
+    adapter = raw.pop("adapter", "local" if name == "local" else None)
+    if not isinstance(adapter, str):
+        raise ConfigError(f'{where}.adapter: missing (name the adapter, e.g. adapter = "local")')
+    cls = catalog.get(adapter, f"{where}.adapter")
+    try:
+        options = cls.Options.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        key = ".".join(str(p) for p in first["loc"])
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{where}.{key}: {first['msg']}{more}") from None
+    return SiteSpec(name=name, adapter=adapter, adapter_class=cls, options=options)
+
+
+def load_sites(path: Path | None, catalog: AdapterCatalog | None = None) -> dict[str, SiteSpec]:
+    """Sites from a TOML file (if it exists), plus ``local`` with defaults if not configured."""
+    catalog = catalog or discover_adapters()
+    specs: dict[str, SiteSpec] = {}
+    if path is not None and path.exists():
+        try:
+            doc = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        unknown = set(doc) - {"sites"}
+        if unknown:
+            raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}; expected [sites.<name>] tables")
+        sites = doc.get("sites", {})
+        if not isinstance(sites, dict):
+            raise ConfigError(f"{path}: sites: expected tables [sites.<name>]")
+        for name, table in sites.items():
+            where = f"{path}: sites.{name}"
+            if not isinstance(table, dict):
+                raise ConfigError(f"{where}: expected a table")
+            specs[name] = _spec(name, table, catalog, where)
+    if "local" not in specs:
+        specs["local"] = _spec("local", {}, catalog, "<built-in>: sites.local")
+    return specs

@@ -1,0 +1,81 @@
+"""The boundary between the core and a site: one small Protocol, and what the core lends.
+
+An adapter turns the core's requests (submit, status, cancel, logs, put, get) into a
+site's native operations, and reports what it observes as canonical job states
+through the :class:`StatusReporter` it is given -- it never publishes on its own, so
+the subjects, ids and ordering rules live in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel
+
+from ._jobs import JobContext, JobDefn
+from ._states import JobState
+
+__all__ = ["LogStream", "SiteAdapter", "SiteRuntime", "StatusReporter"]
+
+LogStream = Literal["stdout", "stderr"]
+
+
+class StatusReporter(Protocol):
+    """How an adapter tells the bus what it saw."""
+
+    async def report(
+        self,
+        ctx: JobContext,
+        state: JobState,
+        *,
+        native_state: str | None = None,
+        native_info: str | None = None,
+        exit_code: int | None = None,
+        info: str | None = None,
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class SiteRuntime:
+    """What the core lends an adapter: its name, a private state directory, a reporter,
+    and the environment that lets a launched job reach the bus by itself."""
+
+    site: str
+    state_dir: Path
+    reporter: StatusReporter
+    job_env: Mapping[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class SiteAdapter(Protocol):
+    """A site.  Implementations declare ``Options`` (a pydantic model of their settings)
+    and are constructed as ``Adapter(options, runtime)``."""
+
+    Options: ClassVar[type[BaseModel]]
+
+    async def open(self) -> None:
+        """Connect, and take over jobs a previous process left running."""
+
+    async def close(self) -> None:
+        """Release connections; running jobs keep running."""
+
+    async def submit(self, ctx: JobContext, defn: JobDefn) -> str:
+        """Start (or queue) the job; return the site's native id."""
+
+    async def status(self, ctx: JobContext) -> JobState | None:
+        """Ask the site directly; ``None`` if it no longer knows the job."""
+
+    async def cancel(self, ctx: JobContext) -> None:
+        """Stop the job and everything it started."""
+
+    async def logs(self, ctx: JobContext, stream: LogStream = "stdout") -> bytes:
+        """What the job wrote so far."""
+
+    async def put(self, local_path: Path, site_path: str) -> None:
+        """Copy bytes onto the site."""
+
+    async def get(self, site_path: str, local_path: Path) -> None:
+        """Copy bytes off the site."""
