@@ -54,11 +54,13 @@ from ._events import (
 )
 from ._index import JobRecord, WorkflowRecord
 from ._jobs import JobContext, JobDefn, Resources, Workflow
+from ._jobside import current_job, emit_data, emit_info, emit_status
 from ._registry import ENTRY_POINT_GROUP, SiteSpec
 from ._server import EmbeddedServer
 from ._sites import SiteAdapter, SiteRuntime, StatusReporter
 from ._states import JobState
 from ._subjects import check_token, data_filter, job_filter, workflow_filter
+from ._sync import SyncJob, make_job, sync_bus
 
 __version__ = "0.1.0"
 
@@ -103,6 +105,7 @@ __all__ = [
     "SiteStatus",
     "StatusReporter",
     "Subscription",
+    "SyncJob",
     "TriggerCancelled",
     "TriggerCancelledEvent",
     "TriggerError",
@@ -122,13 +125,19 @@ __all__ = [
     "__version__",
     "check_token",
     "connect",
+    "current_job",
     "data_filter",
     "decode_event",
     "default_home",
+    "emit_data",
+    "emit_info",
+    "emit_status",
     "encode_event",
     "job_filter",
     "load_config",
     "make_event",
+    "make_job",
     "new_id",
+    "sync_bus",
     "workflow_filter",
 ]

@@ -30,10 +30,10 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from ._jobs import JobContext, JobDefn
-from ._sites import LogStream, SiteRuntime
+from ._sites import LogStream, SiteRuntime, StatusReporter
 from ._states import JobState
 
-__all__ = ["LocalSite"]
+__all__ = ["LocalSite", "conclude"]
 
 log = logging.getLogger("lwfm_bus.local")
 
@@ -44,9 +44,12 @@ except ImportError:  # pragma: no cover - Windows
 
 # Runs the job as "$@" (never re-parsed by the shell) and records its exit code
 # atomically.  The script is a constant: no job data is ever interpolated into it.
+# When the launcher is gone by then, the wrapper starts a small reporter so the job's
+# end is still published (only orphans pay for that Python start-up).
 _WRAPPER = (
     '"$@"; rc=$?; '
     'printf "%s" "$rc" > "$LWFM_JOB_DIR/exit_code.tmp" && mv "$LWFM_JOB_DIR/exit_code.tmp" "$LWFM_JOB_DIR/exit_code"; '
+    'if ! kill -0 "$LWFM_LAUNCHER_PID" 2>/dev/null; then "$LWFM_PYTHON" -m lwfm_bus._orphan >/dev/null 2>&1; fi; '
     "exit $rc"
 )
 
@@ -180,6 +183,8 @@ class LocalSite:
                 "LWFM_JOB_NAME": ctx.name or "",
                 "LWFM_PARENT_IDS": ",".join(ctx.parent_ids),
                 "LWFM_JOB_DIR": str(jobdir),
+                "LWFM_LAUNCHER_PID": str(os.getpid()),
+                "LWFM_PYTHON": sys.executable,
             }
         )
         return env
@@ -216,20 +221,8 @@ class LocalSite:
         await self._conclude(ctx, rc)
 
     async def _conclude(self, ctx: JobContext, rc: int | None) -> None:
-        """Turn how the process ended into a canonical state, preferring the wrapper's record."""
-        jobdir = self._dir(ctx.job_id)
-        recorded = _read_exit_code(jobdir)
-        code = recorded if recorded is not None else rc
-        if (jobdir / "cancel_requested").exists():
-            await self._finish(ctx, JobState.CANCELLED, code, "cancelled")
-        elif code == 0:
-            await self._finish(ctx, JobState.COMPLETE, 0, None)
-        elif code is None:
-            await self._finish(ctx, JobState.FAILED, None, "the process ended without an exit code being recorded")
-        elif code < 0:
-            await self._finish(ctx, JobState.FAILED, code, f"killed by signal {-code}")
-        else:
-            await self._finish(ctx, JobState.FAILED, code, f"exit code {code}")
+        await conclude(self._dir(ctx.job_id), ctx, self._rt.reporter, rc)
+        self._mark_done(ctx.job_id)
 
     async def _finish(self, ctx: JobContext, state: JobState, code: int | None, why: str | None) -> None:
         await self._rt.reporter.report(ctx, state, exit_code=code, native_info=why, native_state=state.value.lower())
@@ -345,6 +338,23 @@ class LocalSite:
 
     async def get(self, site_path: str, local_path: Path) -> None:
         await anyio.to_thread.run_sync(shutil.copyfile, site_path, local_path)
+
+
+async def conclude(jobdir: Path, ctx: JobContext, reporter: StatusReporter, rc: int | None) -> None:
+    """Turn how a job's process ended into a canonical state, preferring the wrapper's record."""
+    recorded = _read_exit_code(jobdir)
+    code = recorded if recorded is not None else rc
+    if (jobdir / "cancel_requested").exists():
+        state, why = JobState.CANCELLED, "cancelled"
+    elif code == 0:
+        state, why = JobState.COMPLETE, None
+    elif code is None:
+        state, why = JobState.FAILED, "the process is gone and no exit code was recorded (killed, or its launcher died)"
+    elif code < 0:
+        state, why = JobState.FAILED, f"killed by signal {-code}"
+    else:
+        state, why = JobState.FAILED, f"exit code {code}"
+    await reporter.report(ctx, state, exit_code=code, native_info=why, native_state=state.value.lower())
 
 
 def _read_exit_code(jobdir: Path) -> int | None:

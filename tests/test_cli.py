@@ -81,8 +81,9 @@ async def test_demo_shows_the_events_it_published(tmp_path: Path) -> None:
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     lines = out.decode().splitlines()
-    assert len(lines) == 13
-    assert "COMPLETE" in lines[-1]
+    steps = [line.split() for line in lines[:3]]
+    assert [(s[0], s[2], s[3]) for s in steps] == [(n, "COMPLETE", "exit=0") for n in "ABC"]
+    assert lines[3:] == ["workflow jobs:", "  A  COMPLETE", "  B  COMPLETE", "  C  COMPLETE"]
 
 
 async def test_bad_arguments_are_one_clear_line(tmp_path: Path) -> None:

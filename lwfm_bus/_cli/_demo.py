@@ -1,4 +1,4 @@
-"""``lwfm-bus demo``: the bus on the embedded server, with events flowing end to end."""
+"""``lwfm-bus demo``: the seed's use case 3a, A -> B -> C, on the embedded bus."""
 
 from __future__ import annotations
 
@@ -8,46 +8,29 @@ from typing import Any
 
 from .._client import connect
 from .._config import BusConfig
-from .._events import DataArrival, EventData, JobStatus, SiteHeartbeat, make_event, new_id
-from .._states import JobState
-from ._events import describe
+from .._jobs import JobDefn
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("demo", help="start the embedded bus, publish a small workflow's events and show them")
+    p = sub.add_parser("demo", help="run an example A -> B -> C workflow and print each job's status")
     p.set_defaults(func=run)
 
 
 async def run(args: argparse.Namespace, config: BusConfig) -> int:
-    site = config.site
-    wf = "demo-" + new_id()[:8]
-    src = f"/sites/{site}/demo"
-    script: list[EventData] = [SiteHeartbeat(site=site, adapter="local")]
-    for job in ("A", "B", "C"):
-        job_id = f"{wf}-{job}"
-        script += [
-            JobStatus(job_id=job_id, site=site, state=s, workflow_id=wf, name=job)
-            for s in (JobState.PENDING, JobState.RUNNING)
-        ]
-        script.append(
-            DataArrival(
-                data_id=new_id(),
-                site=site,
-                location=str(config.home / "demo" / wf / f"{job}.out"),
-                metadata={"step": job, "workflow": wf},
-                job_id=job_id,
-                workflow_id=wf,
-            )
-        )
-        script.append(
-            JobStatus(job_id=job_id, site=site, state=JobState.COMPLETE, workflow_id=wf, name=job, exit_code=0)
-        )
     async with connect(config, name="lwfm-bus demo") as bus:
-        print(f"bus at {bus.connected_url}; workflow {wf}", file=sys.stderr)
-        async with bus.subscribe(f"lwfm.{site}.>") as sub:
-            for payload in script:
-                await bus.publish(make_event(payload, source=src))
-            for _ in script:
-                event = await sub.next(timeout=10)
-                print(f"{sub.last_seq:>6} {event.nats_subject():<48} {describe(event)}")
+        wf = await bus.define_workflow("demo A->B->C", {"example": True})
+        print(f"bus at {bus.connected_url}; workflow {wf.workflow_id}", file=sys.stderr)
+        parents: tuple[str, ...] = ()
+        for step in ("A", "B", "C"):
+            code = f"import os; print('step {step} of', os.environ['LWFM_WORKFLOW_ID'])"
+            job = await bus.submit(JobDefn(argv=(sys.executable, "-c", code), name=step), workflow=wf, parents=parents)
+            final = await job.wait(timeout=60)
+            out = (await job.logs()).decode().strip()
+            print(f"{step}  {job.job_id}  {final.state.value:<9} exit={final.exit_code}  {out}")
+            if not final.state.is_success:
+                return 1
+            parents = (job.job_id,)
+        print("workflow jobs:")
+        for r in await bus.jobs(workflow=wf):
+            print(f"  {r.name}  {r.state.value}")
     return 0

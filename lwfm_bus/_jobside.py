@@ -1,0 +1,114 @@
+"""Inside a running job: who am I, and how do I tell the bus something.
+
+Every job an adapter launches finds its identity (``LWFM_JOB_ID``, ``LWFM_SITE``,
+``LWFM_WORKFLOW_ID``, ``LWFM_PARENT_IDS``) and the bus address and credentials
+(``LWFM_BUS_*``) in its environment.  This module is the one place besides the CLI
+that reads the environment, because that is where a job's identity lives.
+
+A job may report progress (INFO), its own phases (RUNNING, FINISHING) and data.  Its
+terminal state is reported by its site, which sees the exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from ._client import connect
+from ._config import load_config
+from ._errors import JobError
+from ._events import DataArrival, EventData, JobStatus, make_event, new_id
+from ._jobs import JobContext
+from ._meta import Metadata
+from ._states import JobState
+
+__all__ = ["current_job", "data_event", "emit", "emit_data", "emit_info", "emit_status", "file_checksum"]
+
+_SELF_REPORTABLE = frozenset({JobState.INFO, JobState.RUNNING, JobState.FINISHING})
+
+
+def current_job(env: Mapping[str, str] | None = None) -> JobContext:
+    """This job's identity, from the environment its site gave it."""
+    env = os.environ if env is None else env
+    job_id = env.get("LWFM_JOB_ID")
+    if not job_id:
+        raise JobError("not inside an lwfm-bus job: LWFM_JOB_ID is not set")
+    parents = tuple(p for p in env.get("LWFM_PARENT_IDS", "").split(",") if p)
+    return JobContext(
+        job_id=job_id,
+        site=env.get("LWFM_SITE") or "local",
+        workflow_id=env.get("LWFM_WORKFLOW_ID") or None,
+        name=env.get("LWFM_JOB_NAME") or None,
+        parent_ids=parents,
+    )
+
+
+def file_checksum(path: Path, algorithm: str = "sha256") -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return f"{algorithm}:{h.hexdigest()}"
+
+
+def status_event(ctx: JobContext, state: JobState, info: str | None = None) -> JobStatus:
+    if state not in _SELF_REPORTABLE:
+        allowed = ", ".join(sorted(s.value for s in _SELF_REPORTABLE))
+        raise JobError(f"a job may report {allowed} about itself; its site reports {state.value}")
+    return JobStatus(
+        job_id=ctx.job_id,
+        site=ctx.site,
+        state=state,
+        workflow_id=ctx.workflow_id,
+        name=ctx.name,
+        info=info,
+        parent_ids=ctx.parent_ids,
+    )
+
+
+def data_event(ctx: JobContext, location: str, metadata: Metadata | None = None) -> DataArrival:
+    """A data arrival attributed to the job; a local file gets its size and checksum."""
+    path = Path(location)
+    size = checksum = None
+    if path.is_file():
+        size = path.stat().st_size
+        checksum = file_checksum(path)
+        location = str(path.resolve())
+    return DataArrival(
+        data_id=new_id(),
+        site=ctx.site,
+        location=location,
+        metadata=dict(metadata or {}),
+        size=size,
+        checksum=checksum,
+        job_id=ctx.job_id,
+        workflow_id=ctx.workflow_id,
+    )
+
+
+async def emit(payload: EventData, env: Mapping[str, str] | None = None) -> None:
+    """Publish one event on the bus named in the job's environment."""
+    config = load_config(env)
+    async with connect(config, name="lwfm-bus job") as bus:
+        await bus.publish(make_event(payload, source=f"/sites/{config.site}/job"))
+
+
+def emit_info(text: str) -> None:
+    """Blocking: publish an INFO status for the current job."""
+    ctx = current_job()
+    asyncio.run(emit(status_event(ctx, JobState.INFO, text)))
+
+
+def emit_status(state: JobState | str, info: str | None = None) -> None:
+    """Blocking: publish RUNNING, FINISHING or INFO for the current job."""
+    ctx = current_job()
+    asyncio.run(emit(status_event(ctx, JobState(state), info)))
+
+
+def emit_data(location: str, metadata: Metadata | None = None) -> None:
+    """Blocking: publish a data arrival produced by the current job."""
+    ctx = current_job()
+    asyncio.run(emit(data_event(ctx, location, metadata)))
