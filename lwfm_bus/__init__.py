@@ -60,7 +60,7 @@ from ._server import EmbeddedServer
 from ._sites import SiteAdapter, SiteRuntime, StatusReporter
 from ._states import JobState
 from ._subjects import check_token, data_filter, job_filter, workflow_filter
-from ._sync import SyncJob, make_job, sync_bus
+from ._sync import SyncJob, make_job, sync_bus, sync_close
 
 __version__ = "0.1.0"
 
@@ -139,5 +139,6 @@ __all__ = [
     "make_job",
     "new_id",
     "sync_bus",
+    "sync_close",
     "workflow_filter",
 ]

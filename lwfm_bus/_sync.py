@@ -20,13 +20,13 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._client import Bus, connect
 from ._config import BusConfig
-from ._errors import JobError
+from ._errors import ConfigError, JobError
 from ._events import JobStatus
 from ._index import JobRecord
 from ._jobs import JobDefn, Workflow
 from ._sites import LogStream
 
-__all__ = ["SyncJob", "make_job", "sync_bus"]
+__all__ = ["SyncJob", "make_job", "sync_bus", "sync_close"]
 
 
 class _Runtime:
@@ -36,6 +36,7 @@ class _Runtime:
     _instance: _Runtime | None = None
 
     def __init__(self, config: BusConfig | None) -> None:
+        self.config = config
         self._portal_cm: AbstractContextManager[BlockingPortal] = start_blocking_portal("asyncio")
         self.portal = self._portal_cm.__enter__()
         self._bus_cm = self.portal.wrap_async_context_manager(connect(config, name="lwfm-bus sync"))
@@ -47,6 +48,11 @@ class _Runtime:
             if cls._instance is None:
                 cls._instance = cls(config)
                 atexit.register(cls.shutdown)
+            elif config is not None and config != cls._instance.config:
+                raise ConfigError(
+                    "this process's sync bus is already connected with another configuration; "
+                    "call lwfm_bus.sync_close() first"
+                )
             return cls._instance
 
     @classmethod
@@ -62,6 +68,11 @@ class _Runtime:
             return await func(*args, **kwargs)
 
         return self.portal.call(run)
+
+
+def sync_close() -> None:
+    """Close the process's sync bus now (it is also closed at exit)."""
+    _Runtime.shutdown()
 
 
 def sync_bus(config: BusConfig | None = None) -> Bus:
