@@ -115,7 +115,10 @@ async def _nats_connect(servers: list[str], config: BusConfig, name: str) -> NAT
         "servers": servers,
         "name": name,
         "connect_timeout": config.connect_timeout_s,
-        "max_reconnect_attempts": -1,
+        # Bounded for the first connection, so a wrong address or credential is an error
+        # rather than a hang; unbounded once connected (set below), so an outage is survived.
+        "max_reconnect_attempts": 2,
+        "reconnect_time_wait": 1.0,
         "error_cb": on_error,
         "disconnected_cb": on_disconnect,
         "reconnected_cb": on_reconnect,
@@ -132,10 +135,12 @@ async def _nats_connect(servers: list[str], config: BusConfig, name: str) -> NAT
     if tls is not None:
         options["tls"] = tls
     try:
-        return await nats.connect(**options)
+        nc = await nats.connect(**options)
     except (nats.errors.Error, OSError, TimeoutError) as exc:
         # Never echo the options: they may hold secrets.
         raise LwfmBusError(f"cannot connect to NATS at {', '.join(servers)}: {exc!r}") from exc
+    nc.options["max_reconnect_attempts"] = -1
+    return nc
 
 
 @contextlib.asynccontextmanager

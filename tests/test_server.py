@@ -72,3 +72,18 @@ async def test_connect_starts_one_shared_embedded_server(tmp_path: Path) -> None
             # The second connection reuses the first one's server instead of starting another.
             assert second.connected_url == first.connected_url == url
     assert running_server_url(cfg.home) is None
+
+
+async def test_an_authenticated_deployment_is_configuration_only(tmp_path: Path) -> None:
+    secret = "s3cret-token-value"
+    server = lb.EmbeddedServer(lb.EmbeddedServerConfig(token=secret), tmp_path / "js")
+    async with server:
+        good = lb.BusConfig(servers=(server.url,), token=secret, home=tmp_path / "home")
+        async with lb.connect(good) as bus:
+            ack = await bus.publish(lb.make_event(lb.SiteHeartbeat(site="s", adapter="local"), source="/t"))
+            assert ack.seq == 1
+        bad = good.model_copy(update={"token": None, "connect_timeout_s": 2.0})
+        with pytest.raises(lb.LwfmBusError) as info:
+            async with lb.connect(bad):
+                pass
+        assert secret not in str(info.value)
