@@ -158,6 +158,8 @@ class Bus(EventBus):
             if spec is None:
                 known = ", ".join(sorted(self.site_specs()))
                 raise ConfigError(f"unknown site {name!r} (configured: {known}; see {self.config.sites_path()})")
+            if spec.broken is not None or spec.adapter_class is None:
+                raise ConfigError(spec.broken or f"site {name!r} has no adapter")
             runtime = SiteRuntime(
                 site=name,
                 state_dir=self.config.home / "sites" / name,
@@ -263,6 +265,9 @@ class Bus(EventBus):
 
     async def cancel(self, job_id: str) -> None:
         """Stop a job and everything it started; its CANCELLED event follows."""
+        record = await self.status(job_id)
+        if record.state.is_terminal:
+            return  # nothing to stop; a late cancel must not relabel a finished job
         ctx = await self._context(job_id)
         await (await self.site(ctx.site)).cancel(ctx)
 

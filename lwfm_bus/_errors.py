@@ -91,7 +91,7 @@ class JobTimeoutError(JobError, TimeoutError):
 
 
 class SiteError(LwfmBusError, RuntimeError):
-    """A site adapter is unknown, broken, or failed an operation."""
+    """A site adapter failed to open or failed an operation (unknown or broken ones are ConfigError)."""
 
 
 class TriggerError(LwfmBusError, ValueError):

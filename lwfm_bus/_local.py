@@ -22,6 +22,8 @@ import os
 import shutil
 import signal
 import sys
+import uuid
+from collections import OrderedDict
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import IO, Any, ClassVar
@@ -44,12 +46,14 @@ except ImportError:  # pragma: no cover - Windows
 
 # Runs the job as "$@" (never re-parsed by the shell) and records its exit code
 # atomically.  The script is a constant: no job data is ever interpolated into it.
-# When the launcher is gone by then, the wrapper starts a small reporter so the job's
-# end is still published (only orphans pay for that Python start-up).
+# When nobody watches it any more -- the launcher process died, or the site that
+# launched it was closed (its owner file is gone) -- the wrapper starts a small reporter
+# so the job's end is still published (only orphans pay for that Python start-up).
 _WRAPPER = (
     '"$@"; rc=$?; '
     'printf "%s" "$rc" > "$LWFM_JOB_DIR/exit_code.tmp" && mv "$LWFM_JOB_DIR/exit_code.tmp" "$LWFM_JOB_DIR/exit_code"; '
-    'if ! kill -0 "$LWFM_LAUNCHER_PID" 2>/dev/null; then "$LWFM_PYTHON" -m lwfm_bus._orphan >/dev/null 2>&1; fi; '
+    'if ! kill -0 "$LWFM_LAUNCHER_PID" 2>/dev/null || [ ! -e "$LWFM_OWNER_FILE" ]; then '
+    '"$LWFM_PYTHON" -m lwfm_bus._orphan >/dev/null 2>&1; fi; '
     "exit $rc"
 )
 
@@ -107,7 +111,12 @@ class LocalSite:
         self._jobs = self._root / "jobs"
         self._active = self._root / "active"
         self._owners = self._root / "owners"
-        self._slots = asyncio.Semaphore(options.max_concurrent)
+        # One owner per opened site, not per process: a later site in the same process
+        # must be able to adopt what an earlier, closed one left running.
+        self._owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self._owner_file = self._owners / f"{self._owner}.lock"
+        self._running = 0
+        self._waiting: OrderedDict[str, asyncio.Future[bool]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._owner_lock: IO[str] | None = None
         self._closed = False
@@ -118,7 +127,7 @@ class LocalSite:
         for d in (self._jobs, self._active, self._owners):
             d.mkdir(parents=True, exist_ok=True)
         # Held for this process's life: it tells others our jobs have a live owner.
-        self._owner_lock = open(self._owners / f"{os.getpid()}.lock", "a+")  # noqa: SIM115, ASYNC230
+        self._owner_lock = open(self._owner_file, "a+")  # noqa: SIM115, ASYNC230
         _try_lock(self._owner_lock)
         await self._recover()
 
@@ -134,7 +143,7 @@ class LocalSite:
         if self._owner_lock is not None:
             self._owner_lock.close()
             with contextlib.suppress(OSError):
-                (self._owners / f"{os.getpid()}.lock").unlink()
+                self._owner_file.unlink()
             self._owner_lock = None
 
     def _spawn(self, coro: Coroutine[Any, Any, None], ctx: JobContext) -> None:
@@ -165,7 +174,7 @@ class LocalSite:
         return ctx.job_id
 
     def _mark_active(self, job_id: str) -> None:
-        (self._active / job_id).write_text(str(os.getpid()))
+        (self._active / job_id).write_text(self._owner)
 
     def _mark_done(self, job_id: str) -> None:
         with contextlib.suppress(OSError):
@@ -184,14 +193,38 @@ class LocalSite:
                 "LWFM_PARENT_IDS": ",".join(ctx.parent_ids),
                 "LWFM_JOB_DIR": str(jobdir),
                 "LWFM_LAUNCHER_PID": str(os.getpid()),
+                "LWFM_OWNER_FILE": str(self._owner_file),
                 "LWFM_PYTHON": sys.executable,
             }
         )
         return env
 
+    async def _take_slot(self, job_id: str) -> bool:
+        """Wait for a free slot, first come first served; False if the job was cancelled meanwhile."""
+        if self._running < self._opts.max_concurrent and not self._waiting:
+            self._running += 1
+            return True
+        turn: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting[job_id] = turn
+        try:
+            return await turn  # the slot was handed over by _release_slot (True) or cancel (False)
+        except asyncio.CancelledError:
+            self._waiting.pop(job_id, None)
+            raise
+
+    def _release_slot(self) -> None:
+        self._running -= 1
+        while self._waiting and self._running < self._opts.max_concurrent:
+            _, turn = self._waiting.popitem(last=False)
+            if not turn.done():
+                self._running += 1
+                turn.set_result(True)
+
     async def _run(self, ctx: JobContext, defn: JobDefn) -> None:
         jobdir = self._dir(ctx.job_id)
-        async with self._slots:
+        if not await self._take_slot(ctx.job_id):
+            return  # cancelled while queued: cancel() has reported it
+        try:
             if (jobdir / "cancel_requested").exists():
                 await self._finish(ctx, JobState.CANCELLED, None, "cancelled before it started")
                 return
@@ -216,8 +249,16 @@ class LocalSite:
             started = _proc_start_time(proc.pid)
             (jobdir / "pid").write_text(json.dumps({"pid": proc.pid, "start": started}))
             ctx = ctx.model_copy(update={"native_id": str(proc.pid)})
-            await self._rt.reporter.report(ctx, JobState.RUNNING, native_state="running")
+            if (jobdir / "cancel_requested").exists():
+                # A cancel that came between our check and the pid file saw no process
+                # to kill: it is ours to stop (cancel writes the marker, then reads the pid).
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                await self._rt.reporter.report(ctx, JobState.RUNNING, native_state="running")
             rc = await proc.wait()
+        finally:
+            self._release_slot()
         await self._conclude(ctx, rc)
 
     async def _conclude(self, ctx: JobContext, rc: int | None) -> None:
@@ -238,16 +279,20 @@ class LocalSite:
             for entry in sorted(self._active.iterdir()):
                 job_id = entry.name
                 try:
-                    owner = int(entry.read_text() or "0")
-                except (OSError, ValueError):
-                    owner = 0
-                if owner == os.getpid() or self._owner_alive(owner):
+                    owner = entry.read_text().strip()
+                except OSError:
+                    owner = ""
+
+                if owner == self._owner or self._owner_alive(owner):
                     continue
                 self._mark_active(job_id)  # ours now
                 await self._adopt(job_id)
 
-    def _owner_alive(self, pid: int) -> bool:
-        path = self._owners / f"{pid}.lock"
+    def _owner_alive(self, owner: str) -> bool:
+        """Whether the site instance ``owner`` still holds its lock (flock dies with its process)."""
+        if not owner or "/" in owner or owner.startswith("."):
+            return False
+        path = self._owners / f"{owner}.lock"
         if not path.exists():
             return False
         with open(path, "a+") as probe:
@@ -313,7 +358,15 @@ class LocalSite:
         (jobdir / "cancel_requested").touch()
         pid_file = jobdir / "pid"
         if not pid_file.exists():
-            return  # still queued: the runner sees the marker and never starts it
+            # Still queued (here or in another process): it is cancelled now, not when a
+            # slot frees.  Whoever runs it later sees the marker and never starts it; its
+            # own CANCELLED report has the same event id, so the stream stores one.
+            turn = self._waiting.pop(ctx.job_id, None)
+            if turn is not None and not turn.done():
+                turn.set_result(False)
+            if _read_exit_code(jobdir) is None:
+                await self._finish(ctx, JobState.CANCELLED, None, "cancelled before it started")
+            return
         info = json.loads(pid_file.read_text())
         pid, started = int(info["pid"]), info.get("start")
         if not _alive(pid, started):

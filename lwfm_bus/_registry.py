@@ -72,12 +72,17 @@ def discover_adapters() -> AdapterCatalog:
 
 @dataclass(frozen=True)
 class SiteSpec:
-    """One configured site: its name, adapter class and validated options."""
+    """One configured site: its name, adapter class and validated options.
+
+    A site whose plugin is installed but broken keeps its place with ``broken`` set:
+    opening that one site fails with the reason, every other site still works.
+    """
 
     name: str
     adapter: str
-    adapter_class: type[Any]
-    options: BaseModel
+    adapter_class: type[Any] | None
+    options: BaseModel | None
+    broken: str | None = None
 
 
 def _spec(name: str, table: dict[str, Any], catalog: AdapterCatalog, where: str) -> SiteSpec:
@@ -87,8 +92,13 @@ def _spec(name: str, table: dict[str, Any], catalog: AdapterCatalog, where: str)
         raise ConfigError(f"{where}: {exc}") from None
     raw = dict(table)
     adapter = raw.pop("adapter", "local" if name == "local" else None)
-    if not isinstance(adapter, str):
+    if adapter is None:
         raise ConfigError(f'{where}.adapter: missing (name the adapter, e.g. adapter = "local")')
+    if not isinstance(adapter, str):
+        raise ConfigError(f'{where}.adapter: expected the adapter\'s name as a string, e.g. adapter = "local"')
+    if adapter in catalog.broken:
+        why = f"{where}.adapter: adapter {adapter!r} is installed but broken: {catalog.broken[adapter]}"
+        return SiteSpec(name=name, adapter=adapter, adapter_class=None, options=None, broken=why)
     cls = catalog.get(adapter, f"{where}.adapter")
     try:
         options = cls.Options.model_validate(raw)

@@ -1,0 +1,454 @@
+"""Jobs on the ``local`` site: real subprocesses, a real nats-server, no mocks.
+
+Synchronisation is always on something that happens: a job event on the bus, a line
+from a process, a FIFO that a job writes to, or a pidfd that the kernel makes readable
+when a process exits.  Nothing here sleeps to let time pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+import lwfm_bus as lb
+from lwfm_bus import JobState
+
+linux_only = pytest.mark.skipif(sys.platform != "linux", reason="uses /proc, pidfd and FIFOs")
+
+# A job that blocks until a file appears.  The loop is the job's own behaviour (it stands
+# for "a long computation"), not synchronisation in the test.
+_WAIT_FOR_FILE = 'while [ ! -e "$1" ]; do sleep 0.05; done'
+
+
+def _blocker(go: Path, then: str = "", *args: str) -> lb.JobDefn:
+    """A job that waits for ``go`` (its $1) to exist, then runs the shell text ``then`` ($2... are ``args``)."""
+    script = f"{_WAIT_FOR_FILE}; {then}" if then else _WAIT_FOR_FILE
+    return lb.JobDefn.of(["/bin/sh", "-c", script, "wait-for-go", str(go), *args])
+
+
+def _python(code: str, **kw: object) -> lb.JobDefn:
+    return lb.JobDefn.of([sys.executable, "-c", code], **kw)  # type: ignore[arg-type]
+
+
+async def _wait_state(bus: lb.Bus, job_id: str, state: JobState, timeout: float = 20) -> lb.JobStatus:
+    """The job's event with ``state``, read from the stream (it may already be there)."""
+
+    async def scan() -> lb.JobStatus:
+        seen: list[JobState] = []
+        async with bus.subscribe(lb.job_filter(job_id), from_start=True) as events:
+            async for event in events:
+                if not isinstance(event, lb.JobStatusEvent):
+                    continue
+                seen.append(event.data.state)
+                if event.data.state is state:
+                    return event.data
+                if event.data.state.is_terminal:
+                    raise AssertionError(f"job {job_id} ended {event.data} before reaching {state}; saw {seen}")
+        raise AssertionError("a followed subscription ended")  # pragma: no cover
+
+    return await asyncio.wait_for(scan(), timeout)
+
+
+async def _job_events(bus: lb.Bus, job_id: str) -> list[lb.JobStatus]:
+    async with bus.replay(lb.job_filter(job_id)) as history:
+        return [e.data async for e in history if isinstance(e, lb.JobStatusEvent)]
+
+
+async def _read_fifo_line(fd: int, timeout: float = 20) -> str:
+    """One line written into a FIFO whose read end ``fd`` is open non-blocking.
+
+    On Linux a FIFO that no writer has opened yet is not readable, so the loop wakes
+    only when the job writes (or closes) it.
+    """
+    loop = asyncio.get_running_loop()
+    ready = asyncio.Event()
+    buf = bytearray()
+    loop.add_reader(fd, ready.set)
+
+    async def collect() -> None:
+        while b"\n" not in buf:
+            await ready.wait()
+            ready.clear()
+            try:
+                chunk = os.read(fd, 4096)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                raise AssertionError(f"the writer closed the FIFO after {bytes(buf)!r} without a full line")
+            buf.extend(chunk)
+
+    try:
+        await asyncio.wait_for(collect(), timeout)
+    finally:
+        loop.remove_reader(fd)
+    return buf.decode().strip()
+
+
+async def _wait_pidfd(pidfd: int, timeout: float = 20) -> None:
+    """Until the process behind ``pidfd`` has exited: the kernel makes the pidfd readable."""
+    loop = asyncio.get_running_loop()
+    gone: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not gone.done():
+            gone.set_result(None)
+
+    loop.add_reader(pidfd, readable)
+    try:
+        await asyncio.wait_for(gone, timeout)
+    finally:
+        loop.remove_reader(pidfd)
+
+
+def _proc_state(pid: int) -> str | None:
+    """The kernel's one-letter state of ``pid``, or None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def _is_gone(pid: int) -> bool:
+    """Dead: no such pid, or a zombie.
+
+    A process that is not our child and whose parent died is re-parented to pid 1; in
+    some sandboxes pid 1 never reaps, so a dead process can linger as a zombie (and
+    ``os.kill(pid, 0)`` still succeeds on it).  A zombie runs nothing: it is gone.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return _proc_state(pid) in (None, "Z", "X")
+
+
+# --------------------------------------------------------------------- use case 3a
+
+
+async def test_use_case_3a_a_then_b_then_c_in_one_workflow(bus: lb.Bus) -> None:
+    wf = await bus.define_workflow("abc")
+    ids: list[str] = []
+    for name in "ABC":
+        job = await bus.submit(
+            _python(f"print({name!r})", name=name), workflow=wf, parents=ids[-1:]
+        )  # B runs only after A is COMPLETE, C after B: each is submitted after the previous wait
+        status = await job.wait(timeout=30)
+        assert status.state is JobState.COMPLETE
+        assert status.exit_code == 0
+        assert status.workflow_id == wf.workflow_id
+        assert await job.logs("stdout") == f"{name}\n".encode()
+        ids.append(job.job_id)
+
+    records = await bus.jobs(workflow=wf)
+    assert [r.job_id for r in records] == ids
+    assert [r.name for r in records] == ["A", "B", "C"]
+    assert [r.state for r in records] == [JobState.COMPLETE] * 3
+    assert [r.exit_code for r in records] == [0, 0, 0]
+    assert [r.parent_ids for r in records] == [(), (ids[0],), (ids[1],)]
+    workflow = await bus.workflow(wf.workflow_id)
+    assert workflow is not None and workflow.name == "abc"
+
+
+# --------------------------------------------------------------------- outcomes and logs
+
+
+async def test_failing_job_is_failed_with_its_exit_code_and_separate_logs(bus: lb.Bus) -> None:
+    job = await bus.submit(
+        _python("import sys; print('to out'); print('to err', file=sys.stderr); sys.exit(3)", name="fails")
+    )
+    status = await job.wait(timeout=30)
+    assert status.state is JobState.FAILED
+    assert status.exit_code == 3
+    assert status.native_info == "exit code 3"
+    assert await job.logs("stdout") == b"to out\n"
+    assert await job.logs("stderr") == b"to err\n"
+    record = await job.status()
+    assert (record.state, record.exit_code, record.name) == (JobState.FAILED, 3, "fails")
+
+
+async def test_shell_string_job_runs_through_sh(bus: lb.Bus) -> None:
+    shell = await bus.submit(lb.JobDefn.of("echo a | tr a b"))
+    argv = await bus.submit(lb.JobDefn.of(["echo", "a | tr a b"]))  # argv is never re-parsed by a shell
+    assert (await shell.wait(timeout=30)).state is JobState.COMPLETE
+    assert (await argv.wait(timeout=30)).state is JobState.COMPLETE
+    assert await shell.logs() == b"b\n"
+    assert await argv.logs() == b"a | tr a b\n"
+
+
+def test_job_definition_needs_exactly_one_of_argv_and_shell() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        lb.JobDefn(argv=("true",), shell="true")
+    with pytest.raises(ValueError, match="exactly one"):
+        lb.JobDefn()
+    assert lb.JobDefn.of("true").shell == "true"
+    assert lb.JobDefn.of(["true"]).argv == ("true",)
+
+
+# --------------------------------------------------------------------- cancel
+
+
+@linux_only
+async def test_cancel_stops_a_running_job_and_its_children(bus: lb.Bus, tmp_path: Path) -> None:
+    fifo = tmp_path / "child.pid"
+    os.mkfifo(fifo)
+    # Open the read end first: the job's write then never blocks, and we wake when it writes.
+    read_end = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        job = await bus.submit(
+            lb.JobDefn.of('sleep 300 & echo $! > "$CHILD_PID_FILE"; wait', env={"CHILD_PID_FILE": str(fifo)})
+        )
+        running = await _wait_state(bus, job.job_id, JobState.RUNNING)
+        assert running.native_id is not None
+        child = int(await _read_fifo_line(read_end))
+    finally:
+        os.close(read_end)
+    assert child != int(running.native_id)
+    assert _proc_state(child) in ("S", "R"), "the background child must be alive before the cancel"
+    child_fd = os.pidfd_open(child)
+    try:
+        await job.cancel()
+        status = await job.wait(timeout=30)
+        assert status.state is JobState.CANCELLED
+        assert status.native_info == "cancelled"
+        await _wait_pidfd(child_fd, timeout=10)  # the child, not only the shell, is stopped
+    finally:
+        os.close(child_fd)
+    assert _is_gone(child)
+    assert _is_gone(int(running.native_id))
+    assert (await job.status()).state is JobState.CANCELLED
+
+
+# --------------------------------------------------------------------- concurrency limit
+
+
+async def test_max_concurrent_keeps_the_next_job_pending(bus_config: lb.BusConfig, tmp_path: Path) -> None:
+    sites = tmp_path / "sites.toml"
+    sites.write_text("[sites.local]\nmax_concurrent = 1\n")
+    go, first_done = tmp_path / "GO", tmp_path / "first-done"
+    async with lb.connect(bus_config.model_copy(update={"sites_file": sites})) as bus:
+        first = await bus.submit(_blocker(go, 'touch "$2"', str(first_done)))
+        # The second job fails unless the first has finished before it starts.
+        second = await bus.submit(lb.JobDefn.of(["/bin/sh", "-c", 'test -e "$1"', "check", str(first_done)]))
+        await _wait_state(bus, first.job_id, JobState.RUNNING)
+
+        record = await bus.status(second.job_id)
+        assert record.state is JobState.PENDING
+        assert record.native_id is None  # no process was started for it
+
+        go.touch()
+        one, two = await first.wait(timeout=30), await second.wait(timeout=30)
+    assert (one.state, one.exit_code) == (JobState.COMPLETE, 0)
+    assert (two.state, two.exit_code) == (JobState.COMPLETE, 0)
+
+
+async def test_cancel_of_a_queued_job_does_not_wait_for_a_free_slot(bus_config: lb.BusConfig, tmp_path: Path) -> None:
+    sites = tmp_path / "sites.toml"
+    sites.write_text("[sites.local]\nmax_concurrent = 1\n")
+    go = tmp_path / "GO"
+    async with lb.connect(bus_config.model_copy(update={"sites_file": sites})) as bus:
+        first = await bus.submit(_blocker(go))
+        queued = await bus.submit(lb.JobDefn.of(["true"]))
+        await _wait_state(bus, first.job_id, JobState.RUNNING)
+        try:
+            await queued.cancel()
+            status = await queued.wait(timeout=3)
+            assert status.state is JobState.CANCELLED
+        finally:
+            go.touch()
+            await first.wait(timeout=30)
+
+
+# --------------------------------------------------------------------- the job's own view of the bus
+
+
+async def test_job_environment_names_the_job_the_bus_and_the_workflow(bus: lb.Bus) -> None:
+    wf = await bus.define_workflow("env")
+    job = await bus.submit(
+        _python(
+            "import os; print(os.environ['LWFM_JOB_ID'], os.environ['LWFM_BUS_URL'], os.environ['LWFM_WORKFLOW_ID'])"
+        ),
+        workflow=wf,
+    )
+    assert (await job.wait(timeout=30)).state is JobState.COMPLETE
+    assert bus.connected_url is not None
+    assert (await job.logs()).decode().split() == [job.job_id, bus.connected_url, wf.workflow_id]
+
+
+async def test_job_publishes_an_event_attributed_to_itself(bus: lb.Bus) -> None:
+    code = """
+import asyncio, os
+import lwfm_bus as lb
+
+async def main():
+    async with lb.connect() as bus:  # everything from the LWFM_* environment the job was given
+        data = lb.DataArrival(
+            data_id=lb.new_id(), site=os.environ["LWFM_SITE"], location="/results/out.csv",
+            job_id=os.environ["LWFM_JOB_ID"], workflow_id=os.environ["LWFM_WORKFLOW_ID"] or None,
+        )
+        await bus.publish(lb.make_event(data, source="/jobs/" + os.environ["LWFM_JOB_ID"]))
+
+asyncio.run(main())
+"""
+    wf = await bus.define_workflow("emits")
+    job = await bus.submit(_python(code), workflow=wf)
+    status = await job.wait(timeout=30)
+    assert status.state is JobState.COMPLETE, (await job.logs("stderr")).decode()
+    async with bus.replay(lb.job_filter(job.job_id)) as history:
+        arrivals = [e async for e in history if isinstance(e, lb.DataEvent)]
+    assert len(arrivals) == 1
+    assert arrivals[0].data.job_id == job.job_id
+    assert arrivals[0].data.workflow_id == wf.workflow_id
+    assert arrivals[0].data.location == "/results/out.csv"
+
+
+# --------------------------------------------------------------------- the index is a projection
+
+
+async def test_index_is_rebuilt_from_the_stream(bus_config: lb.BusConfig) -> None:
+    async with lb.connect(bus_config) as bus:
+        ok = await bus.submit(lb.JobDefn.of(["true"]))
+        bad = await bus.submit(lb.JobDefn.of(["false"]))
+        assert (await ok.wait(timeout=30)).state is JobState.COMPLETE
+        assert (await bad.wait(timeout=30)).state is JobState.FAILED
+        assert (await bus.status(ok.job_id)).state is JobState.COMPLETE  # the index file now exists
+
+    index = bus_config.home / "index.sqlite"
+    assert index.exists()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{index}{suffix}").unlink(missing_ok=True)  # noqa: ASYNC240 - test set-up
+
+    async with lb.connect(bus_config) as bus:
+        record = await bus.status(ok.job_id)
+        assert (record.state, record.exit_code) == (JobState.COMPLETE, 0)
+        failed = await bus.status(bad.job_id)
+        assert (failed.state, failed.exit_code) == (JobState.FAILED, 1)
+        history = await (await bus.index()).history(ok.job_id)
+        assert [state for state, _ in history] == [
+            JobState.READY,
+            JobState.PENDING,
+            JobState.RUNNING,
+            JobState.COMPLETE,
+        ]
+        times = [t for _, t in history]
+        assert times == sorted(times)
+    assert index.exists()
+
+
+# --------------------------------------------------------------------- adoption after the launcher died
+
+_LAUNCHER = """
+import asyncio, sys
+import lwfm_bus as lb
+
+async def main():
+    url, home, go = sys.argv[1:4]
+    async with lb.connect(lb.BusConfig(servers=(url,), home=home)) as bus:
+        defn = lb.JobDefn.of(["/bin/sh", "-c", 'while [ ! -e "$1" ]; do sleep 0.05; done', "wait-for-go", go])
+        job = await bus.submit(defn)
+        print(job.job_id, flush=True)
+        await asyncio.Event().wait()  # until killed
+
+asyncio.run(main())
+"""
+
+
+@contextlib.asynccontextmanager
+async def _launcher(bus_config: lb.BusConfig, go: Path):  # type: ignore[no-untyped-def]
+    """Another process, same home, that submits a job waiting for ``go`` and never returns."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _LAUNCHER,
+        bus_config.servers[0],
+        str(bus_config.home),
+        str(go),
+        stdout=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert line.strip(), "the launcher exited before submitting"
+        yield proc, line.decode().strip()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.communicate()
+
+
+async def _kill_launcher(proc: asyncio.subprocess.Process) -> None:
+    proc.kill()  # SIGKILL: no cleanup of any kind runs
+    await proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+
+
+@linux_only
+async def test_restart_adopts_a_job_still_running(bus: lb.Bus, bus_config: lb.BusConfig, tmp_path: Path) -> None:
+    go = tmp_path / "GO"
+    async with _launcher(bus_config, go) as (launcher, job_id):
+        running = await _wait_state(bus, job_id, JobState.RUNNING)
+        assert running.native_id is not None
+        await _kill_launcher(launcher)
+    pid = int(running.native_id)
+    assert not _is_gone(pid), "the job must outlive its launcher"
+
+    await bus.site("local")  # opening the site adopts the orphan
+    go.touch()
+    status = await bus.wait(job_id, timeout=30)
+    assert (status.state, status.exit_code) == (JobState.COMPLETE, 0)
+    assert status.native_id == str(pid)
+    record = await bus.status(job_id)
+    assert (record.state, record.exit_code) == (JobState.COMPLETE, 0)
+    terminal = [s.state for s in await _job_events(bus, job_id) if s.state.is_terminal]
+    assert terminal == [JobState.COMPLETE]
+
+
+@linux_only
+async def test_restart_reports_a_job_killed_while_nobody_watched(
+    bus: lb.Bus, bus_config: lb.BusConfig, tmp_path: Path
+) -> None:
+    go = tmp_path / "GO"  # never created
+    async with _launcher(bus_config, go) as (launcher, job_id):
+        await _wait_state(bus, job_id, JobState.RUNNING)
+        await _kill_launcher(launcher)
+    native_id = (await bus.status(job_id)).native_id
+    assert native_id is not None
+    pid = int(native_id)
+    pidfd = os.pidfd_open(pid)
+    try:
+        os.killpg(pid, signal.SIGKILL)  # the job runs in its own session: pgid == pid
+        await _wait_pidfd(pidfd)
+    finally:
+        os.close(pidfd)
+
+    await bus.site("local")
+    status = await bus.wait(job_id, timeout=30)
+    assert status.state is JobState.FAILED
+    assert status.exit_code is None
+    assert status.native_info is not None
+    assert "exit code" in status.native_info or "signal" in status.native_info
+    assert (await bus.status(job_id)).state is JobState.FAILED
+
+
+@linux_only
+async def test_a_later_bus_in_the_same_process_adopts_a_job_left_running(
+    bus_config: lb.BusConfig, tmp_path: Path
+) -> None:
+    go = tmp_path / "GO"
+    async with lb.connect(bus_config) as first:
+        job = await first.submit(_blocker(go))
+        await _wait_state(first, job.job_id, JobState.RUNNING)
+    # ``first`` closed: it stopped watching, the job runs on ("will be adopted later").
+    async with lb.connect(bus_config) as second:
+        await second.site("local")
+        go.touch()
+        status = await second.wait(job.job_id, timeout=5)
+        assert status.state is JobState.COMPLETE
