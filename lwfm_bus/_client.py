@@ -12,22 +12,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ._bus import EventBus
 from ._config import BusConfig, load_config
 from ._connect import open_event_bus
-from ._errors import ConfigError, JobTimeoutError, SiteError, UnknownJobError
-from ._events import JobStatus, JobStatusEvent, WorkflowDefined, make_event, new_id
-from ._index import JobIndex, JobRecord, WorkflowRecord
+from ._engine_store import FiringRecord
+from ._errors import ConfigError, JobTimeoutError, SiteError, TriggerError, UnknownJobError
+from ._events import (
+    JobStatus,
+    JobStatusEvent,
+    TriggerCancelled,
+    TriggerRegistered,
+    WorkflowDefined,
+    make_event,
+    new_id,
+)
+from ._index import JobIndex, JobRecord, TriggerRecord, WorkflowRecord
 from ._jobs import JobContext, JobDefn, Workflow
 from ._meta import Metadata
 from ._registry import SiteSpec, discover_adapters, load_sites
 from ._sites import LogStream, SiteAdapter, SiteRuntime
 from ._states import JobState
 from ._subjects import ROOT, check_token
+from ._triggers import DataTrigger, Downstream, JobTrigger, JoinTrigger, Match, Trigger, Upstream
 
 __all__ = ["Bus", "Job", "connect"]
 
@@ -73,6 +83,13 @@ class _Reporter:
         if state in _LIFECYCLE:
             envelope["id"] = f"{ctx.job_id}:{state.value}"
         await self._bus.publish(make_event(payload, source=f"/sites/{ctx.site}/adapter", **envelope))
+
+
+class _AdapterRefused(Exception):
+    def __init__(self, ctx: JobContext, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.ctx = ctx
+        self.cause = cause
 
 
 @dataclass(frozen=True)
@@ -210,21 +227,44 @@ class Bus(EventBus):
     ) -> Job:
         """Submit a job to a site and return at once; its states arrive as events."""
         wf_id = workflow.workflow_id if isinstance(workflow, Workflow) else workflow
+        job_id = job_id or new_id()
+        try:
+            await self._dispatch(defn, site=site, workflow=wf_id, parents=tuple(parents), job_id=job_id)
+        except _AdapterRefused as refused:
+            await self._reporter.report(refused.ctx, JobState.FAILED, native_info=f"submit failed: {refused.cause}")
+            raise SiteError(f"site {site!r} refused job {job_id}: {refused.cause}") from refused.cause
+        return Job(job_id=job_id, site=site, workflow_id=wf_id, bus=self)
+
+    async def _dispatch(
+        self, defn: JobDefn, *, site: str, workflow: str | None, parents: tuple[str, ...], job_id: str
+    ) -> None:
+        """READY, then hand the job to its site.  Submitting one job id twice starts it once."""
         ctx = JobContext(
-            job_id=job_id or new_id(),
+            job_id=check_token(job_id, "job id"),
             site=check_token(site, "site name"),
-            workflow_id=wf_id,
+            workflow_id=workflow,
             name=defn.label(),
-            parent_ids=tuple(parents),
+            parent_ids=parents,
         )
         adapter = await self.site(site)
         await self._reporter.report(ctx, JobState.READY)
         try:
             await adapter.submit(ctx, defn)
         except Exception as exc:
-            await self._reporter.report(ctx, JobState.FAILED, native_info=f"submit failed: {exc}")
-            raise SiteError(f"site {site!r} refused job {ctx.job_id}: {exc}") from exc
-        return Job(job_id=ctx.job_id, site=site, workflow_id=wf_id, bus=self)
+            raise _AdapterRefused(ctx, exc) from exc
+
+    async def _report_failed_dispatch(self, target: Downstream, record: FiringRecord, reason: str) -> None:
+        """A triggered job that could not be started ends FAILED, so whoever waits on it learns why."""
+        if record.job_id is None:
+            return
+        ctx = JobContext(
+            job_id=record.job_id,
+            site=target.site,
+            workflow_id=record.workflow_id,
+            name=target.job.label(),
+            parent_ids=record.parent_ids,
+        )
+        await self._reporter.report(ctx, JobState.FAILED, native_info=f"dispatch failed: {reason}"[:4000])
 
     async def wait(self, job_id: str, *, timeout: float | None = None) -> JobStatus:
         """The job's terminal status, woken by its event (it may have ended already)."""
@@ -274,6 +314,118 @@ class Bus(EventBus):
     async def logs(self, job_id: str, stream: LogStream = "stdout") -> bytes:
         ctx = await self._context(job_id)
         return await (await self.site(ctx.site)).logs(ctx, stream)
+
+    # ------------------------------------------------------------------ triggers
+
+    async def add_trigger(self, trigger: Trigger) -> Trigger:
+        """Register a trigger (validated already: a bad one never reaches the bus)."""
+        data = TriggerRegistered(
+            trigger_id=trigger.trigger_id, site=self.config.site, workflow_id=trigger.workflow_id, definition=trigger
+        )
+        await self.publish(
+            make_event(data, source=f"/sites/{self.config.site}/api", id=f"registered:{trigger.trigger_id}")
+        )
+        return trigger
+
+    async def set_job_trigger(
+        self,
+        downstream: JobDefn,
+        upstream: str | Job | Iterable[str | Job],
+        *,
+        site: str = "local",
+        states: JobState | Iterable[JobState] = JobState.COMPLETE,
+        match: Match | str = Match.EXACT,
+        mode: str = "all",
+        at_least: int | None = None,
+        within_s: float | None = None,
+        fallback: JobDefn | None = None,
+        fallback_site: str | None = None,
+        job_id: str | None = None,
+        workflow: Workflow | str | None = None,
+        trigger_id: str | None = None,
+    ) -> Trigger:
+        """Run ``downstream`` after ``upstream`` (one job: 3b) or after a set of jobs (a join: 3c).
+
+        ``job_id`` fixes the id of the job that will run, so it can be waited on now.
+        """
+        wanted = (states,) if isinstance(states, JobState) else tuple(states)
+        wf_id = workflow.workflow_id if isinstance(workflow, Workflow) else workflow
+        target = Downstream(job=downstream, site=site, job_id=job_id, workflow_id=wf_id)
+        common: dict[str, Any] = {"downstream": target, "workflow_id": wf_id}
+        if trigger_id is not None:
+            common["trigger_id"] = trigger_id
+        if isinstance(upstream, str | Job):
+            ups = [Upstream(job_id=_job_id(upstream), states=wanted, match=Match(match))]
+            single = mode == "all" and at_least is None and within_s is None and fallback is None
+        else:
+            ups = [Upstream(job_id=_job_id(u), states=wanted, match=Match(match)) for u in upstream]
+            single = False
+        trigger: Trigger
+        if single:
+            trigger = JobTrigger(upstream=ups[0], **common)
+        else:
+            fb = Downstream(job=fallback, site=fallback_site or site, workflow_id=wf_id) if fallback else None
+            trigger = JoinTrigger.model_validate(
+                {"upstreams": ups, "mode": mode, "at_least": at_least, "within_s": within_s, "fallback": fb, **common}
+            )
+        return await self.add_trigger(trigger)
+
+    async def set_data_trigger(
+        self,
+        downstream: JobDefn,
+        signature: Mapping[str, Any],
+        *,
+        site: str = "local",
+        fire: str = "once",
+        source_site: str | None = None,
+        source_workflow: str | None = None,
+        existing: str = "include",
+        job_id: str | None = None,
+        workflow: Workflow | str | None = None,
+        trigger_id: str | None = None,
+    ) -> Trigger:
+        """Run ``downstream`` when data with metadata matching ``signature`` arrives (3d)."""
+        wf_id = workflow.workflow_id if isinstance(workflow, Workflow) else workflow
+        fields: dict[str, Any] = {
+            "downstream": Downstream(job=downstream, site=site, job_id=job_id, workflow_id=wf_id),
+            "workflow_id": wf_id,
+            "signature": dict(signature),
+            "fire": fire,
+            "source_site": source_site,
+            "source_workflow": source_workflow,
+            "existing": existing,
+        }
+        if trigger_id is not None:
+            fields["trigger_id"] = trigger_id
+        return await self.add_trigger(DataTrigger.model_validate(fields))
+
+    async def cancel_trigger(self, trigger_id: str, reason: str | None = None) -> None:
+        """Withdraw a trigger: events judged from now on no longer fire it."""
+        record = await (await self.index()).trigger(trigger_id)
+        if record is None:
+            raise TriggerError(f"no trigger {trigger_id!r} is known to this bus")
+        data = TriggerCancelled(
+            trigger_id=trigger_id, site=self.config.site, workflow_id=record.workflow_id, reason=reason
+        )
+        await self.publish(make_event(data, source=f"/sites/{self.config.site}/api", id=f"cancelled:{trigger_id}"))
+
+    async def triggers(
+        self, *, workflow: Workflow | str | None = None, state: str | None = None
+    ) -> list[TriggerRecord]:
+        wf_id = workflow.workflow_id if isinstance(workflow, Workflow) else workflow
+        return await (await self.index()).triggers(workflow_id=wf_id, state=state)
+
+    async def trigger(self, trigger_id: str) -> TriggerRecord | None:
+        return await (await self.index()).trigger(trigger_id)
+
+
+def _job_id(job: str | Job | Any) -> str:
+    if isinstance(job, str):
+        return check_token(job, "job id")
+    found = getattr(job, "job_id", None)
+    if not isinstance(found, str):
+        raise TriggerError(f"not a job or a job id: {job!r}")
+    return check_token(found, "job id")
 
 
 @contextlib.asynccontextmanager

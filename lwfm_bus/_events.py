@@ -13,10 +13,9 @@ incompatibly, so old and new producers can share a stream.
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal, TypeAlias
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeAlias
 
 from pydantic import (
     AwareDatetime,
@@ -27,12 +26,15 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     ValidationError,
+    model_validator,
 )
 
 from ._errors import EventTooLargeError, InvalidEventError
+from ._ids import new_id
 from ._meta import Metadata
 from ._states import JobState
 from ._subjects import Token, subject_for
+from ._triggers import Trigger
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -49,6 +51,8 @@ __all__ = [
     "SiteStatus",
     "TriggerCancelled",
     "TriggerCancelledEvent",
+    "TriggerDeadline",
+    "TriggerDeadlineEvent",
     "TriggerExpired",
     "TriggerExpiredEvent",
     "TriggerFailed",
@@ -73,11 +77,6 @@ EventId = Annotated[str, StringConstraints(pattern=r"^[!-~]{1,200}$")]
 """Printable ASCII without spaces: it is also sent as a NATS header value."""
 
 ShortText = Annotated[str, StringConstraints(max_length=4096)]
-
-
-def new_id() -> str:
-    """A fresh, collision-free event id."""
-    return uuid.uuid4().hex
 
 
 def _now() -> datetime:
@@ -133,10 +132,22 @@ class _TriggerPayload(_Model):
 class TriggerRegistered(_TriggerPayload):
     """A trigger was accepted; ``definition`` is its full, validated definition."""
 
-    kind: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")] = Field(
-        description="Trigger kind (job-status, join, data-flow ...)."
+    definition: Trigger = Field(description="The trigger as registered.")
+
+    @model_validator(mode="after")
+    def _same_trigger(self) -> Self:
+        if self.definition.trigger_id != self.trigger_id:
+            raise ValueError("trigger_id differs from definition.trigger_id")
+        return self
+
+
+class TriggerDeadline(_TriggerPayload):
+    """A join's ``within`` window closed; the engine decides whether that expires it."""
+
+    firing_key: Annotated[str, StringConstraints(min_length=1, max_length=512)] = Field(
+        description="The firing the deadline applies to."
     )
-    definition: dict[str, Any] = Field(description="The trigger as registered.")
+    deadline: AwareDatetime = Field(description="When the window closed.")
 
 
 class TriggerFired(_TriggerPayload):
@@ -155,6 +166,9 @@ class TriggerExpired(_TriggerPayload):
 
     reason: ShortText = Field(description="Why it expired.")
     fallback_job_id: Token | None = Field(default=None, description="The fallback job started, if any.")
+    firing_key: Annotated[str, StringConstraints(max_length=512)] | None = Field(
+        default=None, description="The firing that expired."
+    )
 
 
 class TriggerFailed(_TriggerPayload):
@@ -206,6 +220,7 @@ EventData: TypeAlias = (
     | TriggerExpired
     | TriggerFailed
     | TriggerCancelled
+    | TriggerDeadline
     | SiteHeartbeat
     | WorkflowDefined
 )
@@ -298,6 +313,12 @@ class TriggerCancelledEvent(_TriggerEnvelope):
     detail: ClassVar[str] = "cancelled"
 
 
+class TriggerDeadlineEvent(_TriggerEnvelope):
+    type: Literal["lwfm.trigger.deadline"] = "lwfm.trigger.deadline"
+    data: TriggerDeadline
+    detail: ClassVar[str] = "deadline"
+
+
 class SiteHeartbeatEvent(_Envelope):
     type: Literal["lwfm.site.heartbeat"] = "lwfm.site.heartbeat"
     data: SiteHeartbeat
@@ -324,6 +345,7 @@ Event: TypeAlias = Annotated[
     | TriggerExpiredEvent
     | TriggerFailedEvent
     | TriggerCancelledEvent
+    | TriggerDeadlineEvent
     | SiteHeartbeatEvent
     | WorkflowDefinedEvent,
     Field(discriminator="type"),
@@ -340,6 +362,7 @@ _CLASSES: tuple[type[_Envelope], ...] = (
     TriggerExpiredEvent,
     TriggerFailedEvent,
     TriggerCancelledEvent,
+    TriggerDeadlineEvent,
     SiteHeartbeatEvent,
     WorkflowDefinedEvent,
 )

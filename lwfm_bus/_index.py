@@ -21,11 +21,21 @@ import aiosqlite
 import anyio
 
 from ._bus import EventBus
-from ._events import Event, JobStatusEvent, WorkflowDefinedEvent
+from ._events import (
+    Event,
+    JobStatusEvent,
+    TriggerCancelledEvent,
+    TriggerExpiredEvent,
+    TriggerFailedEvent,
+    TriggerFiredEvent,
+    TriggerRegisteredEvent,
+    WorkflowDefinedEvent,
+)
 from ._states import JobState
 from ._subjects import ROOT
+from ._triggers import Trigger, trigger_adapter
 
-__all__ = ["JobIndex", "JobRecord", "WorkflowRecord"]
+__all__ = ["JobIndex", "JobRecord", "TriggerRecord", "WorkflowRecord"]
 
 log = logging.getLogger("lwfm_bus.index")
 
@@ -70,8 +80,34 @@ CREATE TABLE IF NOT EXISTS workflows (
     properties TEXT NOT NULL DEFAULT '{}',
     created_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS triggers (
+    trigger_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    name TEXT,
+    workflow_id TEXT,
+    state TEXT NOT NULL,
+    fired INTEGER NOT NULL DEFAULT 0,
+    last_job_id TEXT,
+    reason TEXT,
+    definition TEXT NOT NULL,
+    registered_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS triggers_by_workflow ON triggers (workflow_id, registered_at);
+CREATE INDEX IF NOT EXISTS triggers_by_state ON triggers (state, registered_at);
 """
 
+# Bumped when the tables change: an older file is dropped and rebuilt from the stream.
+_SCHEMA_VERSION = 2
+_TABLES = ("meta", "jobs", "job_history", "workflows", "triggers")
+
+_TRIGGER_EVENTS = (
+    TriggerRegisteredEvent,
+    TriggerFiredEvent,
+    TriggerExpiredEvent,
+    TriggerFailedEvent,
+    TriggerCancelledEvent,
+)
 _RANKS = {s.value: s.rank for s in JobState}
 
 
@@ -95,6 +131,27 @@ class JobRecord:
 
 
 @dataclass(frozen=True)
+class TriggerRecord:
+    """A registered trigger and what became of it.
+
+    ``state``: ``active`` (waiting, or per-arrival and still firing), ``fired``,
+    ``expired``, ``failed`` or ``cancelled``.
+    """
+
+    trigger_id: str
+    kind: str
+    name: str | None
+    workflow_id: str | None
+    state: str
+    fired: int
+    last_job_id: str | None
+    reason: str | None
+    definition: Trigger
+    registered_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
 class WorkflowRecord:
     workflow_id: str
     name: str | None
@@ -114,6 +171,12 @@ class JobIndex:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._db = await aiosqlite.connect(self._path)
         self._db.row_factory = aiosqlite.Row
+        async with self._db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        if row is not None and row[0] != _SCHEMA_VERSION:
+            for table in _TABLES:
+                await self._db.execute(f"DROP TABLE IF EXISTS {table}")
+            await self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
         await self._db.executescript(_SCHEMA)
         await self._db.commit()
         return self
@@ -164,12 +227,50 @@ class JobIndex:
     async def _apply(self, event: Event, seq: int) -> None:
         if isinstance(event, JobStatusEvent):
             await self._apply_job(event, seq)
+        elif isinstance(event, _TRIGGER_EVENTS):
+            await self._apply_trigger(event)
         elif isinstance(event, WorkflowDefinedEvent):
             d = event.data
             await self.db.execute(
                 "INSERT INTO workflows (workflow_id, name, properties, created_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(workflow_id) DO UPDATE SET name = excluded.name, properties = excluded.properties",
                 (d.workflow_id, d.name, json.dumps(d.properties), event.time.isoformat()),
+            )
+
+    async def _apply_trigger(self, event: Event) -> None:
+        t = event.time.isoformat()
+        d = event.data
+        tid = getattr(d, "trigger_id", "")
+        if isinstance(event, TriggerRegisteredEvent):
+            trig = event.data.definition
+            await self.db.execute(
+                "INSERT OR IGNORE INTO triggers (trigger_id, kind, name, workflow_id, state, definition, "
+                "registered_at, updated_at) VALUES (?, ?, ?, ?, 'active', ?, ?, ?)",
+                (tid, trig.kind, trig.name, trig.workflow_id, trig.model_dump_json(), t, t),
+            )
+        elif isinstance(event, TriggerFiredEvent):
+            await self.db.execute(
+                "UPDATE triggers SET fired = fired + 1, last_job_id = ?, updated_at = ?, "
+                "state = CASE WHEN kind = 'data-flow' AND json_extract(definition, '$.fire') = 'each' "
+                "THEN state ELSE 'fired' END WHERE trigger_id = ?",
+                (event.data.downstream_job_id, t, tid),
+            )
+        elif isinstance(event, TriggerExpiredEvent):
+            await self.db.execute(
+                "UPDATE triggers SET state = 'expired', reason = ?, last_job_id = COALESCE(?, last_job_id), "
+                "updated_at = ? WHERE trigger_id = ?",
+                (event.data.reason, event.data.fallback_job_id, t, tid),
+            )
+        elif isinstance(event, TriggerFailedEvent):
+            await self.db.execute(
+                "UPDATE triggers SET state = 'failed', reason = ?, updated_at = ? WHERE trigger_id = ?",
+                (event.data.reason, t, tid),
+            )
+        elif isinstance(event, TriggerCancelledEvent):
+            await self.db.execute(
+                "UPDATE triggers SET state = 'cancelled', reason = ?, updated_at = ? "
+                "WHERE trigger_id = ? AND state = 'active'",
+                (event.data.reason, t, tid),
             )
 
     async def _apply_job(self, event: JobStatusEvent, seq: int) -> None:
@@ -228,6 +329,24 @@ class JobIndex:
         async with self.db.execute("SELECT state, time FROM job_history WHERE job_id = ? ORDER BY seq", (job_id,)) as c:
             return [(JobState(r[0]), datetime.fromisoformat(r[1])) for r in await c.fetchall()]
 
+    async def trigger(self, trigger_id: str) -> TriggerRecord | None:
+        await self.catch_up()
+        async with self.db.execute("SELECT * FROM triggers WHERE trigger_id = ?", (trigger_id,)) as cur:
+            row = await cur.fetchone()
+        return _trigger(row) if row else None
+
+    async def triggers(
+        self, *, workflow_id: str | None = None, state: str | None = None, limit: int = 1000
+    ) -> list[TriggerRecord]:
+        await self.catch_up()
+        sql, args = "SELECT * FROM triggers WHERE 1 = 1", list[object]()
+        if workflow_id is not None:
+            sql, args = sql + " AND workflow_id = ?", [*args, workflow_id]
+        if state is not None:
+            sql, args = sql + " AND state = ?", [*args, state]
+        async with self.db.execute(sql + " ORDER BY registered_at LIMIT ?", (*args, limit)) as cur:
+            return [_trigger(r) for r in await cur.fetchall()]
+
     async def workflow(self, workflow_id: str) -> WorkflowRecord | None:
         await self.catch_up()
         async with self.db.execute("SELECT * FROM workflows WHERE workflow_id = ?", (workflow_id,)) as cur:
@@ -258,4 +377,20 @@ def _job(row: Sequence[object] | aiosqlite.Row) -> JobRecord:
         parent_ids=tuple(json.loads(r["parent_ids"])),  # type: ignore[call-overload]
         created_at=datetime.fromisoformat(r["created_at"]),  # type: ignore[call-overload]
         updated_at=datetime.fromisoformat(r["updated_at"]),  # type: ignore[call-overload]
+    )
+
+
+def _trigger(r: aiosqlite.Row) -> TriggerRecord:
+    return TriggerRecord(
+        trigger_id=r["trigger_id"],
+        kind=r["kind"],
+        name=r["name"],
+        workflow_id=r["workflow_id"],
+        state=r["state"],
+        fired=r["fired"],
+        last_job_id=r["last_job_id"],
+        reason=r["reason"],
+        definition=trigger_adapter().validate_json(r["definition"]),
+        registered_at=datetime.fromisoformat(r["registered_at"]),
+        updated_at=datetime.fromisoformat(r["updated_at"]),
     )

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, StringConstraints, model_validator
 
-from ._events import new_id
+from ._ids import new_id
 from ._subjects import Token
 
 __all__ = ["JobContext", "JobDefn", "Resources", "Workflow", "new_job_id"]

@@ -165,7 +165,11 @@ class LocalSite:
 
     async def submit(self, ctx: JobContext, defn: JobDefn) -> str:
         jobdir = self._dir(ctx.job_id)
-        jobdir.mkdir(parents=True, exist_ok=True)
+        try:
+            jobdir.mkdir()  # atomic: of two submits of one job id (engine replicas, a retry) one wins
+        except FileExistsError:
+            log.info("local job %s was already submitted; not starting it again", ctx.job_id)
+            return ctx.job_id
         (jobdir / "defn.json").write_text(defn.model_dump_json())
         (jobdir / "context.json").write_text(ctx.model_dump_json())
         self._mark_active(ctx.job_id)

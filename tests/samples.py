@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import lwfm_bus as lb
 from lwfm_bus import JobState
 
@@ -27,7 +29,15 @@ def sample_events(site: str = "hpc1") -> list[lb.Event]:
             source=src,
         ),
         lb.make_event(
-            lb.TriggerRegistered(trigger_id="t1", site=site, kind="job-status", definition={"after": "j1"}),
+            lb.TriggerRegistered(
+                trigger_id="t1",
+                site=site,
+                definition=lb.JobTrigger(
+                    trigger_id="t1",
+                    upstream=lb.Upstream(job_id="j1"),
+                    downstream=lb.Downstream(job=lb.JobDefn.of(["echo", "B"])),
+                ),
+            ),
             source=src,
         ),
         lb.make_event(
@@ -39,6 +49,12 @@ def sample_events(site: str = "hpc1") -> list[lb.Event]:
         lb.make_event(lb.TriggerExpired(trigger_id="t2", site=site, reason="window passed"), source=src),
         lb.make_event(lb.TriggerFailed(trigger_id="t3", site=site, reason="site down", attempts=5), source=src),
         lb.make_event(lb.TriggerCancelled(trigger_id="t4", site=site), source=src),
+        lb.make_event(
+            lb.TriggerDeadline(
+                trigger_id="t5", site=site, firing_key="t5", deadline=datetime(2026, 1, 1, tzinfo=UTC)
+            ),
+            source=src,
+        ),
         lb.make_event(lb.SiteHeartbeat(site=site, adapter="local", interval_s=5), source=src),
         lb.make_event(lb.WorkflowDefined(workflow_id="wf1", site=site, name="demo", properties={"k": 1}), source=src),
     ]

@@ -1,0 +1,350 @@
+"""Triggers are data: "run this job when that happens", with pure checks and no I/O.
+
+Three kinds, one discriminated union (``kind``):
+
+* ``job-status`` -- one upstream job reaches a state (use case 3b);
+* ``join`` -- all / any / at least N of several upstream jobs do, optionally within a
+  window after the first one, else a fallback (3c);
+* ``data-flow`` -- data arrives whose metadata matches a signature (3d).
+
+The engine owns the state (progress, claims) and does the I/O; the models only answer
+questions such as "does this state satisfy that upstream?" or "does this metadata
+match?", so they are cheap to test and identical in every engine replica.
+
+Every firing has a deterministic key (:func:`firing_key`): the trigger id for triggers
+that fire once, the trigger id and the data id for per-arrival ones.  The job a firing
+starts gets an id derived from that key, so a replayed event finds the same job.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Self, TypeAlias
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    StringConstraints,
+    TypeAdapter,
+    model_validator,
+)
+
+from ._ids import derived_id, new_id
+from ._jobs import JobDefn
+from ._meta import Metadata, MetaKey, MetaScalar, MetaValue
+from ._states import JobState
+from ._subjects import Token
+
+__all__ = [
+    "MAX_UPSTREAMS",
+    "DataTrigger",
+    "Downstream",
+    "Eq",
+    "Glob",
+    "JobTrigger",
+    "JoinTrigger",
+    "Match",
+    "Predicate",
+    "Present",
+    "Range",
+    "Trigger",
+    "Upstream",
+    "firing_key",
+    "trigger_adapter",
+]
+
+MAX_UPSTREAMS = 10_000
+MAX_SIGNATURE_KEYS = 64
+
+ShortText = Annotated[str, StringConstraints(max_length=256)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --------------------------------------------------------------------------- job states
+
+
+class Match(StrEnum):
+    """How an upstream's ``states`` are read."""
+
+    EXACT = "exact"
+    """One of the listed states."""
+    AT_OR_AFTER = "at-or-after"
+    """One of the listed states or any later one (see :meth:`JobState.at_or_after`)."""
+    TERMINAL = "terminal"
+    """Any terminal state (COMPLETE, FAILED or CANCELLED); ``states`` is ignored."""
+
+
+_TERMINAL = frozenset(s for s in JobState if s.is_terminal)
+
+
+class Upstream(_Model):
+    """One job a trigger waits for, and which of its states count."""
+
+    job_id: Token = Field(description="The upstream job's id (it may not exist yet).")
+    states: tuple[JobState, ...] = Field(
+        default=(JobState.COMPLETE,), min_length=1, max_length=8, description="States that satisfy the condition."
+    )
+    match: Match = Field(default=Match.EXACT, description="exact, at-or-after, or terminal.")
+
+    def satisfying(self) -> frozenset[JobState]:
+        """Every state that satisfies this upstream: the states are judged by the state order."""
+        if self.match is Match.TERMINAL:
+            return _TERMINAL
+        if self.match is Match.EXACT:
+            return frozenset(self.states)
+        return frozenset(s for s in JobState for wanted in self.states if s.at_or_after(wanted))
+
+    def satisfied_by(self, state: JobState) -> bool:
+        return state in self.satisfying()
+
+    def ruled_out_by(self, state: JobState) -> bool:
+        """The job ended without satisfying us: it never will."""
+        return state.is_terminal and not self.satisfied_by(state)
+
+
+# --------------------------------------------------------------------------- metadata predicates
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _same(a: object, b: object) -> bool:
+    """Equality that keeps booleans apart from numbers (``True`` is not ``1`` here)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if _is_number(a) and _is_number(b):
+        return a == b
+    return type(a) is type(b) and a == b
+
+
+def _elements(value: MetaValue) -> list[MetaScalar]:
+    return list(value) if isinstance(value, list) else [value]
+
+
+class Eq(_Model):
+    """The value equals ``value`` (for a list value: contains it).  A bare value means this."""
+
+    op: Literal["eq"] = "eq"
+    value: MetaScalar
+
+    def test(self, value: MetaValue) -> bool:
+        return any(_same(v, self.value) for v in _elements(value))
+
+
+class Glob(_Model):
+    """A string value matches a shell-style pattern (``*``, ``?``, ``[abc]``), case-sensitively."""
+
+    op: Literal["glob"] = "glob"
+    pattern: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+    def test(self, value: MetaValue) -> bool:
+        return any(isinstance(v, str) and fnmatch.fnmatchcase(v, self.pattern) for v in _elements(value))
+
+
+class Range(_Model):
+    """A numeric value lies within the given bounds (at least one bound)."""
+
+    op: Literal["range"] = "range"
+    ge: int | float | None = None
+    gt: int | float | None = None
+    le: int | float | None = None
+    lt: int | float | None = None
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> Self:
+        if self.ge is None and self.gt is None and self.le is None and self.lt is None:
+            raise ValueError("a range needs at least one of ge, gt, le, lt")
+        return self
+
+    def test(self, value: MetaValue) -> bool:
+        return any(_is_number(v) and self._within(float(v)) for v in _elements(value))
+
+    def _within(self, v: float) -> bool:
+        return (
+            (self.ge is None or v >= self.ge)
+            and (self.gt is None or v > self.gt)
+            and (self.le is None or v <= self.le)
+            and (self.lt is None or v < self.lt)
+        )
+
+
+class Present(_Model):
+    """The key is present, whatever its value."""
+
+    op: Literal["present"] = "present"
+
+    def test(self, value: MetaValue) -> bool:
+        return True
+
+
+def _bare_value_is_eq(value: Any) -> Any:
+    return value if isinstance(value, dict) else {"op": "eq", "value": value}
+
+
+Predicate: TypeAlias = Annotated[
+    Eq | Glob | Range | Present, Field(discriminator="op"), BeforeValidator(_bare_value_is_eq)
+]
+"""One key's condition in a data signature."""
+
+
+# --------------------------------------------------------------------------- what a firing starts
+
+
+class Downstream(_Model):
+    """The job a trigger starts, and where."""
+
+    job: JobDefn = Field(description="What to run.")
+    site: Token = Field(default="local", description="Site to run it on.")
+    job_id: Token | None = Field(
+        default=None,
+        description="Id of the started job for triggers that fire once (default: derived from the firing key).",
+    )
+    workflow_id: Token | None = Field(
+        default=None, description="Workflow of the started job (default: the workflow of the event that fired it)."
+    )
+
+
+class _TriggerBase(_Model):
+    trigger_id: Token = Field(default_factory=new_id, description="Id of the trigger.")
+    name: ShortText | None = Field(default=None, description="For people.")
+    workflow_id: Token | None = Field(default=None, description="Workflow the trigger belongs to.")
+    downstream: Downstream = Field(description="The job started when the trigger fires.")
+
+    def fires_once(self) -> bool:
+        return True
+
+
+def _unique_upstreams(ups: tuple[Upstream, ...]) -> tuple[Upstream, ...]:
+    seen: set[str] = set()
+    for u in ups:
+        if u.job_id in seen:
+            raise ValueError(f"upstream job {u.job_id!r} is listed twice")
+        seen.add(u.job_id)
+    return ups
+
+
+class JobTrigger(_TriggerBase):
+    """Start ``downstream`` when ``upstream`` reaches one of its states (use case 3b)."""
+
+    kind: Literal["job-status"] = "job-status"
+    upstream: Upstream
+
+    def all_upstreams(self) -> tuple[Upstream, ...]:
+        return (self.upstream,)
+
+    def required(self) -> int:
+        return 1
+
+
+class JoinTrigger(_TriggerBase):
+    """Start ``downstream`` when all / any / at least N of ``upstreams`` are satisfied (use case 3c).
+
+    With ``within_s``, the window opens at the first satisfied upstream; if it closes
+    first, the trigger expires and starts ``fallback`` (if declared).  A join that can
+    no longer be satisfied (too many upstreams ended otherwise) expires the same way.
+    """
+
+    kind: Literal["join"] = "join"
+    upstreams: tuple[Upstream, ...] = Field(
+        min_length=1, max_length=MAX_UPSTREAMS, description="The jobs joined (each at most once)."
+    )
+    mode: Literal["all", "any", "at-least"] = Field(default="all", description="How many upstreams must be satisfied.")
+    at_least: PositiveInt | None = Field(default=None, description="N, for mode at-least.")
+    within_s: PositiveFloat | None = Field(
+        default=None, description="Seconds after the first satisfied upstream before the join expires."
+    )
+    fallback: Downstream | None = Field(default=None, description="The job started when the join expires.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        _unique_upstreams(self.upstreams)
+        if self.mode == "at-least":
+            if self.at_least is None:
+                raise ValueError("mode 'at-least' needs at_least")
+            if self.at_least > len(self.upstreams):
+                raise ValueError(f"at_least={self.at_least} exceeds the {len(self.upstreams)} upstreams")
+        elif self.at_least is not None:
+            raise ValueError(f"at_least is only for mode 'at-least', not {self.mode!r}")
+        return self
+
+    def all_upstreams(self) -> tuple[Upstream, ...]:
+        return self.upstreams
+
+    def required(self) -> int:
+        if self.mode == "any":
+            return 1
+        if self.mode == "at-least":
+            assert self.at_least is not None
+            return self.at_least
+        return len(self.upstreams)
+
+
+class DataTrigger(_TriggerBase):
+    """Start ``downstream`` when data arrives whose metadata matches ``signature`` (use case 3d).
+
+    Every key of the signature must match.  ``fire: each`` starts one job per matching
+    arrival; ``once`` starts one job in all.  With ``existing: include`` data that
+    arrived before the trigger was registered counts too.
+    """
+
+    kind: Literal["data-flow"] = "data-flow"
+    signature: Annotated[dict[MetaKey, Predicate], Field(max_length=MAX_SIGNATURE_KEYS)] = Field(
+        default_factory=dict, description="Per metadata key: a value (equality) or a predicate."
+    )
+    source_site: Token | None = Field(default=None, description="Only data on this site.")
+    source_workflow: Token | None = Field(default=None, description="Only data of this workflow.")
+    fire: Literal["once", "each"] = Field(default="once", description="One job in all, or one per arrival.")
+    existing: Literal["include", "ignore"] = Field(
+        default="include", description="Whether data that arrived before registration counts."
+    )
+
+    def fires_once(self) -> bool:
+        return self.fire == "once"
+
+    def matches(self, metadata: Metadata, site: str, workflow_id: str | None) -> bool:
+        """Pure check of one arrival against the signature and the filters."""
+        if self.source_site is not None and site != self.source_site:
+            return False
+        if self.source_workflow is not None and workflow_id != self.source_workflow:
+            return False
+        for key, predicate in self.signature.items():
+            if key not in metadata or not predicate.test(metadata[key]):
+                return False
+        return True
+
+
+Trigger: TypeAlias = Annotated[JobTrigger | JoinTrigger | DataTrigger, Field(discriminator="kind")]
+"""Any trigger; ``kind`` selects the model."""
+
+_TRIGGER_ADAPTER: TypeAdapter[Trigger] = TypeAdapter(Trigger)
+
+
+def trigger_adapter() -> TypeAdapter[Trigger]:
+    """Validates a trigger from JSON or Python data (the trigger file format)."""
+    return _TRIGGER_ADAPTER
+
+
+def firing_key(trigger: JobTrigger | JoinTrigger | DataTrigger, data_id: str | None = None) -> str:
+    """The deterministic key of one firing (or expiry) of ``trigger``."""
+    if isinstance(trigger, DataTrigger) and trigger.fire == "each":
+        if data_id is None:
+            raise ValueError("a per-arrival trigger fires once per data id")
+        return f"{trigger.trigger_id}/{data_id}"
+    return trigger.trigger_id
+
+
+def downstream_job_id(trigger: JobTrigger | JoinTrigger | DataTrigger, key: str, *, fallback: bool = False) -> str:
+    """The id of the job a firing starts: fixed by the trigger, or derived from the key."""
+    target = trigger.fallback if fallback and isinstance(trigger, JoinTrigger) else trigger.downstream
+    if target is not None and target.job_id is not None and trigger.fires_once():
+        return target.job_id
+    return derived_id(key, "fallback" if fallback else "downstream")
