@@ -8,6 +8,7 @@ from __future__ import annotations
 from ._bus import DeadLetter, PublishAck, Subscription
 from ._client import Bus, Job, connect
 from ._config import BusConfig, EmbeddedServerConfig, default_home, load_config
+from ._engine import Engine, EngineConfig, EngineStats, serve_engine
 from ._errors import (
     BusClosedError,
     ConfigError,
@@ -54,7 +55,7 @@ from ._events import (
     make_event,
     new_id,
 )
-from ._index import JobRecord, WorkflowRecord
+from ._index import JobRecord, TriggerRecord, WorkflowRecord
 from ._jobs import JobContext, JobDefn, Resources, Workflow
 from ._jobside import current_job, emit_data, emit_info, emit_status
 from ._registry import ENTRY_POINT_GROUP, SiteSpec
@@ -62,7 +63,7 @@ from ._server import EmbeddedServer
 from ._sites import SiteAdapter, SiteRuntime, StatusReporter
 from ._states import JobState
 from ._subjects import check_token, data_filter, job_filter, workflow_filter
-from ._sync import SyncJob, make_job, sync_bus, sync_close
+from ._sync import SyncJob, make_job, set_data_trigger, set_job_trigger, sync_bus, sync_close
 from ._triggers import (
     DataTrigger,
     Downstream,
@@ -96,6 +97,9 @@ __all__ = [
     "Downstream",
     "EmbeddedServer",
     "EmbeddedServerConfig",
+    "Engine",
+    "EngineConfig",
+    "EngineStats",
     "Eq",
     "Event",
     "EventData",
@@ -146,6 +150,7 @@ __all__ = [
     "TriggerFailedEvent",
     "TriggerFired",
     "TriggerFiredEvent",
+    "TriggerRecord",
     "TriggerRegistered",
     "TriggerRegisteredEvent",
     "UnknownJobError",
@@ -171,6 +176,9 @@ __all__ = [
     "make_event",
     "make_job",
     "new_id",
+    "serve_engine",
+    "set_data_trigger",
+    "set_job_trigger",
     "sync_bus",
     "sync_close",
     "trigger_adapter",

@@ -66,6 +66,7 @@ class EventBus:
         self._js: JetStreamContext = nc.jetstream(timeout=config.request_timeout_s)
         self.config = config
         self.stats = BusStats()
+        self.serves_embedded = False  # True when this process started the embedded server
 
     # ------------------------------------------------------------------ plumbing
 

@@ -442,6 +442,14 @@ async def connect(config: BusConfig | None = None, *, name: str = "lwfm-bus") ->
     async with open_event_bus(cfg, name=name, bus_class=Bus) as bus:
         assert isinstance(bus, Bus)
         try:
-            yield bus
+            if cfg.engine == "on" or (cfg.engine == "auto" and bus.serves_embedded):
+                # Alone on a laptop, nobody else would judge triggers: this process does,
+                # as one more replica (replicas never fire one firing twice).
+                from ._engine import serve_engine
+
+                async with serve_engine(bus):
+                    yield bus
+            else:
+                yield bus
         finally:
             await bus._aclose()

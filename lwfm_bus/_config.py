@@ -13,6 +13,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, SecretStr, field_validator
@@ -81,6 +82,10 @@ class BusConfig(_Frozen):
     connect_timeout_s: PositiveFloat = 5.0
     request_timeout_s: PositiveFloat = 10.0
     embedded: EmbeddedServerConfig = EmbeddedServerConfig()
+    engine: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Run a trigger engine replica in this process: auto = when it serves the embedded server.",
+    )
 
     @field_validator("servers")
     @classmethod
@@ -109,7 +114,7 @@ def load_config(env: Mapping[str, str] | None = None, overrides: Mapping[str, ob
 
     ``LWFM_BUS_URL`` (comma-separated), ``_USER``, ``_PASSWORD``, ``_TOKEN``, ``_CREDS``,
     ``_TLS_CA``, ``_TLS_CERT``, ``_TLS_KEY``, ``_HOME``, ``_SITE``, ``_SITES``, ``_NATS_SERVER``
-    (the embedded binary), ``_PORT`` (the embedded port).
+    (the embedded binary), ``_PORT`` (the embedded port), ``_ENGINE`` (auto, on, off).
     """
     env = os.environ if env is None else env
     values: dict[str, object] = {}
@@ -132,6 +137,7 @@ def load_config(env: Mapping[str, str] | None = None, overrides: Mapping[str, ob
         ("HOME", "home"),
         ("SITE", "site"),
         ("SITES", "sites_file"),
+        ("ENGINE", "engine"),
     ):
         take(var, key)
     embedded: dict[str, object] = {}

@@ -149,27 +149,29 @@ async def open_event_bus(
 ) -> AsyncIterator[EventBus]:
     """Connect (starting the embedded server if needed), ensure the streams, yield the bus."""
     async with contextlib.AsyncExitStack() as stack:
+        served = False
         if config.servers:
             servers = list(config.servers)
         else:
-            servers = await _embedded_servers(config, stack)
+            servers, served = await _embedded_servers(config, stack)
         nc = await _nats_connect(servers, config, name)
         stack.push_async_callback(_close, nc)
         bus = bus_class(nc, config)
+        bus.serves_embedded = served
         await bus.ensure_streams()
         yield bus
 
 
-async def _embedded_servers(config: BusConfig, stack: contextlib.AsyncExitStack) -> list[str]:
+async def _embedded_servers(config: BusConfig, stack: contextlib.AsyncExitStack) -> tuple[list[str], bool]:
     home = config.home
     home.mkdir(parents=True, exist_ok=True)
     with open(home / "start.lock", "a+") as start:  # noqa: ASYNC230 - a lock file, never read
         await anyio.to_thread.run_sync(_try_lock, start, True)
         url = running_server_url(home)
-        if url is None:
-            server = await stack.enter_async_context(serve_embedded(config))
-            url = server.url
-    return [url]
+        if url is not None:
+            return [url], False
+        server = await stack.enter_async_context(serve_embedded(config))
+        return [server.url], True
 
 
 async def _close(nc: NATS) -> None:

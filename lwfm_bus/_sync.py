@@ -21,12 +21,13 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from ._client import Bus, connect
 from ._config import BusConfig
 from ._errors import ConfigError, JobError
-from ._events import JobStatus
+from ._events import JobStatus, new_id
 from ._index import JobRecord
 from ._jobs import JobDefn, Workflow
 from ._sites import LogStream
+from ._triggers import Trigger
 
-__all__ = ["SyncJob", "make_job", "sync_bus", "sync_close"]
+__all__ = ["SyncJob", "make_job", "set_data_trigger", "set_job_trigger", "sync_bus", "sync_close"]
 
 
 class _Runtime:
@@ -97,26 +98,32 @@ class SyncJob:
         self.workflow = workflow
         self.parents = tuple(parents)
         self._config = config
-        self._job_id: str | None = None
-
-    @property
-    def job_id(self) -> str:
-        if self._job_id is None:
-            raise JobError("the job has not been submitted yet: call submit() first")
-        return self._job_id
+        # The id exists before the job runs, so triggers can name it (use cases 3b, 3c).
+        self.job_id: str = new_id()
+        self._submitted = False
+        self._triggered_by: str | None = None
 
     def _rt(self) -> _Runtime:
         return _Runtime.get(self._config)
 
     def submit(self) -> SyncJob:
-        if self._job_id is not None:
-            raise JobError(f"job {self._job_id} was already submitted")
+        if self._triggered_by is not None:
+            raise JobError(f"job {self.job_id} is started by trigger {self._triggered_by}, not by submit()")
+        if self._submitted:
+            raise JobError(f"job {self.job_id} was already submitted")
         rt = self._rt()
-        job = rt.call(rt.bus.submit, self.defn, site=self.site, workflow=self.workflow, parents=self.parents)
-        self._job_id = job.job_id
+        rt.call(
+            rt.bus.submit, self.defn, site=self.site, workflow=self.workflow, parents=self.parents, job_id=self.job_id
+        )
+        self._submitted = True
         return self
 
+    def _check_started(self) -> None:
+        if not self._submitted and self._triggered_by is None:
+            raise JobError(f"job {self.job_id} has not been submitted: call submit() first, or set a trigger on it")
+
     def wait(self, timeout: float | None = None) -> JobStatus:
+        self._check_started()
         rt = self._rt()
         result: JobStatus = rt.call(rt.bus.wait, self.job_id, timeout=timeout)
         return result
@@ -136,7 +143,7 @@ class SyncJob:
         return result
 
     def __repr__(self) -> str:
-        return f"SyncJob({self.defn.label()!r}, job_id={self._job_id!r}, site={self.site!r})"
+        return f"SyncJob({self.defn.label()!r}, job_id={self.job_id!r}, site={self.site!r})"
 
 
 def make_job(
@@ -152,3 +159,63 @@ def make_job(
     """A job for blocking scripts: a list runs a program, a string runs through the shell."""
     defn = command if isinstance(command, JobDefn) else JobDefn.of(command, name=name, env=dict(env or {}), cwd=cwd)
     return SyncJob(defn, site=site, workflow=workflow, config=config)
+
+
+def _workflow_id(workflow: Workflow | str | None) -> str | None:
+    return workflow.workflow_id if isinstance(workflow, Workflow) else workflow
+
+
+def set_job_trigger(
+    job: SyncJob,
+    upstream: SyncJob | str | Iterable[SyncJob | str],
+    **options: Any,
+) -> Trigger:
+    """Run ``job`` when ``upstream`` completes (3b), or when every job of a list does (3c).
+
+    Register before submitting the upstream jobs or after: either way it fires once.
+    ``options`` are those of :meth:`Bus.set_job_trigger` (states, match, mode, at_least,
+    within_s, fallback).  Then ``job.wait()`` waits for the triggered run.
+    """
+    if job._submitted:
+        raise JobError(f"job {job.job_id} was already submitted; a trigger cannot start it again")
+    rt = job._rt()
+    ups: str | list[str] = (
+        _upstream_id(upstream) if isinstance(upstream, SyncJob | str) else [_upstream_id(u) for u in upstream]
+    )
+    trigger: Trigger = rt.call(
+        rt.bus.set_job_trigger,
+        job.defn,
+        ups,
+        site=job.site,
+        job_id=job.job_id,
+        workflow=_workflow_id(job.workflow),
+        **options,
+    )
+    job._triggered_by = trigger.trigger_id
+    return trigger
+
+
+def set_data_trigger(job: SyncJob, signature: Mapping[str, Any], **options: Any) -> Trigger:
+    """Run ``job`` when data whose metadata matches ``signature`` arrives (3d), in one call.
+
+    ``signature`` maps metadata keys to a value (equality) or a predicate such as
+    ``{"op": "range", "ge": 3}``; options are those of :meth:`Bus.set_data_trigger`.
+    """
+    if job._submitted:
+        raise JobError(f"job {job.job_id} was already submitted; a trigger cannot start it again")
+    rt = job._rt()
+    trigger: Trigger = rt.call(
+        rt.bus.set_data_trigger,
+        job.defn,
+        signature,
+        site=job.site,
+        job_id=job.job_id,
+        workflow=_workflow_id(job.workflow),
+        **options,
+    )
+    job._triggered_by = trigger.trigger_id
+    return trigger
+
+
+def _upstream_id(job: SyncJob | str) -> str:
+    return job if isinstance(job, str) else job.job_id

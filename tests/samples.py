@@ -50,9 +50,7 @@ def sample_events(site: str = "hpc1") -> list[lb.Event]:
         lb.make_event(lb.TriggerFailed(trigger_id="t3", site=site, reason="site down", attempts=5), source=src),
         lb.make_event(lb.TriggerCancelled(trigger_id="t4", site=site), source=src),
         lb.make_event(
-            lb.TriggerDeadline(
-                trigger_id="t5", site=site, firing_key="t5", deadline=datetime(2026, 1, 1, tzinfo=UTC)
-            ),
+            lb.TriggerDeadline(trigger_id="t5", site=site, firing_key="t5", deadline=datetime(2026, 1, 1, tzinfo=UTC)),
             source=src,
         ),
         lb.make_event(lb.SiteHeartbeat(site=site, adapter="local", interval_s=5), source=src),

@@ -1,4 +1,4 @@
-"""``lwfm-bus up``: the whole singleton in one process tree -- server and services."""
+"""``lwfm-bus up``: the whole singleton in one process tree -- server, trigger engine, local site."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ def register(sub: Any) -> None:
 
 async def run(args: argparse.Namespace, config: BusConfig) -> int:
     async with serve_embedded(config) as server:
-        local = config.model_copy(update={"servers": (server.url,)})
-        async with connect(local, name="lwfm-bus up") as bus:
+        local = config.model_copy(update={"servers": (server.url,), "engine": "on"})
+        async with connect(local, name="lwfm-bus up") as bus:  # with a trigger engine replica
             await bus.site("local")  # adopts jobs a previous run left behind, and keeps watching them
             print(f"lwfm-bus: up at {server.url} (home {config.home}); Ctrl-C stops it", file=sys.stderr, flush=True)
             await asyncio.Event().wait()

@@ -1,0 +1,143 @@
+"""``lwfm-bus engine`` and ``lwfm-bus trigger add | ls | rm``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from .._client import connect
+from .._config import BusConfig
+from .._engine import EngineConfig, serve_engine
+from .._errors import ConfigError, TriggerError
+from .._index import TriggerRecord
+from .._triggers import Trigger, trigger_adapter
+
+_CRASH_POINTS = ("after-claim", "after-submit", "after-fired")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("engine", help="run a trigger engine replica (as many as you like, on any machine)")
+    p.add_argument("--name", help="this replica's name in claims (default: host-pid)")
+    p.add_argument("--ack-wait", type=float, default=10.0, help="seconds before a dead replica's events move on")
+    p.add_argument("--max-inflight", type=int, default=256, help="events judged at once")
+    # Test hook: the process SIGKILLs itself at a point of the firing protocol.
+    p.add_argument("--crash-at", action="append", default=[], choices=_CRASH_POINTS, help=argparse.SUPPRESS)
+    p.set_defaults(func=run_engine)
+
+    t = sub.add_parser("trigger", help="register, list and cancel triggers")
+    tsub = t.add_subparsers(dest="trigger_command", required=True, metavar="ACTION")
+    a = tsub.add_parser("add", help="register triggers from a JSON or TOML file (schemas/files/trigger.json)")
+    a.add_argument("file", type=Path, help="one trigger, or a list of them ('-' reads JSON from stdin)")
+    a.set_defaults(func=add)
+    ls = tsub.add_parser("ls", help="list triggers")
+    ls.add_argument("--workflow", help="only this workflow's")
+    ls.add_argument("--state", choices=("active", "fired", "expired", "failed", "cancelled"))
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.set_defaults(func=list_triggers)
+    rm = tsub.add_parser("rm", help="cancel a trigger")
+    rm.add_argument("trigger", help="trigger id")
+    rm.add_argument("--reason", help="why (kept in the event)")
+    rm.set_defaults(func=remove)
+
+
+async def run_engine(args: argparse.Namespace, config: BusConfig) -> int:
+    fields: dict[str, Any] = {
+        "ack_wait_s": args.ack_wait,
+        "max_inflight": args.max_inflight,
+        "crash_at": frozenset(args.crash_at),
+    }
+    if args.name:
+        fields["name"] = args.name
+    try:
+        engine_config = EngineConfig.model_validate(fields)
+    except ValidationError as exc:
+        raise ConfigError(f"lwfm-bus engine: {exc.errors(include_url=False)[0]['msg']}") from None
+    async with connect(config.model_copy(update={"engine": "off"}), name="lwfm-bus engine") as bus:
+        async with serve_engine(bus, engine_config) as engine:
+            print(
+                f"lwfm-bus: engine {engine.config.name} ready ({len(engine.index)} triggers indexed)",
+                file=sys.stderr,
+                flush=True,
+            )
+            await asyncio.Event().wait()
+    return 0
+
+
+def load_trigger_file(path: Path) -> list[Trigger]:
+    """Triggers from a file, validated whole: one bad entry rejects the file, naming the field."""
+    where = "<stdin>" if str(path) == "-" else str(path)
+    try:
+        text = sys.stdin.read() if where == "<stdin>" else path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read: {exc.strerror}") from None
+    try:
+        doc: Any = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{where}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}") from None
+    if isinstance(doc, dict) and "triggers" in doc and "kind" not in doc:
+        doc = doc["triggers"]
+    items = doc if isinstance(doc, list) else [doc]
+    out = []
+    for n, item in enumerate(items):
+        try:
+            out.append(trigger_adapter().validate_python(item))
+        except ValidationError as exc:
+            err = exc.errors(include_url=False, include_input=False)[0]
+            loc = ".".join(str(p) for p in err["loc"])
+            prefix = f"triggers[{n}]." if len(items) > 1 else ""
+            raise TriggerError(f"{where}: {prefix}{loc}: {err['msg']}") from None
+    return out
+
+
+async def add(args: argparse.Namespace, config: BusConfig) -> int:
+    triggers = load_trigger_file(args.file)
+    async with connect(config, name="lwfm-bus trigger") as bus:
+        for trigger in triggers:
+            await bus.add_trigger(trigger)
+            print(trigger.trigger_id)
+    return 0
+
+
+def _row(r: TriggerRecord) -> str:
+    return f"{r.trigger_id:<34} {r.kind:<11} {r.state:<10} {r.fired:>5}  {r.last_job_id or '-':<34} {r.name or ''}"
+
+
+async def list_triggers(args: argparse.Namespace, config: BusConfig) -> int:
+    async with connect(config, name="lwfm-bus trigger") as bus:
+        records = await bus.triggers(workflow=args.workflow, state=args.state)
+    if args.json:
+        for r in records:
+            print(
+                json.dumps(
+                    {
+                        "trigger_id": r.trigger_id,
+                        "kind": r.kind,
+                        "name": r.name,
+                        "workflow_id": r.workflow_id,
+                        "state": r.state,
+                        "fired": r.fired,
+                        "last_job_id": r.last_job_id,
+                        "reason": r.reason,
+                        "registered_at": r.registered_at.isoformat(),
+                        "definition": r.definition.model_dump(mode="json"),
+                    }
+                )
+            )
+        return 0
+    print(f"{'TRIGGER':<34} {'KIND':<11} {'STATE':<10} {'FIRED':>5}  {'LAST JOB':<34} NAME")
+    for r in records:
+        print(_row(r))
+    return 0
+
+
+async def remove(args: argparse.Namespace, config: BusConfig) -> int:
+    async with connect(config, name="lwfm-bus trigger") as bus:
+        await bus.cancel_trigger(args.trigger, reason=args.reason)
+    return 0
