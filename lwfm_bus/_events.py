@@ -162,7 +162,7 @@ class TriggerFired(_TriggerPayload):
 
 
 class TriggerExpired(_TriggerPayload):
-    """A trigger's ``within`` window passed before its condition held."""
+    """A trigger will never fire: its ``within`` window passed, or its condition can no longer hold."""
 
     reason: ShortText = Field(description="Why it expired.")
     fallback_job_id: Token | None = Field(default=None, description="The fallback job started, if any.")

@@ -1,0 +1,113 @@
+"""Matching cost per event against 1 k, 100 k and 1 M registered triggers (issue 4, item 6).
+
+Measures the engine's in-memory index alone (no server): the part whose cost must not
+grow with the number of triggers.  Half the triggers are job-status triggers on their
+own upstream job, half data-flow triggers anchored on an equality and refined by a
+range.  Each event is looked up and its candidates checked exactly, as the engine does.
+
+    .venv/bin/python bench/matching.py            # 1k, 100k, 1M
+    .venv/bin/python bench/matching.py --quick    # 1k, 10k
+    .venv/bin/python bench/matching.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import random
+import statistics
+import time
+from pathlib import Path
+
+from lwfm_bus import DataTrigger, Downstream, JobDefn, JobState, JobTrigger, Upstream
+from lwfm_bus._matcher import TriggerIndex, satisfies
+
+_DOWN = Downstream(job=JobDefn.of(["true"]))
+
+
+def _rss_bytes() -> int:
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    import os
+
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def build(n: int) -> tuple[TriggerIndex, int]:
+    """An index with ``n`` triggers; returns it and its RSS growth in bytes."""
+    gc.collect()
+    before = _rss_bytes()
+    index = TriggerIndex()
+    for i in range(n):
+        if i % 2 == 0:
+            t: JobTrigger | DataTrigger = JobTrigger(
+                trigger_id=f"t{i}", upstream=Upstream(job_id=f"job{i}"), downstream=_DOWN
+            )
+        else:
+            t = DataTrigger(
+                trigger_id=f"t{i}",
+                signature={"sample": f"s{i}", "step": {"op": "range", "ge": 3}},
+                downstream=_DOWN,
+            )
+        index.add(t, i + 1)
+    gc.collect()
+    return index, _rss_bytes() - before
+
+
+def measure(index: TriggerIndex, n: int, events: int = 20_000) -> dict[str, float]:
+    rng = random.Random(7)
+    job_ids = [f"job{2 * rng.randrange(max(1, n // 2))}" for _ in range(events)]
+    data = [
+        ({"sample": f"s{2 * rng.randrange(max(1, n // 2)) + 1}", "step": rng.randrange(6), "kind": "mesh"}, "local")
+        for _ in range(events)
+    ]
+    samples_job, samples_data = [], []
+    for rep in range(5):
+        t0 = time.perf_counter_ns()
+        hits = 0
+        for job_id in job_ids:
+            for _watch, mask in index.by_job(job_id):
+                hits += satisfies(mask, JobState.COMPLETE)
+        t1 = time.perf_counter_ns()
+        for metadata, site in data:
+            hits += len(index.by_data(metadata, site, None))  # type: ignore[arg-type]
+        t2 = time.perf_counter_ns()
+        assert hits > 0
+        if rep:  # the first round warms caches
+            samples_job.append((t1 - t0) / events)
+            samples_data.append((t2 - t1) / events)
+    return {"job_event_ns": statistics.median(samples_job), "data_event_ns": statistics.median(samples_data)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1k and 10k only (seconds)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    sizes = [1_000, 10_000] if args.quick else [1_000, 100_000, 1_000_000]
+    rows = []
+    for n in sizes:
+        t0 = time.perf_counter()
+        index, grown = build(n)
+        built = time.perf_counter() - t0
+        row = {"triggers": n, "build_s": round(built, 2), "bytes_per_trigger": round(grown / n), **measure(index, n)}
+        rows.append(row)
+        del index
+    base = rows[0]
+    print(f"matching cost per event ({platform.machine()}, Python {platform.python_version()})")
+    print(f"{'triggers':>10} {'job event':>12} {'data event':>12} {'vs 1k (job/data)':>18} {'index B/trigger':>16}")
+    for r in rows:
+        rj = r["job_event_ns"] / base["job_event_ns"]
+        rd = r["data_event_ns"] / base["data_event_ns"]
+        r["ratio_job"], r["ratio_data"] = round(rj, 2), round(rd, 2)
+        print(
+            f"{r['triggers']:>10,} {r['job_event_ns']:>9.0f} ns {r['data_event_ns']:>9.0f} ns "
+            f"{rj:>8.2f} / {rd:<7.2f} {r['bytes_per_trigger']:>16,}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"benchmark": "matching", "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
