@@ -1,0 +1,348 @@
+"""Trigger engines as real processes: crashes, SIGKILL, two replicas, restarts.
+
+Every engine here is ``lwfm-bus engine`` in its own process, on a real nats-server,
+sharing the durable consumer ``lwfm-engine`` and the claims bucket.  Every downstream
+job appends one line to its own file, so the file says how many times it really ran.
+
+Synchronisation is always on something that happens: the engine's "ready" line, a
+process exit, a job or trigger event on the bus, or a firing record settling in the
+key-value store (a watch, woken by the server).  Nothing here sleeps to let time pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+import lwfm_bus as lb
+from lwfm_bus import JobState
+from lwfm_bus._engine_store import FIRINGS_BUCKET, EngineStore, FiringRecord, FiringState
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="signals and process groups")
+
+_READY = re.compile(r"lwfm-bus: engine (\S+) ready \((\d+) triggers indexed\)")
+_APPEND = "import sys; open(sys.argv[1], 'a').write('ran\\n')"
+
+
+# --------------------------------------------------------------------- helpers
+
+
+@pytest_asyncio.fixture
+async def client(bus_config: lb.BusConfig) -> AsyncIterator[lb.Bus]:
+    """The test's own connection; it never judges triggers (only the engine processes do)."""
+    async with lb.connect(bus_config.model_copy(update={"engine": "off"}), name="test") as bus:
+        assert not bus.serves_embedded
+        yield bus
+
+
+def _counting_job(counter: Path) -> lb.JobDefn:
+    """A job that appends one line to ``counter`` each time it really runs."""
+    return lb.JobDefn.of([sys.executable, "-c", _APPEND, str(counter)])
+
+
+def _runs(counter: Path) -> int:
+    return len(counter.read_text().splitlines()) if counter.exists() else 0
+
+
+async def _complete(bus: lb.Bus, job_id: str) -> None:
+    """Publish a synthetic COMPLETE of an upstream job (the id a real adapter would give it)."""
+    status = lb.JobStatus(job_id=job_id, site="local", state=JobState.COMPLETE)
+    await bus.publish(lb.make_event(status, source="/test", id=f"{job_id}:COMPLETE"))
+
+
+class _Engine:
+    """One ``lwfm-bus engine`` process; its stderr is kept (and drained, so it never blocks)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self.indexed: int | None = None
+        self._drain: asyncio.Task[None] | None = None
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    async def ready(self, timeout: float = 30) -> None:
+        """Until the process says it is ready (it fails the test if it exits first)."""
+        assert self.proc.stderr is not None
+
+        async def read() -> None:
+            assert self.proc.stderr is not None
+            while True:
+                raw = await self.proc.stderr.readline()
+                if not raw:
+                    raise AssertionError(f"the engine exited before it was ready:\n{self.log}")
+                line = raw.decode(errors="replace")
+                self.lines.append(line)
+                found = _READY.search(line)
+                if found:
+                    self.indexed = int(found.group(2))
+                    return
+
+        await asyncio.wait_for(read(), timeout)
+        self._drain = asyncio.get_running_loop().create_task(self._keep_reading())
+
+    async def _keep_reading(self) -> None:
+        assert self.proc.stderr is not None
+        while raw := await self.proc.stderr.readline():
+            self.lines.append(raw.decode(errors="replace"))
+
+    async def exited(self, timeout: float = 30) -> int:
+        """The exit status, once the process has ended (woken by the child watcher)."""
+        try:
+            rc = await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"the engine did not exit within {timeout}s:\n{self.log}") from None
+        if self._drain is not None:
+            await asyncio.wait_for(self._drain, timeout)  # EOF follows the exit: the log is complete
+        return rc
+
+    async def stop(self) -> None:
+        """SIGKILL if still running, reap, stop reading; never raises."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.proc.wait(), 10)
+        if self._drain is not None:
+            self._drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._drain
+
+
+@contextlib.asynccontextmanager
+async def _engines(bus_config: lb.BusConfig) -> AsyncIterator[_EngineStarter]:
+    """Starts engine processes; every one still running at the end is killed and reaped."""
+    starter = _EngineStarter(bus_config)
+    try:
+        yield starter
+    finally:
+        for engine in starter.started:
+            await engine.stop()
+
+
+class _EngineStarter:
+    def __init__(self, bus_config: lb.BusConfig) -> None:
+        self._config = bus_config
+        self.started: list[_Engine] = []
+
+    async def start(self, *extra: str, ready: bool = True) -> _Engine:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_")}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "lwfm_bus",
+            "--url",
+            self._config.servers[0],
+            "--home",
+            str(self._config.home),
+            "engine",
+            "--ack-wait",
+            "1",
+            *extra,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        engine = _Engine(proc)
+        self.started.append(engine)
+        if ready:
+            await engine.ready()
+        return engine
+
+
+async def _settled(bus: lb.Bus, trigger_ids: Iterable[str], timeout: float = 30) -> dict[str, FiringRecord]:
+    """Each trigger's firing record once it left ``claimed`` (a KV watch: the server wakes us).
+
+    A settled record means the engine finished the whole protocol for that firing and
+    acked its message: nothing more will happen for it, so counts taken after are final.
+    """
+    kv = await bus.jetstream.key_value(FIRINGS_BUCKET)
+    wanted = {EngineStore.firing_kv_key(tid): tid for tid in trigger_ids}
+    done: dict[str, FiringRecord] = {}
+    watcher = await kv.watchall()
+
+    async def until_all() -> None:
+        async for entry in watcher:
+            if entry is None or entry.value is None or entry.key not in wanted:
+                continue
+            record = FiringRecord.model_validate_json(entry.value)
+            if record.state is not FiringState.CLAIMED:
+                done[wanted[entry.key]] = record
+                if len(done) == len(wanted):
+                    return
+
+    try:
+        await asyncio.wait_for(until_all(), timeout)
+    except TimeoutError:
+        missing = sorted(set(wanted.values()) - set(done))
+        raise AssertionError(f"{len(missing)} firings not settled within {timeout}s: {missing[:5]}") from None
+    finally:
+        with contextlib.suppress(Exception):
+            await watcher.stop()  # type: ignore[no-untyped-call]
+    return done
+
+
+async def _fired_counts(bus: lb.Bus, trigger_id: str = "*") -> Counter[str]:
+    """How many TriggerFiredEvents the stream holds, per trigger."""
+    async with bus.replay(f"lwfm.*.trigger.*.{trigger_id}.*") as history:
+        return Counter([e.data.trigger_id async for e in history if isinstance(e, lb.TriggerFiredEvent)])
+
+
+async def _wait_all(bus: lb.Bus, job_ids: Iterable[str], timeout: float = 60) -> list[lb.JobStatus]:
+    return list(await asyncio.gather(*(bus.wait(j, timeout=timeout) for j in job_ids)))
+
+
+class _Chain:
+    """B after A, with B's job id fixed and a counter file for B."""
+
+    def __init__(self, tmp_path: Path, n: int = 0) -> None:
+        self.a, self.b, self.tid = lb.new_id(), lb.new_id(), lb.new_id()
+        self.counter = tmp_path / f"runs-{n}"
+
+    async def register(self, bus: lb.Bus) -> None:
+        await bus.set_job_trigger(_counting_job(self.counter), self.a, job_id=self.b, trigger_id=self.tid)
+
+
+# --------------------------------------------------------------------- 1. crash at each point of the protocol
+
+
+@pytest.mark.parametrize("point", ["after-claim", "after-submit", "after-fired"])
+async def test_engine_crash_at_a_protocol_point_fires_once_after_restart(
+    client: lb.Bus, bus_config: lb.BusConfig, tmp_path: Path, point: str
+) -> None:
+    chain = _Chain(tmp_path)
+    await chain.register(client)
+    async with _engines(bus_config) as engines:
+        crashing = await engines.start("--crash-at", point)
+        assert crashing.indexed == 1
+        await _complete(client, chain.a)
+        rc = await crashing.exited(timeout=30)
+        assert rc == -signal.SIGKILL, crashing.log
+        assert f"crash point {point} reached" in crashing.log
+
+        await engines.start()
+        status = await client.wait(chain.b, timeout=60)
+        assert status.state is JobState.COMPLETE, status
+        assert status.parent_ids == (chain.a,)
+        record = (await _settled(client, [chain.tid]))[chain.tid]
+        assert record.state is FiringState.DONE
+        assert record.job_id == chain.b
+
+    assert _runs(chain.counter) == 1
+    assert await _fired_counts(client, chain.tid) == {chain.tid: 1}
+    trigger = await client.trigger(chain.tid)
+    assert trigger is not None
+    assert (trigger.state, trigger.fired, trigger.last_job_id) == ("fired", 1, chain.b)
+    terminal = [s for s in await _job_states(client, chain.b) if s.is_terminal]
+    assert terminal == [JobState.COMPLETE]
+
+
+async def _job_states(bus: lb.Bus, job_id: str) -> list[JobState]:
+    async with bus.replay(lb.job_filter(job_id)) as history:
+        return [e.data.state async for e in history if isinstance(e, lb.JobStatusEvent)]
+
+
+# --------------------------------------------------------------------- 2. SIGKILL from outside, mid-flight
+
+
+async def test_engine_killed_mid_flight_every_downstream_runs_once(
+    client: lb.Bus, bus_config: lb.BusConfig, tmp_path: Path
+) -> None:
+    chains = [_Chain(tmp_path, n) for n in range(30)]
+    await asyncio.gather(*(c.register(client) for c in chains))
+    async with _engines(bus_config) as engines:
+        first = await engines.start()
+        assert first.indexed == 30
+        async with client.subscribe("lwfm.*.trigger.*.*.fired") as fired:
+            await asyncio.gather(*(_complete(client, c.a) for c in chains))
+
+            async def first_fired() -> lb.Event:
+                async for event in fired:
+                    if isinstance(event, lb.TriggerFiredEvent):
+                        return event
+                raise AssertionError("a followed subscription ended")  # pragma: no cover
+
+            await asyncio.wait_for(first_fired(), 30)
+            first.proc.kill()
+        assert await first.exited() == -signal.SIGKILL
+
+        await engines.start()
+        statuses = await _wait_all(client, [c.b for c in chains])
+        assert [s.state for s in statuses] == [JobState.COMPLETE] * 30
+        await _settled(client, [c.tid for c in chains])
+
+    assert {c.tid: _runs(c.counter) for c in chains} == {c.tid: 1 for c in chains}
+    assert await _fired_counts(client) == {c.tid: 1 for c in chains}
+
+
+# --------------------------------------------------------------------- 3. two replicas at once
+
+
+async def test_two_engine_processes_share_the_work_and_fire_each_trigger_once(
+    client: lb.Bus, bus_config: lb.BusConfig, tmp_path: Path
+) -> None:
+    chains = [_Chain(tmp_path, n) for n in range(40)]
+    async with _engines(bus_config) as engines:
+        one, two = await asyncio.gather(engines.start("--name", "one"), engines.start("--name", "two"))
+        assert (one.indexed, two.indexed) == (0, 0)
+        # Registrations and completions interleave while both replicas run.
+        await asyncio.gather(*(c.register(client) for c in chains))
+        await asyncio.gather(*(_complete(client, c.a) for c in chains))
+        statuses = await _wait_all(client, [c.b for c in chains])
+        assert [s.state for s in statuses] == [JobState.COMPLETE] * 40
+        records = await _settled(client, [c.tid for c in chains])
+        assert {r.state for r in records.values()} == {FiringState.DONE}
+        assert {r.claimed_by for r in records.values()} <= {"one", "two"}
+        assert one.proc.returncode is None and two.proc.returncode is None, one.log + two.log
+
+    assert {c.tid: _runs(c.counter) for c in chains} == {c.tid: 1 for c in chains}
+    fired = await _fired_counts(client)
+    assert fired == {c.tid: 1 for c in chains}
+    assert sum(fired.values()) == 40
+
+
+# --------------------------------------------------------------------- 4. a restart rebuilds the index
+
+
+async def test_engine_restart_rebuilds_its_index_from_the_stream(
+    client: lb.Bus, bus_config: lb.BusConfig, tmp_path: Path
+) -> None:
+    early = [_Chain(tmp_path, n) for n in range(3)]
+    for c in early:  # no engine runs yet
+        await c.register(client)
+        await _complete(client, c.a)
+    late = _Chain(tmp_path, 3)
+    async with _engines(bus_config) as engines:
+        first = await engines.start()
+        assert first.indexed == 3, first.log
+        statuses = await _wait_all(client, [c.b for c in early])
+        assert [s.state for s in statuses] == [JobState.COMPLETE] * 3
+        await _settled(client, [c.tid for c in early])
+        first.proc.terminate()
+        assert await first.exited(timeout=20) == 143, first.log
+
+        await late.register(client)
+        await _complete(client, late.a)
+        second = await engines.start()
+        assert second.indexed == 1, second.log  # the fired ones are gone; the new one is in
+        status = await client.wait(late.b, timeout=60)
+        assert status.state is JobState.COMPLETE
+        await _settled(client, [late.tid])
+
+    assert [_runs(c.counter) for c in [*early, late]] == [1, 1, 1, 1]
+    assert await _fired_counts(client) == {c.tid: 1 for c in [*early, late]}
+    states = {c.tid: (await client.trigger(c.tid)) for c in [*early, late]}
+    assert {tid: r.state if r else None for tid, r in states.items()} == {tid: "fired" for tid in states}
