@@ -187,7 +187,8 @@ class Present(_Model):
 
 
 def _bare_value_is_eq(value: Any) -> Any:
-    return value if isinstance(value, dict) else {"op": "eq", "value": value}
+    """A bare value means equality; dicts and predicate objects are predicates already."""
+    return value if isinstance(value, dict | BaseModel) else {"op": "eq", "value": value}
 
 
 Predicate: TypeAlias = Annotated[
