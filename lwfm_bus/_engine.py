@@ -87,6 +87,10 @@ _WORK_FILTERS = [
     f"{ROOT}.*.data.>",
     f"{ROOT}.*.trigger.*.*.registered",
     f"{ROOT}.*.trigger.*.*.deadline",
+    # Outcomes come back to settle a claim whose replica died after announcing it.
+    f"{ROOT}.*.trigger.*.*.fired",
+    f"{ROOT}.*.trigger.*.*.expired",
+    f"{ROOT}.*.trigger.*.*.failed",
 ]
 
 
@@ -281,12 +285,12 @@ class Engine:
             filter_subjects=_WORK_FILTERS,
         )
         try:
-            info = await self._bus.jetstream.consumer_info(STREAM, DURABLE)
-            return str(info.config.deliver_subject or deliver)
-        except nats.js.errors.NotFoundError:
-            pass
-        with contextlib.suppress(nats.js.errors.BadRequestError):  # another replica created it first
+            # Create, or bring an existing consumer's settings (filters, ack wait) up to date.
             await self._bus.jetstream.add_consumer(STREAM, cfg)
+        except nats.js.errors.BadRequestError as exc:
+            info = await self._bus.jetstream.consumer_info(STREAM, DURABLE)
+            log.warning("engine: keeping the existing consumer %s as it is: %s", DURABLE, exc)
+            return str(info.config.deliver_subject or deliver)
         return deliver
 
     async def _work_loop(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -349,6 +353,11 @@ class Engine:
             await self._catch_up(event, seq, redelivered, msg)
         elif isinstance(event, TriggerDeadlineEvent):
             await self._on_deadline(event, redelivered, msg)
+        elif isinstance(event, TriggerFiredEvent | TriggerExpiredEvent):
+            if event.data.firing_key:
+                await self._store.settle_announced(event.data.firing_key, FiringState.DONE)
+        elif isinstance(event, TriggerFailedEvent) and event.data.firing_key:
+            await self._store.settle_announced(event.data.firing_key, FiringState.FAILED)
 
     # ------------------------------------------------------------------ job-status triggers and joins
 

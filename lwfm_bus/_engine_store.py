@@ -140,6 +140,20 @@ class EngineStore:
         except nats.js.errors.KeyWrongLastSequenceError:
             log.info("firing %s was settled by another replica meanwhile", record.firing_key)
 
+    async def settle_announced(self, firing_key: str, state: FiringState) -> None:
+        """The outcome event is in the stream: make sure the record says so (a no-op when it does)."""
+        kv = self._kv(self.firings)
+        key = self.firing_kv_key(firing_key)
+        try:
+            entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return
+        if entry.value is None or entry.revision is None:
+            return
+        record = FiringRecord.model_validate_json(entry.value)
+        if record.state is FiringState.CLAIMED:
+            await self.settle(record, state, entry.revision)
+
     # ------------------------------------------------------------------ joins
 
     @staticmethod

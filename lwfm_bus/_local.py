@@ -50,6 +50,7 @@ except ImportError:  # pragma: no cover - Windows
 # launched it was closed (its owner file is gone) -- the wrapper starts a small reporter
 # so the job's end is still published (only orphans pay for that Python start-up).
 _WRAPPER = (
+    'printf "%s" "$$" > "$LWFM_JOB_DIR/wrapper.tmp" && mv "$LWFM_JOB_DIR/wrapper.tmp" "$LWFM_JOB_DIR/wrapper.pid"; '
     '"$@"; rc=$?; '
     'printf "%s" "$rc" > "$LWFM_JOB_DIR/exit_code.tmp" && mv "$LWFM_JOB_DIR/exit_code.tmp" "$LWFM_JOB_DIR/exit_code"; '
     'if ! kill -0 "$LWFM_LAUNCHER_PID" 2>/dev/null || [ ! -e "$LWFM_OWNER_FILE" ]; then '
@@ -178,7 +179,8 @@ class LocalSite:
         return ctx.job_id
 
     def _mark_active(self, job_id: str) -> None:
-        (self._active / job_id).write_text(self._owner)
+        # Atomic: another process recovering at this instant must never read an empty owner.
+        _write_atomic(self._active / job_id, self._owner)
 
     def _mark_done(self, job_id: str) -> None:
         with contextlib.suppress(OSError):
@@ -232,6 +234,7 @@ class LocalSite:
             if (jobdir / "cancel_requested").exists():
                 await self._finish(ctx, JobState.CANCELLED, None, "cancelled before it started")
                 return
+            (jobdir / "launching").touch()  # from here on the job may run: adoption must look before restarting
             try:
                 with open(jobdir / "stdout", "ab") as out, open(jobdir / "stderr", "ab") as err:  # noqa: ASYNC230
                     proc = await asyncio.create_subprocess_exec(
@@ -315,13 +318,12 @@ class LocalSite:
             log.error("cannot adopt local job %s: unreadable job directory: %s", job_id, exc)
             self._mark_done(job_id)
             return
-        pid_file = jobdir / "pid"
-        if not pid_file.exists():
+        found = await _launched_pid(jobdir)
+        if found is None:
             log.info("local job %s never started before its launcher died; starting it now", job_id)
             self._spawn(self._run(ctx, defn), ctx)
             return
-        info = json.loads(pid_file.read_text())
-        pid, started = int(info["pid"]), info.get("start")
+        pid, started = found
         ctx = ctx.model_copy(update={"native_id": str(pid)})
         if _read_exit_code(jobdir) is not None or not _alive(pid, started):
             log.info("local job %s ended while nobody watched; reporting it", job_id)
@@ -412,6 +414,37 @@ async def conclude(jobdir: Path, ctx: JobContext, reporter: StatusReporter, rc: 
     else:
         state, why = JobState.FAILED, f"exit code {code}"
     await reporter.report(ctx, state, exit_code=code, native_info=why, native_state=state.value.lower())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+async def _launched_pid(jobdir: Path, grace_s: float = 5.0) -> tuple[int, str | None] | None:
+    """The job's pid if its (dead) launcher started it, else None: it never ran.
+
+    The launcher records the pid after the fork; the wrapper records its own pid as
+    its first act.  A launcher killed between the two leaves only a ``launching``
+    marker: the wrapper, if it was forked, writes its pid within milliseconds, so we
+    give it a few seconds before concluding the fork never happened.
+    """
+    pid_file = jobdir / "pid"
+    if pid_file.exists():
+        info = json.loads(pid_file.read_text())
+        return int(info["pid"]), info.get("start")
+    wrapper = jobdir / "wrapper.pid"
+    if not wrapper.exists() and _read_exit_code(jobdir) is None and (jobdir / "launching").exists():
+        with anyio.move_on_after(grace_s):
+            while not wrapper.exists() and _read_exit_code(jobdir) is None:  # noqa: ASYNC110 - a recovery path
+                await anyio.sleep(0.05)
+    if wrapper.exists():
+        pid = int(wrapper.read_text().strip() or "0")
+        return pid, _proc_start_time(pid)
+    if _read_exit_code(jobdir) is not None:
+        return 0, None  # it ran and ended; its exit code says how
+    return None
 
 
 def _read_exit_code(jobdir: Path) -> int | None:
