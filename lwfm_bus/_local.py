@@ -171,10 +171,16 @@ class LocalSite:
         except FileExistsError:
             log.info("local job %s was already submitted; not starting it again", ctx.job_id)
             return ctx.job_id
-        (jobdir / "defn.json").write_text(defn.model_dump_json())
-        (jobdir / "context.json").write_text(ctx.model_dump_json())
-        self._mark_active(ctx.job_id)
-        await self._rt.reporter.report(ctx, JobState.PENDING, native_state="queued")
+        try:
+            (jobdir / "defn.json").write_text(defn.model_dump_json())
+            (jobdir / "context.json").write_text(ctx.model_dump_json())
+            self._mark_active(ctx.job_id)
+            await self._rt.reporter.report(ctx, JobState.PENDING, native_state="queued")
+        except BaseException:
+            # Nothing started: undo, so that a retry of this submit is not taken for a duplicate.
+            self._mark_done(ctx.job_id)
+            shutil.rmtree(jobdir, ignore_errors=True)
+            raise
         self._spawn(self._run(ctx, defn), ctx)
         return ctx.job_id
 
@@ -285,6 +291,8 @@ class LocalSite:
                 await anyio.to_thread.run_sync(fcntl.flock, lock.fileno(), fcntl.LOCK_EX)
             for entry in sorted(self._active.iterdir()):
                 job_id = entry.name
+                if job_id.startswith("."):
+                    continue  # a marker being written (see _write_atomic)
                 try:
                     owner = entry.read_text().strip()
                 except OSError:
