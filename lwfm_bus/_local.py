@@ -269,7 +269,11 @@ class LocalSite:
                     os.killpg(proc.pid, signal.SIGKILL)
             else:
                 await self._rt.reporter.report(ctx, JobState.RUNNING, native_state="running")
-            rc = await proc.wait()
+            try:
+                rc = await proc.wait()
+            except asyncio.CancelledError:
+                _detach(proc)  # close(): stop watching, the job runs on
+                raise
         finally:
             self._release_slot()
         await self._conclude(ctx, rc)
@@ -422,6 +426,22 @@ async def conclude(jobdir: Path, ctx: JobContext, reporter: StatusReporter, rc: 
     else:
         state, why = JobState.FAILED, f"exit code {code}"
     await reporter.report(ctx, state, exit_code=code, native_info=why, native_state=state.value.lower())
+
+
+def _detach(proc: asyncio.subprocess.Process) -> None:
+    """Let a job outlive the watcher that started it.
+
+    asyncio kills a child whose transport is closed or garbage-collected while it
+    runs; a job must survive its launcher (it is adopted later), so the transport is
+    told the child is no longer its concern before it is closed.  This reaches into
+    asyncio's private attributes: there is no public way to disown a child.
+    """
+    transport = getattr(proc, "_transport", None)
+    popen = getattr(transport, "_proc", None)
+    if popen is not None and popen.returncode is None:
+        popen.returncode = 0  # only the Popen object's view; the wrapper records the real exit code
+    if transport is not None:
+        transport.close()
 
 
 def _write_atomic(path: Path, text: str) -> None:
