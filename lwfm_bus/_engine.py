@@ -36,7 +36,7 @@ import socket
 import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -71,7 +71,7 @@ from ._events import (
 from ._matcher import JobWatch, TriggerIndex, satisfies
 from ._states import JobState
 from ._subjects import ROOT
-from ._triggers import DataTrigger, JobTrigger, JoinTrigger, Trigger, downstream_job_id, firing_key
+from ._triggers import DataTrigger, Downstream, JobTrigger, JoinTrigger, Trigger, downstream_job_id, firing_key
 
 if TYPE_CHECKING:
     from ._client import Bus
@@ -129,11 +129,6 @@ class EngineStats:
     dispatch_calls: int = 0
     triggers_indexed: int = 0
     errors: int = 0
-    last_fired_at: dict[str, float] = field(default_factory=dict)
-
-
-class _Retry(Exception):
-    """A transient failure: the message is redelivered later."""
 
 
 class Engine:
@@ -524,9 +519,7 @@ class Engine:
         trigger = await self._definition(trigger_id, reg_seq)
         key = firing_key(trigger, data_id)
         expire = outcome == "expire"
-        target = trigger.fallback if expire and isinstance(trigger, JoinTrigger) else None
-        if not expire:
-            target = trigger.downstream
+        target = _target(trigger, expire)
         record = FiringRecord(
             firing_key=key,
             trigger_id=trigger_id,
@@ -551,9 +544,7 @@ class Engine:
 
     async def _dispatch(self, trigger: Trigger, record: FiringRecord, revision: int, msg: Msg) -> None:
         expire = record.outcome == "expire"
-        target = trigger.fallback if expire and isinstance(trigger, JoinTrigger) else trigger.downstream
-        if expire and not isinstance(trigger, JoinTrigger):
-            target = None
+        target = _target(trigger, expire)
         if target is not None and record.job_id is not None:
             error = await self._submit_with_retries(trigger, record, target, msg)
             if error is not None:
@@ -591,7 +582,9 @@ class Engine:
         self._fault("after-fired")
         await self._store.settle(record, FiringState.DONE, revision)
 
-    async def _submit_with_retries(self, trigger: Trigger, record: FiringRecord, target: Any, msg: Msg) -> str | None:
+    async def _submit_with_retries(
+        self, trigger: Trigger, record: FiringRecord, target: Downstream, msg: Msg
+    ) -> str | None:
         """Submit the job, retrying with backoff; the last error if every attempt failed."""
         delay = self.config.dispatch_backoff_s
         last = "no attempt was made"
@@ -677,6 +670,13 @@ class Engine:
                 log.warning("engine: could not announce the deadline of %s: %r", trigger_id, exc)
                 announced.discard(trigger_id)
                 heapq.heappush(self._deadlines, (when + timedelta(seconds=1), trigger_id, ""))
+
+
+def _target(trigger: Trigger, expire: bool) -> Downstream | None:
+    """The job a firing starts: the downstream, or on expiry a join's fallback (if any)."""
+    if not expire:
+        return trigger.downstream
+    return trigger.fallback if isinstance(trigger, JoinTrigger) else None
 
 
 def _stream_seq(msg: Msg) -> int:

@@ -176,23 +176,10 @@ def set_job_trigger(
     ``options`` are those of :meth:`Bus.set_job_trigger` (states, match, mode, at_least,
     within_s, fallback).  Then ``job.wait()`` waits for the triggered run.
     """
-    if job._submitted:
-        raise JobError(f"job {job.job_id} was already submitted; a trigger cannot start it again")
-    rt = job._rt()
     ups: str | list[str] = (
         _upstream_id(upstream) if isinstance(upstream, SyncJob | str) else [_upstream_id(u) for u in upstream]
     )
-    trigger: Trigger = rt.call(
-        rt.bus.set_job_trigger,
-        job.defn,
-        ups,
-        site=job.site,
-        job_id=job.job_id,
-        workflow=_workflow_id(job.workflow),
-        **options,
-    )
-    job._triggered_by = trigger.trigger_id
-    return trigger
+    return _arm(job, "set_job_trigger", ups, options)
 
 
 def set_data_trigger(job: SyncJob, signature: Mapping[str, Any], **options: Any) -> Trigger:
@@ -201,13 +188,18 @@ def set_data_trigger(job: SyncJob, signature: Mapping[str, Any], **options: Any)
     ``signature`` maps metadata keys to a value (equality) or a predicate such as
     ``{"op": "range", "ge": 3}``; options are those of :meth:`Bus.set_data_trigger`.
     """
+    return _arm(job, "set_data_trigger", signature, options)
+
+
+def _arm(job: SyncJob, method: str, condition: object, options: dict[str, Any]) -> Trigger:
+    """Register a trigger that starts ``job`` (with its id, site and workflow) when ``condition`` holds."""
     if job._submitted:
         raise JobError(f"job {job.job_id} was already submitted; a trigger cannot start it again")
     rt = job._rt()
     trigger: Trigger = rt.call(
-        rt.bus.set_data_trigger,
+        getattr(rt.bus, method),
         job.defn,
-        signature,
+        condition,
         site=job.site,
         job_id=job.job_id,
         workflow=_workflow_id(job.workflow),
