@@ -26,7 +26,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, Any, BinaryIO, ClassVar
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
@@ -166,20 +166,38 @@ class LocalSite:
 
     async def submit(self, ctx: JobContext, defn: JobDefn) -> str:
         jobdir = self._dir(ctx.job_id)
+
+        def undo() -> None:
+            self._mark_done(ctx.job_id)
+            shutil.rmtree(jobdir, ignore_errors=True)
+
+        def prepare() -> bool:
+            try:
+                jobdir.mkdir()  # atomic: of two submits of one job id (engine replicas, a retry) one wins
+            except FileExistsError:
+                return False
+            try:
+                (jobdir / "defn.json").write_text(defn.model_dump_json())
+                (jobdir / "context.json").write_text(ctx.model_dump_json())
+                self._mark_active(ctx.job_id)
+            except BaseException:
+                undo()
+                raise
+            return True
+
+        created = False
         try:
-            jobdir.mkdir()  # atomic: of two submits of one job id (engine replicas, a retry) one wins
-        except FileExistsError:
-            log.info("local job %s was already submitted; not starting it again", ctx.job_id)
-            return ctx.job_id
-        try:
-            (jobdir / "defn.json").write_text(defn.model_dump_json())
-            (jobdir / "context.json").write_text(ctx.model_dump_json())
-            self._mark_active(ctx.job_id)
+            # File creation costs about a millisecond here: done off the event loop, so
+            # that the engine sharing this loop is not held up by jobs being started.
+            created = await anyio.to_thread.run_sync(prepare)
+            if not created:
+                log.info("local job %s was already submitted; not starting it again", ctx.job_id)
+                return ctx.job_id
             await self._rt.reporter.report(ctx, JobState.PENDING, native_state="queued")
         except BaseException:
             # Nothing started: undo, so that a retry of this submit is not taken for a duplicate.
-            self._mark_done(ctx.job_id)
-            shutil.rmtree(jobdir, ignore_errors=True)
+            if created:
+                undo()  # rare, and it must run even while this task is being cancelled
             raise
         self._spawn(self._run(ctx, defn), ctx)
         return ctx.job_id
@@ -237,12 +255,16 @@ class LocalSite:
         if not await self._take_slot(ctx.job_id):
             return  # cancelled while queued: cancel() has reported it
         try:
-            if (jobdir / "cancel_requested").exists():
+            try:
+                logs = await anyio.to_thread.run_sync(_prepare_launch, jobdir)
+            except OSError as exc:
+                await self._finish(ctx, JobState.FAILED, None, f"could not start: {exc}")
+                return
+            if logs is None:
                 await self._finish(ctx, JobState.CANCELLED, None, "cancelled before it started")
                 return
-            (jobdir / "launching").touch()  # from here on the job may run: adoption must look before restarting
             try:
-                with open(jobdir / "stdout", "ab") as out, open(jobdir / "stderr", "ab") as err:  # noqa: ASYNC230
+                with logs[0] as out, logs[1] as err:
                     proc = await asyncio.create_subprocess_exec(
                         "/bin/sh",
                         "-c",
@@ -259,10 +281,9 @@ class LocalSite:
             except OSError as exc:
                 await self._finish(ctx, JobState.FAILED, None, f"could not start: {exc}")
                 return
-            started = _proc_start_time(proc.pid)
-            (jobdir / "pid").write_text(json.dumps({"pid": proc.pid, "start": started}))
+            cancel_requested = await anyio.to_thread.run_sync(_record_pid, jobdir, proc.pid)
             ctx = ctx.model_copy(update={"native_id": str(proc.pid)})
-            if (jobdir / "cancel_requested").exists():
+            if cancel_requested:
                 # A cancel that came between our check and the pid file saw no process
                 # to kill: it is ours to stop (cancel writes the marker, then reads the pid).
                 with contextlib.suppress(ProcessLookupError):
@@ -442,6 +463,25 @@ def _detach(proc: asyncio.subprocess.Process) -> None:
         popen.returncode = 0  # only the Popen object's view; the wrapper records the real exit code
     if transport is not None:
         transport.close()
+
+
+def _prepare_launch(jobdir: Path) -> tuple[BinaryIO, BinaryIO] | None:
+    """Open the job's log files for the launch, or None if it was cancelled before it started."""
+    if (jobdir / "cancel_requested").exists():
+        return None
+    (jobdir / "launching").touch()  # from here on the job may run: adoption must look before restarting
+    out = open(jobdir / "stdout", "ab")  # noqa: SIM115 - handed to the caller, who closes it
+    try:
+        return out, open(jobdir / "stderr", "ab")
+    except BaseException:
+        out.close()
+        raise
+
+
+def _record_pid(jobdir: Path, pid: int) -> bool:
+    """Write the pid file, then tell whether a cancel came meanwhile (it saw no process to kill)."""
+    (jobdir / "pid").write_text(json.dumps({"pid": pid, "start": _proc_start_time(pid)}))
+    return (jobdir / "cancel_requested").exists()
 
 
 def _write_atomic(path: Path, text: str) -> None:
