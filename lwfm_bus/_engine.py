@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from ._bus import STREAM
 from ._engine_store import EngineStore, FiringRecord, FiringState, JoinProgress
+from ._errors import LwfmBusError
 from ._events import (
     DataEvent,
     Event,
@@ -164,6 +165,7 @@ class Engine:
         """Open the store, rebuild the index, then judge events until cancelled."""
         await self._store.open()
         async with anyio.create_task_group() as tg:
+            tg.start_soon(self._keep_sites)
             target = await self._last_trigger_seq()
             tg.start_soon(self._feed_loop)
             await self._feed_reached(target)
@@ -171,6 +173,23 @@ class Engine:
             await tg.start(self._deadline_loop)
             await tg.start(self._work_loop)
             task_status.started()
+
+    async def _keep_sites(self) -> None:
+        """Open every site this installation has used, so that it adopts what a dead process left.
+
+        A replica killed just after a submit may leave a job queued or half-launched; the
+        firing is settled, so nothing would dispatch it again, and only a process that
+        opens the site adopts it.  Failures are logged: one unreachable site must not
+        stop the engine.
+        """
+        used = self._bus.config.home / "sites"
+        for name, spec in self._bus.site_specs().items():
+            if spec.broken is not None or not (used / name).is_dir():
+                continue
+            try:
+                await self._bus.site(name)
+            except LwfmBusError as exc:
+                log.warning("engine: site %s could not be opened to adopt its jobs: %s", name, exc)
 
     # ------------------------------------------------------------------ the feed
 

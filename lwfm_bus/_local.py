@@ -4,7 +4,9 @@ Each job gets a directory ``<state>/jobs/<job_id>/`` holding its definition, its
 stdout and stderr (written by the process itself, so nothing is lost if we die), its
 pid, and -- written by a tiny ``sh`` wrapper when the command ends -- its exit code.
 Jobs run in their own session, so cancel can kill the whole process group, and so
-they outlive the process that launched them.
+they outlive the process that launched them.  A job directory is filled under
+``staging/`` and renamed into place, so it is never seen half-written; ``active/``
+holds one marker per unfinished job naming the site instance that owns it.
 
 Whoever opens the site next adopts jobs whose launcher died: a job still running is
 watched again (a pidfd on Linux: woken by the kernel, not by polling), a job that
@@ -24,7 +26,7 @@ import signal
 import sys
 import uuid
 from collections import OrderedDict
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import IO, Any, BinaryIO, ClassVar
 
@@ -112,6 +114,7 @@ class LocalSite:
         self._jobs = self._root / "jobs"
         self._active = self._root / "active"
         self._owners = self._root / "owners"
+        self._staging = self._root / "staging"
         # One owner per opened site, not per process: a later site in the same process
         # must be able to adopt what an earlier, closed one left running.
         self._owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
@@ -125,7 +128,7 @@ class LocalSite:
     # ------------------------------------------------------------------ lifecycle
 
     async def open(self) -> None:
-        for d in (self._jobs, self._active, self._owners):
+        for d in (self._jobs, self._active, self._owners, self._staging):
             d.mkdir(parents=True, exist_ok=True)
         # Held for this process's life: it tells others our jobs have a live owner.
         self._owner_lock = open(self._owner_file, "a+")  # noqa: SIM115, ASYNC230
@@ -165,42 +168,68 @@ class LocalSite:
         return self._jobs / job_id
 
     async def submit(self, ctx: JobContext, defn: JobDefn) -> str:
-        jobdir = self._dir(ctx.job_id)
-
-        def undo() -> None:
-            self._mark_done(ctx.job_id)
-            shutil.rmtree(jobdir, ignore_errors=True)
-
-        def prepare() -> bool:
-            try:
-                jobdir.mkdir()  # atomic: of two submits of one job id (engine replicas, a retry) one wins
-            except FileExistsError:
-                return False
-            try:
-                (jobdir / "defn.json").write_text(defn.model_dump_json())
-                (jobdir / "context.json").write_text(ctx.model_dump_json())
-                self._mark_active(ctx.job_id)
-            except BaseException:
-                undo()
-                raise
-            return True
-
-        created = False
+        # File creation costs about a millisecond here: done off the event loop, so that
+        # an engine sharing this loop is not held up by jobs being started.
+        if not await anyio.to_thread.run_sync(self._prepare, ctx, defn):
+            await self._resubmitted(ctx.job_id)
+            return ctx.job_id
         try:
-            # File creation costs about a millisecond here: done off the event loop, so
-            # that the engine sharing this loop is not held up by jobs being started.
-            created = await anyio.to_thread.run_sync(prepare)
-            if not created:
-                log.info("local job %s was already submitted; not starting it again", ctx.job_id)
-                return ctx.job_id
             await self._rt.reporter.report(ctx, JobState.PENDING, native_state="queued")
         except BaseException:
             # Nothing started: undo, so that a retry of this submit is not taken for a duplicate.
-            if created:
-                undo()  # rare, and it must run even while this task is being cancelled
+            self._mark_done(ctx.job_id)
+            shutil.rmtree(self._dir(ctx.job_id), ignore_errors=True)
             raise
         self._spawn(self._run(ctx, defn), ctx)
         return ctx.job_id
+
+    def _prepare(self, ctx: JobContext, defn: JobDefn) -> bool:
+        """Create the job's directory whole, or not at all; False if it exists already.
+
+        The directory is filled in a staging place and renamed into ``jobs/``: the
+        rename is atomic, so of two submits of one job id (engine replicas, a retry) one
+        wins, and a submitter killed half-way never leaves a half-written job behind.
+        """
+        jobdir = self._dir(ctx.job_id)
+        if jobdir.exists():
+            return False
+        staging = self._staging / f"{ctx.job_id}.{self._owner}"
+        staging.mkdir()
+        try:
+            (staging / "defn.json").write_text(defn.model_dump_json())
+            (staging / "context.json").write_text(ctx.model_dump_json())
+            (staging / "owner").write_text(self._owner)
+            try:
+                staging.rename(jobdir)
+            except OSError:  # it exists (and is not empty): another submit won
+                return False
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        self._mark_active(ctx.job_id)
+        return True
+
+    async def _resubmitted(self, job_id: str) -> None:
+        """A job id submitted again: normally nothing to do, unless its submitter died.
+
+        An engine killed just after creating a job's directory leaves a job nobody runs
+        (its firing is claimed but not settled, so the next engine submits it again):
+        if the job's owner is dead and it never launched, it is adopted here and now.
+        """
+        jobdir = self._dir(job_id)
+        async with self._recover_lock():
+            marker = self._active / job_id
+            try:
+                owner = marker.read_text().strip()
+            except OSError:
+                if (jobdir / "launching").exists() or (jobdir / "cancel_requested").exists():
+                    return  # it ran, or was cancelled, and was reported: the marker goes last
+                owner = _read_or_empty(jobdir / "owner")
+            if owner == self._owner or self._owner_alive(owner):
+                log.info("local job %s was already submitted; not starting it again", job_id)
+                return
+            log.info("local job %s was submitted by a process that died; adopting it", job_id)
+            self._mark_active(job_id)
+        await self._adopt(job_id)
 
     def _mark_active(self, job_id: str) -> None:
         # Atomic: another process recovering at this instant must never read an empty owner.
@@ -310,10 +339,10 @@ class LocalSite:
     # ------------------------------------------------------------------ recovery
 
     async def _recover(self) -> None:
-        lock_path = self._root / "recover.lock"
-        with open(lock_path, "a+") as lock:  # noqa: ASYNC230 - a lock file
-            if fcntl is not None:
-                await anyio.to_thread.run_sync(fcntl.flock, lock.fileno(), fcntl.LOCK_EX)
+        async with self._recover_lock():
+            for entry in self._staging.iterdir():
+                if not self._owner_alive(entry.name.rpartition(".")[2]):
+                    shutil.rmtree(entry, ignore_errors=True)  # its submitter died filling it
             for entry in sorted(self._active.iterdir()):
                 job_id = entry.name
                 if job_id.startswith("."):
@@ -327,6 +356,14 @@ class LocalSite:
                     continue
                 self._mark_active(job_id)  # ours now
                 await self._adopt(job_id)
+
+    @contextlib.asynccontextmanager
+    async def _recover_lock(self) -> AsyncIterator[None]:
+        """Serialises adoption between processes sharing this site's directory."""
+        with open(self._root / "recover.lock", "a+") as lock:  # noqa: ASYNC230 - a lock file
+            if fcntl is not None:
+                await anyio.to_thread.run_sync(fcntl.flock, lock.fileno(), fcntl.LOCK_EX)
+            yield
 
     def _owner_alive(self, owner: str) -> bool:
         """Whether the site instance ``owner`` still holds its lock (flock dies with its process)."""
@@ -482,6 +519,13 @@ def _record_pid(jobdir: Path, pid: int) -> bool:
     """Write the pid file, then tell whether a cancel came meanwhile (it saw no process to kill)."""
     (jobdir / "pid").write_text(json.dumps({"pid": pid, "start": _proc_start_time(pid)}))
     return (jobdir / "cancel_requested").exists()
+
+
+def _read_or_empty(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -408,9 +408,9 @@ async def test_engine_killed_mid_flight_every_downstream_runs_once(
 # --------------------------------------------------------------------- 3. two replicas at once
 
 
-# Known to fail now and then under heavy CPU load: a replica opening the local site reads
-# the other's "active" marker while it is created empty (write_text truncates, then writes),
-# takes the live owner for dead, and starts the job a second time (_local.py _recover).
+# This once failed under heavy load: a replica read the other's "active" marker while it
+# was being written, took the live owner for dead and started a job twice; markers are
+# now written atomically (_local.py _write_atomic).
 async def test_two_engine_processes_share_the_work_and_fire_each_trigger_once(
     client: lb.Bus, bus_config: lb.BusConfig, tmp_path: Path
 ) -> None:

@@ -452,3 +452,53 @@ async def test_a_later_bus_in_the_same_process_adopts_a_job_left_running(
         go.touch()
         status = await second.wait(job.job_id, timeout=5)
         assert status.state is JobState.COMPLETE
+
+
+# --------------------------------------------------------------------- a submitter killed half-way
+
+_HALF_SUBMITTER = """
+import asyncio, os, signal, sys
+import lwfm_bus as lb
+from lwfm_bus._local import LocalSite
+
+url, home, job_id, counter, point = sys.argv[1:6]
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+setattr(LocalSite, point, die)  # the real submit path, killed at this step
+
+async def main():
+    async with lb.connect(lb.BusConfig(servers=(url,), home=home)) as bus:
+        await bus.submit(lb.JobDefn.of(["/bin/sh", "-c", 'echo ran >> "$1"', "count", counter]), job_id=job_id)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize(
+    "point",
+    [
+        "_mark_active",  # the job's directory exists, nothing says who runs it
+        "_spawn",  # marked as ours, PENDING reported, never launched
+    ],
+)
+async def test_a_job_whose_submitter_died_half_way_runs_once_when_submitted_again(
+    bus: lb.Bus, bus_config: lb.BusConfig, tmp_path: Path, point: str
+) -> None:
+    job_id, counter = lb.new_id(), tmp_path / "runs"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _HALF_SUBMITTER, bus_config.servers[0], str(bus_config.home), job_id, str(counter),
+        point, env=env,
+    )  # fmt: skip
+    assert await asyncio.wait_for(proc.wait(), 30) == -signal.SIGKILL
+    assert (bus_config.home / "sites" / "local" / "jobs" / job_id / "defn.json").exists()
+
+    # What an engine does when it takes over the unsettled firing: submit the same id again.
+    job = await bus.submit(lb.JobDefn.of(["/bin/sh", "-c", 'echo ran >> "$1"', "count", str(counter)]), job_id=job_id)
+    status = await job.wait(timeout=30)
+    assert status.state is JobState.COMPLETE
+    assert counter.read_text() == "ran\n"
+    terminal = [s.state for s in await _job_events(bus, job_id) if s.state.is_terminal]
+    assert terminal == [JobState.COMPLETE]
