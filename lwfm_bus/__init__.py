@@ -12,6 +12,7 @@ from ._engine import Engine, EngineConfig, EngineStats, serve_engine
 from ._errors import (
     BusClosedError,
     ConfigError,
+    DataError,
     EventTooLargeError,
     InvalidEventError,
     InvalidTokenError,
@@ -22,7 +23,9 @@ from ._errors import (
     ServerStartError,
     SiteError,
     TriggerError,
+    UnknownDataError,
     UnknownJobError,
+    WorkspaceError,
 )
 from ._events import (
     DataArrival,
@@ -50,6 +53,8 @@ from ._events import (
     TriggerRegisteredEvent,
     WorkflowDefined,
     WorkflowDefinedEvent,
+    WorkspaceChanged,
+    WorkspaceChangedEvent,
     decode_event,
     encode_event,
     make_event,
@@ -58,12 +63,14 @@ from ._events import (
 from ._index import JobRecord, TriggerRecord, WorkflowRecord
 from ._jobs import JobContext, JobDefn, Resources, Workflow
 from ._jobside import current_job, emit_data, emit_info, emit_status
+from ._query import DataPage, DataQuery, DataRecord
 from ._registry import ENTRY_POINT_GROUP, SiteSpec
+from ._repo import Provenance
 from ._server import EmbeddedServer
 from ._sites import SiteAdapter, SiteRuntime, StatusReporter
 from ._states import JobState
 from ._subjects import check_token, data_filter, job_filter, workflow_filter
-from ._sync import SyncJob, make_job, set_data_trigger, set_job_trigger, sync_bus, sync_close
+from ._sync import SyncJob, find, get, make_job, notate, put, set_data_trigger, set_job_trigger, sync_bus, sync_close
 from ._triggers import (
     DataTrigger,
     Downstream,
@@ -80,6 +87,8 @@ from ._triggers import (
     firing_key,
     trigger_adapter,
 )
+from ._workspace import WorkspaceLocation, WorkspaceRecord
+from ._workspaces import Workspaces
 
 __version__ = "0.1.0"
 
@@ -90,7 +99,11 @@ __all__ = [
     "BusConfig",
     "ConfigError",
     "DataArrival",
+    "DataError",
     "DataEvent",
+    "DataPage",
+    "DataQuery",
+    "DataRecord",
     "DataTrigger",
     "DeadLetter",
     "DecodeFailure",
@@ -123,6 +136,7 @@ __all__ = [
     "Match",
     "Predicate",
     "Present",
+    "Provenance",
     "PublishAck",
     "PublishError",
     "Range",
@@ -153,12 +167,19 @@ __all__ = [
     "TriggerRecord",
     "TriggerRegistered",
     "TriggerRegisteredEvent",
+    "UnknownDataError",
     "UnknownJobError",
     "Upstream",
     "Workflow",
     "WorkflowDefined",
     "WorkflowDefinedEvent",
     "WorkflowRecord",
+    "WorkspaceChanged",
+    "WorkspaceChangedEvent",
+    "WorkspaceError",
+    "WorkspaceLocation",
+    "WorkspaceRecord",
+    "Workspaces",
     "__version__",
     "check_token",
     "connect",
@@ -170,12 +191,16 @@ __all__ = [
     "emit_info",
     "emit_status",
     "encode_event",
+    "find",
     "firing_key",
+    "get",
     "job_filter",
     "load_config",
     "make_event",
     "make_job",
     "new_id",
+    "notate",
+    "put",
     "serve_engine",
     "set_data_trigger",
     "set_job_trigger",

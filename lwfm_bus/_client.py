@@ -14,6 +14,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ._bus import EventBus
@@ -33,11 +34,14 @@ from ._events import (
 from ._index import JobIndex, JobRecord, TriggerRecord, WorkflowRecord
 from ._jobs import JobContext, JobDefn, Workflow
 from ._meta import Metadata
+from ._query import DataPage, DataQuery, DataRecord
 from ._registry import SiteSpec, discover_adapters, load_sites
+from ._repo import DataRepo, Provenance
 from ._sites import LogStream, SiteAdapter, SiteRuntime
 from ._states import JobState
 from ._subjects import ROOT, check_token
 from ._triggers import DataTrigger, Downstream, JobTrigger, JoinTrigger, Match, Trigger, Upstream
+from ._workspaces import Workspaces
 
 __all__ = ["Bus", "Job", "connect"]
 
@@ -124,6 +128,9 @@ class Bus(EventBus):
         self._adapter_lock = asyncio.Lock()
         self._index: JobIndex | None = None
         self._reporter = _Reporter(self)
+        self._repo = DataRepo(self)
+        self.workspaces = Workspaces(self)
+        """The shared map of logical file names (see :class:`~lwfm_bus.Workspaces`)."""
 
     async def _aclose(self) -> None:
         for name, adapter in list(self._adapters.items()):
@@ -247,6 +254,7 @@ class Bus(EventBus):
             parent_ids=parents,
         )
         adapter = await self.site(site)
+        defn = await self.workspaces.resolve_job(defn, site)  # before READY: a bad reference starts nothing
         await self._reporter.report(ctx, JobState.READY)
         try:
             await adapter.submit(ctx, defn)
@@ -314,6 +322,56 @@ class Bus(EventBus):
     async def logs(self, job_id: str, stream: LogStream = "stdout") -> bytes:
         ctx = await self._context(job_id)
         return await (await self.site(ctx.site)).logs(ctx, stream)
+
+    # ------------------------------------------------------------------ data
+
+    async def notate(
+        self,
+        location: str | Path,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        site: str | None = None,
+        size: int | None = None,
+        checksum: str | None = None,
+        job: JobContext | None = None,
+    ) -> DataRecord:
+        """Record data at ``location`` with ``metadata`` and publish its data event.
+
+        ``site`` defaults to the calling job's site, else this bus's site.  A file on
+        this machine gets its size and sha256 checksum.  Inside a job (or given
+        ``job``), the data is attributed to that job and its workflow.
+        """
+        return await self._repo.notate(location, metadata, site=site, size=size, checksum=checksum, job=job)
+
+    async def find(self, where: Mapping[str, Any] | DataQuery | None = None, **options: Any) -> DataPage:
+        """Data whose metadata matches every predicate in ``where``; one page.
+
+        ``where`` maps keys to a value (equality) or a predicate (:class:`Eq`,
+        :class:`Glob`, :class:`Range`, :class:`Present`, or their dict forms);
+        ``options`` are the other fields of :class:`DataQuery` (site, workflow_id,
+        job_id, order_by, descending, limit, offset).
+        """
+        return await self._repo.find(where, **options)
+
+    async def data(self, data_id: str) -> DataRecord:
+        """One data record by id (:class:`UnknownDataError` if none)."""
+        return await self._repo.record(data_id)
+
+    async def put(
+        self, local_path: str | Path, site_path: str, metadata: Mapping[str, Any] | None = None, *, site: str = "local"
+    ) -> DataRecord:
+        """Copy a local file onto a site and notate it there; the notation can fire data triggers."""
+        return await self._repo.put(local_path, site_path, metadata, site=site)
+
+    async def get(
+        self, site_path: str, local_path: str | Path, metadata: Mapping[str, Any] | None = None, *, site: str = "local"
+    ) -> DataRecord:
+        """Copy a file off a site to here and notate the copy (with the original's metadata)."""
+        return await self._repo.get(site_path, local_path, metadata, site=site)
+
+    async def provenance(self, data_id: str) -> Provenance:
+        """The data item, the job that produced it, and that job's upstream chain."""
+        return await self._repo.provenance(data_id)
 
     # ------------------------------------------------------------------ triggers
 

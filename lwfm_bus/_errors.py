@@ -16,7 +16,10 @@ it in, so ``except ValueError`` keeps working for code that does not know us::
     │   ├── UnknownJobError (LookupError)
     │   └── JobTimeoutError (TimeoutError)
     ├── SiteError (RuntimeError)          a site adapter failed or is unknown
-    └── TriggerError (ValueError)         a trigger definition is rejected
+    ├── TriggerError (ValueError)         a trigger definition is rejected
+    ├── DataError (ValueError)            bad metadata, a bad query, a failed copy
+    │   └── UnknownDataError (LookupError)
+    └── WorkspaceError (ValueError)       a bad or escaping workspace path, an unknown workspace
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 __all__ = [
     "BusClosedError",
     "ConfigError",
+    "DataError",
     "EventTooLargeError",
     "InvalidEventError",
     "InvalidTokenError",
@@ -34,7 +38,9 @@ __all__ = [
     "ServerStartError",
     "SiteError",
     "TriggerError",
+    "UnknownDataError",
     "UnknownJobError",
+    "WorkspaceError",
 ]
 
 
@@ -96,3 +102,15 @@ class SiteError(LwfmBusError, RuntimeError):
 
 class TriggerError(LwfmBusError, ValueError):
     """A trigger definition was rejected; the message names the field."""
+
+
+class DataError(LwfmBusError, ValueError):
+    """Data could not be notated, found or copied: the message says which field or step."""
+
+
+class UnknownDataError(DataError, LookupError):
+    """No data record with this id is known to the bus."""
+
+
+class WorkspaceError(LwfmBusError, ValueError):
+    """A workspace change or reference was refused: unknown workspace, bad or escaping path."""

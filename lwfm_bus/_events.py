@@ -35,6 +35,7 @@ from ._meta import Metadata
 from ._states import JobState
 from ._subjects import Token, subject_for
 from ._triggers import Trigger
+from ._workspace import AbsPath, LogicalName, WorkspaceLocation
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -63,6 +64,8 @@ __all__ = [
     "TriggerRegisteredEvent",
     "WorkflowDefined",
     "WorkflowDefinedEvent",
+    "WorkspaceChanged",
+    "WorkspaceChangedEvent",
     "decode_event",
     "encode_event",
     "event_adapter",
@@ -121,6 +124,49 @@ class DataArrival(_Model):
     )
     job_id: Token | None = Field(default=None, description="Job that produced or recorded the data.")
     workflow_id: Token | None = Field(default=None, description="Workflow of that job.")
+    direction: Literal["put", "get"] | None = Field(
+        default=None, description="How the bytes got here: copied onto the site (put) or off it (get)."
+    )
+    origin_site: Token | None = Field(default=None, description="For a copy: the site the bytes came from.")
+    origin: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = Field(
+        default=None, description="For a copy: the path the bytes came from."
+    )
+
+    @model_validator(mode="after")
+    def _copy_names_its_origin(self) -> Self:
+        if (self.direction is None) != (self.origin is None):
+            raise ValueError("direction and origin go together: a copy names where it came from")
+        return self
+
+
+class WorkspaceChanged(_Model):
+    """One change to a workspace's map; the index applies them in stream order.
+
+    ``define`` sets the roots (merged with earlier ones), ``add`` maps a logical name to a
+    location, ``remove`` unmaps one location (or, without one, the name), ``delete``
+    forgets the workspace.
+    """
+
+    workspace: Token = Field(description="The workspace's name.")
+    site: Token = Field(description="Site of the process that made the change.")
+    op: Literal["define", "add", "remove", "delete"] = Field(description="What changed.")
+    roots: dict[Token, AbsPath] = Field(
+        default_factory=dict, max_length=256, description="define: the workspace's root directory per site."
+    )
+    logical: LogicalName | None = Field(default=None, description="add/remove: the logical file name.")
+    location: WorkspaceLocation | None = Field(default=None, description="add/remove: where a copy lives.")
+
+    @model_validator(mode="after")
+    def _fields_of_op(self) -> Self:
+        if self.op == "define" and not self.roots:
+            raise ValueError("define needs at least one root (site -> absolute path)")
+        if self.op in ("add", "remove") and self.logical is None:
+            raise ValueError(f"{self.op} needs the logical file name")
+        if self.op == "add" and self.location is None:
+            raise ValueError("add needs a location (site and path)")
+        if self.op != "define" and self.roots:
+            raise ValueError(f"roots belong to define, not {self.op}")
+        return self
 
 
 class _TriggerPayload(_Model):
@@ -223,6 +269,7 @@ EventData: TypeAlias = (
     | TriggerDeadline
     | SiteHeartbeat
     | WorkflowDefined
+    | WorkspaceChanged
 )
 
 # --------------------------------------------------------------------------- envelopes
@@ -337,6 +384,15 @@ class WorkflowDefinedEvent(_Envelope):
         return subject_for(self.data.site, "workflow", self.data.workflow_id, None, "defined")
 
 
+class WorkspaceChangedEvent(_Envelope):
+    type: Literal["lwfm.workspace.changed"] = "lwfm.workspace.changed"
+    data: WorkspaceChanged
+    kind: ClassVar[str] = "workspace"
+
+    def nats_subject(self) -> str:
+        return subject_for(self.data.site, "workspace", None, self.data.workspace, self.data.op)
+
+
 Event: TypeAlias = Annotated[
     JobStatusEvent
     | DataEvent
@@ -347,7 +403,8 @@ Event: TypeAlias = Annotated[
     | TriggerCancelledEvent
     | TriggerDeadlineEvent
     | SiteHeartbeatEvent
-    | WorkflowDefinedEvent,
+    | WorkflowDefinedEvent
+    | WorkspaceChangedEvent,
     Field(discriminator="type"),
 ]
 """Any lwfm-bus event; ``type`` selects the model."""
@@ -365,6 +422,7 @@ _CLASSES: tuple[type[_Envelope], ...] = (
     TriggerDeadlineEvent,
     SiteHeartbeatEvent,
     WorkflowDefinedEvent,
+    WorkspaceChangedEvent,
 )
 _BY_PAYLOAD: dict[object, type[_Envelope]] = {cls.model_fields["data"].annotation: cls for cls in _CLASSES}
 
@@ -399,6 +457,8 @@ def _entity_of(data: EventData) -> str | None:
         return data.site
     if isinstance(data, WorkflowDefined):
         return data.workflow_id
+    if isinstance(data, WorkspaceChanged):
+        return data.workspace
     return data.trigger_id
 
 

@@ -22,6 +22,7 @@ import anyio
 
 from ._bus import EventBus
 from ._events import (
+    DataEvent,
     Event,
     JobStatusEvent,
     TriggerCancelledEvent,
@@ -30,10 +31,15 @@ from ._events import (
     TriggerFiredEvent,
     TriggerRegisteredEvent,
     WorkflowDefinedEvent,
+    WorkspaceChangedEvent,
 )
+from ._index_data import DATA_SCHEMA, DATA_TABLES, apply_data, find, install_functions, latest_at, record_by_id
+from ._index_ws import WS_SCHEMA, WS_TABLES, apply_workspace, workspace, workspace_names
+from ._query import DataPage, DataQuery, DataRecord
 from ._states import JobState
 from ._subjects import ROOT
 from ._triggers import Trigger, trigger_adapter
+from ._workspace import WorkspaceRecord
 
 __all__ = ["JobIndex", "JobRecord", "TriggerRecord", "WorkflowRecord"]
 
@@ -98,8 +104,8 @@ CREATE INDEX IF NOT EXISTS triggers_by_state ON triggers (state, registered_at);
 """
 
 # Bumped when the tables change: an older file is dropped and rebuilt from the stream.
-_SCHEMA_VERSION = 2
-_TABLES = ("meta", "jobs", "job_history", "workflows", "triggers")
+_SCHEMA_VERSION = 3
+_TABLES = ("meta", "jobs", "job_history", "workflows", "triggers", *DATA_TABLES, *WS_TABLES)
 
 _TRIGGER_EVENTS = (
     TriggerRegisteredEvent,
@@ -177,8 +183,9 @@ class JobIndex:
             for table in _TABLES:
                 await self._db.execute(f"DROP TABLE IF EXISTS {table}")
             await self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-        await self._db.executescript(_SCHEMA)
+        await self._db.executescript(_SCHEMA + DATA_SCHEMA + WS_SCHEMA)
         await self._db.commit()
+        await install_functions(self._db)
         return self
 
     async def __aexit__(
@@ -227,6 +234,10 @@ class JobIndex:
     async def _apply(self, event: Event, seq: int) -> None:
         if isinstance(event, JobStatusEvent):
             await self._apply_job(event, seq)
+        elif isinstance(event, DataEvent):
+            await apply_data(self.db, event, seq)
+        elif isinstance(event, WorkspaceChangedEvent):
+            await apply_workspace(self.db, event, seq)
         elif isinstance(event, _TRIGGER_EVENTS):
             await self._apply_trigger(event)
         elif isinstance(event, WorkflowDefinedEvent):
@@ -346,6 +357,26 @@ class JobIndex:
             sql, args = sql + " AND state = ?", [*args, state]
         async with self.db.execute(sql + " ORDER BY registered_at LIMIT ?", (*args, limit)) as cur:
             return [_trigger(r) for r in await cur.fetchall()]
+
+    async def find(self, query: DataQuery) -> DataPage:
+        await self.catch_up()
+        return await find(self.db, query)
+
+    async def data_record(self, data_id: str) -> DataRecord | None:
+        await self.catch_up()
+        return await record_by_id(self.db, data_id)
+
+    async def data_at(self, site: str, location: str) -> DataRecord | None:
+        await self.catch_up()
+        return await latest_at(self.db, site, location)
+
+    async def workspace(self, name: str) -> WorkspaceRecord | None:
+        await self.catch_up()
+        return await workspace(self.db, name)
+
+    async def workspaces(self) -> list[str]:
+        await self.catch_up()
+        return await workspace_names(self.db)
 
     async def workflow(self, workflow_id: str) -> WorkflowRecord | None:
         await self.catch_up()

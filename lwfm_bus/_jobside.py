@@ -12,8 +12,6 @@ terminal state is reported by its site, which sees the exit code.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from ._client import connect
 from ._config import load_config
 from ._errors import JobError
 from ._events import DataArrival, EventData, JobStatus, make_event, new_id
+from ._identity import current_job, file_checksum
 from ._jobs import JobContext
 from ._meta import Metadata
 from ._states import JobState
@@ -28,30 +27,6 @@ from ._states import JobState
 __all__ = ["current_job", "data_event", "emit", "emit_data", "emit_info", "emit_status", "file_checksum"]
 
 _SELF_REPORTABLE = frozenset({JobState.INFO, JobState.RUNNING, JobState.FINISHING})
-
-
-def current_job(env: Mapping[str, str] | None = None) -> JobContext:
-    """This job's identity, from the environment its site gave it."""
-    env = os.environ if env is None else env
-    job_id = env.get("LWFM_JOB_ID")
-    if not job_id:
-        raise JobError("not inside an lwfm-bus job: LWFM_JOB_ID is not set")
-    parents = tuple(p for p in env.get("LWFM_PARENT_IDS", "").split(",") if p)
-    return JobContext(
-        job_id=job_id,
-        site=env.get("LWFM_SITE") or "local",
-        workflow_id=env.get("LWFM_WORKFLOW_ID") or None,
-        name=env.get("LWFM_JOB_NAME") or None,
-        parent_ids=parents,
-    )
-
-
-def file_checksum(path: Path, algorithm: str = "sha256") -> str:
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return f"{algorithm}:{h.hexdigest()}"
 
 
 def status_event(ctx: JobContext, state: JobState, info: str | None = None) -> JobStatus:
@@ -74,8 +49,7 @@ def data_event(ctx: JobContext, location: str, metadata: Metadata | None = None)
     path = Path(location)
     size = checksum = None
     if path.is_file():
-        size = path.stat().st_size
-        checksum = file_checksum(path)
+        checksum, size = file_checksum(path)
         location = str(path.resolve())
     return DataArrival(
         data_id=new_id(),

@@ -33,6 +33,7 @@ from typing import IO, Any, BinaryIO, ClassVar
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
+from ._errors import SiteError
 from ._jobs import JobContext, JobDefn
 from ._sites import LogStream, SiteRuntime, StatusReporter
 from ._states import JobState
@@ -463,10 +464,12 @@ class LocalSite:
             return b""
 
     async def put(self, local_path: Path, site_path: str) -> None:
-        await anyio.to_thread.run_sync(shutil.copyfile, local_path, site_path)
+        if not site_path.startswith("/"):
+            raise SiteError(f"local site path {site_path!r} is not absolute")
+        await anyio.to_thread.run_sync(_copy_atomic, local_path, Path(site_path))
 
     async def get(self, site_path: str, local_path: Path) -> None:
-        await anyio.to_thread.run_sync(shutil.copyfile, site_path, local_path)
+        await anyio.to_thread.run_sync(_copy_atomic, Path(site_path), local_path)
 
 
 async def conclude(jobdir: Path, ctx: JobContext, reporter: StatusReporter, rc: int | None) -> None:
@@ -519,6 +522,18 @@ def _record_pid(jobdir: Path, pid: int) -> bool:
     """Write the pid file, then tell whether a cancel came meanwhile (it saw no process to kill)."""
     (jobdir / "pid").write_text(json.dumps({"pid": pid, "start": _proc_start_time(pid)}))
     return (jobdir / "cancel_requested").exists()
+
+
+def _copy_atomic(source: Path, target: Path) -> None:
+    """Copy through a temporary file beside the target: readers never see half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        shutil.copyfile(source, tmp)
+        tmp.replace(target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _read_or_empty(path: Path) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from ._events import event_adapter, event_classes
+from ._query import DataPage, DataQuery
 from ._triggers import trigger_adapter
 
 __all__ = ["generate_schemas", "write_schemas"]
@@ -39,7 +40,11 @@ def generate_schemas() -> dict[str, dict[str, Any]]:
 
 def _file_formats() -> dict[str, TypeAdapter[Any]]:
     """User-written and exchanged file formats (sites, triggers, pipelines, bundles)."""
-    return {"files/trigger.json": trigger_adapter()}
+    return {
+        "files/trigger.json": trigger_adapter(),
+        "files/data-query.json": TypeAdapter(DataQuery),
+        "files/data-page.json": TypeAdapter(DataPage),
+    }
 
 
 def render(schema: dict[str, Any]) -> str:

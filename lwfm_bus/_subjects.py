@@ -11,6 +11,7 @@ job        job id       canonical state        ``lwfm.hpc1.job.wf1.j42.FAILED``
 data       producer job ``arrived``            ``lwfm.hpc1.data.wf1.j42.arrived``
 trigger    trigger id   registered/fired/...   ``lwfm.local.trigger.wf1.t7.fired``
 site       ``_``        ``heartbeat``          ``lwfm.hpc1.site._._.heartbeat``
+workspace  workspace    define/add/remove/...  ``lwfm.local.workspace._.ws1.add``
 =========  ===========  =====================  ============================
 
 A missing workflow or job is written ``_``.  Because the workflow is always the 4th

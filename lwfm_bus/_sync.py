@@ -14,6 +14,7 @@ import atexit
 import threading
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -24,10 +25,22 @@ from ._errors import ConfigError, JobError
 from ._events import JobStatus, new_id
 from ._index import JobRecord
 from ._jobs import JobDefn, Workflow
+from ._query import DataPage, DataRecord
 from ._sites import LogStream
 from ._triggers import Trigger
 
-__all__ = ["SyncJob", "make_job", "set_data_trigger", "set_job_trigger", "sync_bus", "sync_close"]
+__all__ = [
+    "SyncJob",
+    "find",
+    "get",
+    "make_job",
+    "notate",
+    "put",
+    "set_data_trigger",
+    "set_job_trigger",
+    "sync_bus",
+    "sync_close",
+]
 
 
 class _Runtime:
@@ -211,3 +224,38 @@ def _arm(job: SyncJob, method: str, condition: object, options: dict[str, Any]) 
 
 def _upstream_id(job: SyncJob | str) -> str:
     return job if isinstance(job, str) else job.job_id
+
+
+# --------------------------------------------------------------------- the metadata repository
+
+
+def notate(location: str | Path, metadata: Mapping[str, Any] | None = None, **options: Any) -> DataRecord:
+    """Blocking :meth:`Bus.notate`: record data with metadata (inside a job, attributed to it)."""
+    rt = _Runtime.get()
+    record: DataRecord = rt.call(rt.bus.notate, location, metadata, **options)
+    return record
+
+
+def find(where: Mapping[str, Any] | None = None, **options: Any) -> DataPage:
+    """Blocking :meth:`Bus.find`: one page of data matching ``where``."""
+    rt = _Runtime.get()
+    page: DataPage = rt.call(rt.bus.find, where, **options)
+    return page
+
+
+def put(
+    local_path: str | Path, site_path: str, metadata: Mapping[str, Any] | None = None, **options: Any
+) -> DataRecord:
+    """Blocking :meth:`Bus.put`: copy a file onto a site and notate it."""
+    rt = _Runtime.get()
+    record: DataRecord = rt.call(rt.bus.put, local_path, site_path, metadata, **options)
+    return record
+
+
+def get(
+    site_path: str, local_path: str | Path, metadata: Mapping[str, Any] | None = None, **options: Any
+) -> DataRecord:
+    """Blocking :meth:`Bus.get`: copy a file off a site and notate the copy."""
+    rt = _Runtime.get()
+    record: DataRecord = rt.call(rt.bus.get, site_path, local_path, metadata, **options)
+    return record

@@ -25,6 +25,9 @@ def sample_events(site: str = "hpc1") -> list[lb.Event]:
                 workflow_id="wf1",
                 size=10,
                 checksum="sha256:" + "ab" * 32,
+                direction="put",
+                origin_site="laptop",
+                origin="/home/u/out.h5",
             ),
             source=src,
         ),
@@ -55,4 +58,14 @@ def sample_events(site: str = "hpc1") -> list[lb.Event]:
         ),
         lb.make_event(lb.SiteHeartbeat(site=site, adapter="local", interval_s=5), source=src),
         lb.make_event(lb.WorkflowDefined(workflow_id="wf1", site=site, name="demo", properties={"k": 1}), source=src),
+        lb.make_event(
+            lb.WorkspaceChanged(
+                workspace="ws1",
+                site=site,
+                op="add",
+                logical="in/mesh.vtk",
+                location=lb.WorkspaceLocation(site=site, path="/scratch/ws1/in/mesh.vtk"),
+            ),
+            source=src,
+        ),
     ]

@@ -322,7 +322,7 @@ async def test_index_is_rebuilt_from_the_stream(bus_config: lb.BusConfig) -> Non
     index = bus_config.home / "index.sqlite"
     assert index.exists()
     for suffix in ("", "-wal", "-shm"):
-        Path(f"{index}{suffix}").unlink(missing_ok=True)  # noqa: ASYNC240 - test set-up
+        Path(f"{index}{suffix}").unlink(missing_ok=True)
 
     async with lb.connect(bus_config) as bus:
         record = await bus.status(ok.job_id)
