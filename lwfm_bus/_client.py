@@ -127,6 +127,7 @@ class Bus(EventBus):
         self._adapters: dict[str, SiteAdapter] = {}
         self._adapter_lock = asyncio.Lock()
         self._index: JobIndex | None = None
+        self._index_lock = asyncio.Lock()
         self._reporter = _Reporter(self)
         self._repo = DataRepo(self)
         self.workspaces = Workspaces(self)
@@ -203,9 +204,10 @@ class Bus(EventBus):
     # ------------------------------------------------------------------ index
 
     async def index(self) -> JobIndex:
-        if self._index is None:
-            self._index = await JobIndex(self.config.home / "index.sqlite", self).__aenter__()
-        return self._index
+        async with self._index_lock:  # concurrent first queries must open one index, not several
+            if self._index is None:
+                self._index = await JobIndex(self.config.home / "index.sqlite", self).__aenter__()
+            return self._index
 
     # ------------------------------------------------------------------ workflows
 

@@ -9,6 +9,7 @@ once; a state that arrives late or out of order is judged by the state order.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Sequence
@@ -172,6 +173,9 @@ class JobIndex:
         self._path = path
         self._bus = bus
         self._db: aiosqlite.Connection | None = None
+        # One catch-up at a time per index: concurrent queries share one connection, and
+        # interleaved catch-ups would commit each other's half-applied batches.
+        self._catching_up = asyncio.Lock()
 
     async def __aenter__(self) -> JobIndex:
         self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -208,6 +212,10 @@ class JobIndex:
 
     async def catch_up(self) -> int:
         """Apply every event stored since the last catch-up; return how many were applied."""
+        async with self._catching_up:
+            return await self._catch_up()
+
+    async def _catch_up(self) -> int:
         with open(self._path.with_suffix(".lock"), "a+") as lock:  # noqa: ASYNC230 - a lock file
             if fcntl is not None:
                 await anyio.to_thread.run_sync(fcntl.flock, lock.fileno(), fcntl.LOCK_EX)
