@@ -34,7 +34,7 @@ from ._events import (
     WorkflowDefinedEvent,
     WorkspaceChangedEvent,
 )
-from ._index_data import DATA_SCHEMA, DATA_TABLES, apply_data, find, install_functions, latest_at, record_by_id
+from ._index_data import DATA_SCHEMA, DATA_TABLES, apply_data_many, find, install_functions, latest_at, record_by_id
 from ._index_ws import WS_SCHEMA, WS_TABLES, apply_workspace, workspace, workspace_names
 from ._query import DataPage, DataQuery, DataRecord
 from ._states import JobState
@@ -221,13 +221,20 @@ class JobIndex:
                 await anyio.to_thread.run_sync(fcntl.flock, lock.fileno(), fcntl.LOCK_EX)
             start = await self.last_seq() + 1
             applied = 0
+            data: list[tuple[DataEvent, int]] = []  # applied in batches: they touch only their own tables
             async with self._bus.replay(f"{ROOT}.>", start_seq=start) as history:
                 async for event in history:
-                    await self._apply(event, history.last_seq)
+                    if isinstance(event, DataEvent):
+                        data.append((event, history.last_seq))
+                    else:
+                        await self._apply(event, history.last_seq)
                     applied += 1
                     if applied % 1000 == 0:
+                        await apply_data_many(self.db, data)
+                        data.clear()
                         await self._commit(history.last_seq)
                 if history.last_seq:
+                    await apply_data_many(self.db, data)
                     await self._commit(history.last_seq)
             return applied
 
@@ -243,7 +250,7 @@ class JobIndex:
         if isinstance(event, JobStatusEvent):
             await self._apply_job(event, seq)
         elif isinstance(event, DataEvent):
-            await apply_data(self.db, event, seq)
+            await apply_data_many(self.db, [(event, seq)])
         elif isinstance(event, WorkspaceChangedEvent):
             await apply_workspace(self.db, event, seq)
         elif isinstance(event, _TRIGGER_EVENTS):

@@ -168,14 +168,14 @@ async def test_both_query_plans_agree_with_brute_force(tmp_path: Path) -> None:
             expected = [e.data.location for e in events if trigger.matches(e.data.metadata, "local", None)]
             for cap in (1, 10**6):  # walk the records / drive from the most selective condition
                 query = lb.DataQuery(where=trigger.signature, limit=1000)
-                page = await _index_data.find(db, query, cap=cap)
+                page = await _index_data.find(db, query, cap=cap, ceiling=cap)
                 assert [r.location for r in page.records] == expected, (signature, cap)
                 # and page by page, newest first
                 got: list[str] = []
                 offset: int | None = 0
                 while offset is not None:
                     q = lb.DataQuery(where=trigger.signature, limit=7, offset=offset, descending=True)
-                    page = await _index_data.find(db, q, cap=cap)
+                    page = await _index_data.find(db, q, cap=cap, ceiling=cap)
                     got += [r.location for r in page.records]
                     offset = page.next_offset
                 assert got == expected[::-1], (signature, cap)
