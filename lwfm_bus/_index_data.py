@@ -202,9 +202,21 @@ async def find(db: aiosqlite.Connection, query: DataQuery, *, cap: int = _CAP, c
     if driver is not None:
         what, i = driver
         if what == "check":
+            # The other predicates are checked on the candidates' metadata rows before any
+            # record is read: most candidates fail, and a record costs one more lookup.
             sql, p = checks.pop(i)
-            source = f"(SELECT DISTINCT m.rid AS rid FROM data_meta m WHERE {sql}) c CROSS JOIN data d ON d.rid = c.rid"  # noqa: S608
-            params.extend(p)
+            inner, inner_params = [sql], list(p)
+            for other, (key, predicate) in enumerate(sorted(query.where.items())):
+                if other != i:
+                    c, cp = _condition(key, predicate, "x")
+                    inner.append(f"EXISTS (SELECT 1 FROM data_meta x WHERE x.rid = m.rid AND {c})")  # noqa: S608
+                    inner_params.extend(cp)
+            checks = []
+            params.extend(inner_params)
+            source = (
+                f"(SELECT DISTINCT m.rid AS rid FROM data_meta m WHERE {' AND '.join(inner)}) c "  # noqa: S608
+                "CROSS JOIN data d ON d.rid = c.rid"
+            )
         # A driving filter needs nothing special: SQLite uses its index.
     for sql, p in checks:
         where.append(f"EXISTS (SELECT 1 FROM data_meta m WHERE m.rid = d.rid AND {sql})")  # noqa: S608
