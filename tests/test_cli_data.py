@@ -99,7 +99,7 @@ async def test_workflow_show_lists_jobs_data_and_triggers(bus: lb.Bus, bus_confi
         (["find", "--where", "bad key=1"], "where"),
         (["find", "--limit", "0"], "limit"),
         (["notate", "/x", "-m", "novalue"], "expected key=value"),
-        (["notate", "/x", "-m", "k={\"nested\":1}"], "metadata.k"),
+        (["notate", "/x", "-m", 'k={"nested":1}'], "metadata.k"),
         (["workspace", "define", "w", "--root", "local"], "SITE=/absolute/path"),
     ],
 )

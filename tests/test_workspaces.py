@@ -116,9 +116,7 @@ async def test_a_job_names_a_workspace_file_and_reads_it_on_its_site(
     "logical",
     ["../escape.txt", "a/../../escape.txt", "/etc/passwd", "a//b", "./a", "a/./b", "", "a\\..\\b", "nul\x00"],
 )
-async def test_logical_names_that_could_escape_are_refused(
-    bus: lb.Bus, tmp_path: Path, logical: str
-) -> None:
+async def test_logical_names_that_could_escape_are_refused(bus: lb.Bus, tmp_path: Path, logical: str) -> None:
     await bus.workspaces.define("safe", {"local": str(tmp_path)})
     with pytest.raises(lb.WorkspaceError):
         await bus.workspaces.add("safe", logical)
