@@ -1,4 +1,4 @@
-"""Matching cost per event against 1 k, 100 k and 1 M registered triggers (issue 4, item 6).
+"""Matching cost per event against 1 k, 100 k and 1 M registered triggers (issue 4, item 6; issue 9).
 
 Measures the engine's in-memory index alone (no server): the part whose cost must not
 grow with the number of triggers.  Half the triggers are job-status triggers on their
@@ -19,22 +19,26 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import platform
 import random
 import statistics
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from lwfm_bus import DataTrigger, Downstream, Eq, JobDefn, JobState, JobTrigger, Range, Upstream
 from lwfm_bus._matcher import TriggerIndex, satisfies
 
+if TYPE_CHECKING:
+    from bench._common import Figure
+
+ITEM = "matching"
 _DOWN = Downstream(job=JobDefn.of(["true"]))
 
 
 def _rss_bytes() -> int:
     pages = int(Path("/proc/self/statm").read_text().split()[1])
-    import os
-
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
@@ -104,13 +108,9 @@ def measure(index: TriggerIndex, n: int, events: int = 20_000) -> dict[str, floa
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="1k and 10k only (seconds)")
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args()
-    sizes = [1_000, 10_000] if args.quick else [1_000, 100_000, 1_000_000]
-    rows = []
+def run(sizes: list[int]) -> list[dict[str, float]]:
+    """One row per size: per-event costs, the dict.get baseline, index bytes, and ratios to the first size."""
+    rows: list[dict[str, float]] = []
     for n in sizes:
         t0 = time.perf_counter()
         index, grown = build(n)
@@ -120,19 +120,55 @@ def main() -> None:
         row["dict_baseline_ns"] = baseline(n)
         rows.append(row)
     base = rows[0]
+    for r in rows:
+        r["ratio_job"] = round(r["job_event_ns"] / base["job_event_ns"], 2)
+        r["ratio_data"] = round(r["data_event_ns"] / base["data_event_ns"], 2)
+        r["ratio_dict_baseline"] = round(r["dict_baseline_ns"] / base["dict_baseline_ns"], 2)
+    return rows
+
+
+def figures(quick: bool, tmp: Path) -> tuple[list[Figure], dict[str, Any]]:
+    """For the suite: each size's cost per event; the largest judged against 1.5x of the smallest."""
+    from bench._common import figure
+
+    sizes = [1_000, 10_000] if quick else [1_000, 100_000, 1_000_000]
+    rows = run(sizes)
+    figs = []
+    for kind, key, ratio in (("job", "job_event_ns", "ratio_job"), ("data", "data_event_ns", "ratio_data")):
+        for r in rows:
+            n = int(r["triggers"])
+            judged = n == 1_000_000
+            figs.append(
+                figure(
+                    ITEM, f"matching, {kind} event, {n:,} triggers", round(r[key]), "ns",
+                    target=("ratio", "<=", 1.5) if judged else None,
+                    baseline=round(r["dict_baseline_ns"]) if n != sizes[0] else None,
+                    baseline_label=f"dict.get, same size ({r['ratio_dict_baseline']:.2f}x of 1 k)"
+                    if n != sizes[0] else "",
+                    ratio=r[ratio] if n != sizes[0] else None, ratio_label="of 1 k", quick=quick,
+                    note=f"{r['bytes_per_trigger']:,} index B/trigger",
+                )
+            )  # fmt: skip
+    return figs, {"rows": rows, "machine": platform.machine(), "python": platform.python_version()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1k and 10k only (seconds)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    sizes = [1_000, 10_000] if args.quick else [1_000, 100_000, 1_000_000]
+    rows = run(sizes)
     print(f"matching cost per event ({platform.machine()}, Python {platform.python_version()})")
     print(
         f"{'triggers':>10} {'job event':>12} {'data event':>12} {'vs 1k (job/data)':>18} "
         f"{'dict.get':>10} {'vs 1k':>6} {'index B/trigger':>16}"
     )
     for r in rows:
-        rj = r["job_event_ns"] / base["job_event_ns"]
-        rd = r["data_event_ns"] / base["data_event_ns"]
-        rb = r["dict_baseline_ns"] / base["dict_baseline_ns"]
-        r["ratio_job"], r["ratio_data"], r["ratio_dict_baseline"] = round(rj, 2), round(rd, 2), round(rb, 2)
         print(
             f"{r['triggers']:>10,} {r['job_event_ns']:>9.0f} ns {r['data_event_ns']:>9.0f} ns "
-            f"{rj:>8.2f} / {rd:<7.2f} {r['dict_baseline_ns']:>7.0f} ns {rb:>6.2f} {r['bytes_per_trigger']:>16,}"
+            f"{r['ratio_job']:>8.2f} / {r['ratio_data']:<7.2f} {r['dict_baseline_ns']:>7.0f} ns "
+            f"{r['ratio_dict_baseline']:>6.2f} {r['bytes_per_trigger']:>16,}"
         )
     print("target: 1 M within 1.5x of 1 k; dict.get is a bare lookup in a dict of the same size, same run")
     if args.json:

@@ -17,5 +17,9 @@ if [ -x scripts/system-deps.sh ]; then
 fi
 
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 .venv/bin/mypy
+.venv/bin/mypy --strict bench adapters
+# Performance smoke: fails only if a benchmark crashes; figures are not judged.
+.venv/bin/python -m bench --quick
 .venv/bin/python -m pytest "$@"
