@@ -154,6 +154,9 @@ class Engine:
         self._deadline_changed = asyncio.Event()
         self._slots = asyncio.Semaphore(self.config.max_inflight)
         self._dispatch_hooks: list[Callable[[str], Awaitable[None]]] = []
+        # Firings this replica is dispatching now: a redelivery of their event (it outlived
+        # the ack wait) must not take over a claim that is not dead, only busy.
+        self._dispatching: dict[str, asyncio.Event] = {}
 
     @property
     def _site(self) -> str:
@@ -301,7 +304,7 @@ class Engine:
         try:
             # Create, or bring an existing consumer's settings (filters, ack wait) up to date.
             await self._bus.jetstream.add_consumer(STREAM, cfg)
-        except nats.js.errors.BadRequestError as exc:
+        except nats.js.errors.APIError as exc:  # 400, or 500 for "cannot be updated" (e.g. deliver policy)
             info = await self._bus.jetstream.consumer_info(STREAM, DURABLE)
             log.warning("engine: keeping the existing consumer %s as it is: %s", DURABLE, exc)
             return str(info.config.deliver_subject or deliver)
@@ -334,6 +337,7 @@ class Engine:
                 await _settle(msg.term())
                 return
             redelivered = _deliveries(msg) > 1
+            keepalive = _KeepAlive(msg, self.config.ack_wait_s / 3)
             try:
                 await self._barrier(seq)
                 await self._judge(event, seq, redelivered, msg)
@@ -342,6 +346,8 @@ class Engine:
                 log.warning("engine: event %s (seq %d) will be retried: %r", event.id, seq, exc, exc_info=True)
                 await _settle(msg.nak(delay=min(30.0, 0.5 * _deliveries(msg))))
                 return
+            finally:
+                keepalive.cancel()
             await _settle(msg.ack())
         finally:
             self._slots.release()
@@ -550,6 +556,11 @@ class Engine:
             reason=reason,
             claimed_by=self.config.name,
         )
+        busy = self._dispatching.get(key)
+        if busy is not None:
+            # This replica is dispatching it now (its event outlived the ack wait): let that
+            # finish, then judge by the claim as it is then -- never ack past a live dispatch.
+            await busy.wait()
         won, stored, revision = await self._store.claim(record)
         self._fault("after-claim")
         if not won:
@@ -559,7 +570,12 @@ class Engine:
                 self.stats.duplicates_skipped += 1
                 return
             record = stored
-        await self._dispatch(trigger, record, revision, msg)
+        done = self._dispatching[key] = asyncio.Event()
+        try:
+            await self._dispatch(trigger, record, revision, msg)
+        finally:
+            del self._dispatching[key]
+            done.set()
 
     async def _dispatch(self, trigger: Trigger, record: FiringRecord, revision: int, msg: Msg) -> None:
         expire = record.outcome == "expire"
@@ -689,6 +705,33 @@ class Engine:
                 log.warning("engine: could not announce the deadline of %s: %r", trigger_id, exc)
                 announced.discard(trigger_id)
                 heapq.heappush(self._deadlines, (when + timedelta(seconds=1), trigger_id, ""))
+
+
+class _KeepAlive:
+    """Tells the server, every ``interval`` seconds, that an event is still being judged.
+
+    One event can start thousands of triggers (a fan-out root); without this, its
+    judging outlives the ack wait and the server redelivers it meanwhile.  A timer, not
+    a task: nothing is spent on the many events judged within the interval.
+    """
+
+    def __init__(self, msg: Msg, interval: float) -> None:
+        self._msg = msg
+        self._interval = interval
+        self._loop = asyncio.get_running_loop()
+        self._beats: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(interval, self._beat)
+
+    def _beat(self) -> None:
+        task = self._loop.create_task(_settle(self._msg.in_progress()))
+        self._beats.add(task)
+        task.add_done_callback(self._beats.discard)
+        self._timer = self._loop.call_later(self._interval, self._beat)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def _target(trigger: Trigger, expire: bool) -> Downstream | None:

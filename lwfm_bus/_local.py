@@ -194,7 +194,8 @@ class LocalSite:
         jobdir = self._dir(ctx.job_id)
         if jobdir.exists():
             return False
-        staging = self._staging / f"{ctx.job_id}.{self._owner}"
+        # Unique per call: two submits of one id at once in one process must not share it.
+        staging = self._staging / f"{ctx.job_id}.{self._owner}.{uuid.uuid4().hex[:8]}"
         staging.mkdir()
         try:
             (staging / "defn.json").write_text(defn.model_dump_json())
@@ -342,7 +343,7 @@ class LocalSite:
     async def _recover(self) -> None:
         async with self._recover_lock():
             for entry in self._staging.iterdir():
-                if not self._owner_alive(entry.name.rpartition(".")[2]):
+                if not self._owner_alive(entry.name.split(".")[1] if entry.name.count(".") == 2 else ""):
                     shutil.rmtree(entry, ignore_errors=True)  # its submitter died filling it
             for entry in sorted(self._active.iterdir()):
                 job_id = entry.name
