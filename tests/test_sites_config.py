@@ -139,7 +139,7 @@ def test_discovery_loads_good_plugins_and_reports_broken_ones(
         catalog = discover_adapters()
     plugin = sys.modules["good_site_plugin"]
 
-    assert set(catalog.available) == {"local", "goodsite"}
+    assert set(catalog.available) == {"local", "goodsite", "ssh", "slurm"}  # ours (adapters/) are plugins too
     assert catalog.available["goodsite"] is plugin.GoodSite
     assert catalog.available["local"] is LocalSite  # a plugin cannot shadow the built-in site
 
@@ -157,7 +157,8 @@ def test_discovery_loads_good_plugins_and_reports_broken_ones(
 def test_catalog_get_names_broken_and_unknown_adapters(catalog: AdapterCatalog) -> None:
     with pytest.raises(lb.ConfigError, match=r"^here: adapter 'brokensite' is installed but broken: ImportError"):
         catalog.get("brokensite", "here")
-    with pytest.raises(lb.ConfigError, match=re.escape("unknown adapter 'slurmm' (available: goodsite, local)")):
+    unknown = "unknown adapter 'slurmm' (available: goodsite, local, slurm, ssh)"
+    with pytest.raises(lb.ConfigError, match=re.escape(unknown)):
         catalog.get("slurmm", "here")
 
 

@@ -1,0 +1,140 @@
+"""Helpers shared by the SSH and Slurm site tests: a sites file, waiting on job events.
+
+Every wait is on an event from the bus (read from the start of the stream, so an event
+that is already there counts), a FIFO a job writes, or a pidfd: nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import lwfm_bus as lb
+from lwfm_bus import JobState
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def write_sites(path: Path, sites: Mapping[str, Mapping[str, object]]) -> Path:
+    """A ``sites.toml`` with one ``[sites.NAME]`` table per entry."""
+    lines: list[str] = []
+    for name, options in sites.items():
+        lines.append(f"[sites.{name}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in options.items())
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+async def wait_state(bus: lb.Bus, job_id: str, state: JobState, timeout: float = 30) -> lb.JobStatus:
+    """The job's first event in ``state``; fails at once if the job ends otherwise."""
+
+    async def scan() -> lb.JobStatus:
+        seen: list[str] = []
+        async with bus.subscribe(lb.job_filter(job_id), from_start=True) as events:
+            async for event in events:
+                if not isinstance(event, lb.JobStatusEvent):
+                    continue
+                seen.append(
+                    f"{event.data.state}({event.data.native_state}: {event.data.native_info or event.data.info})"
+                )
+                if event.data.state is state:
+                    return event.data
+                if event.data.state.is_terminal:
+                    raise AssertionError(f"job {job_id} ended {event.data} before reaching {state}; saw {seen}")
+        raise AssertionError("a followed subscription ended")  # pragma: no cover
+
+    return await asyncio.wait_for(scan(), timeout)
+
+
+async def wait_info(bus: lb.Bus, job_id: str, contains: str, timeout: float = 30) -> lb.JobStatus:
+    """The job's first INFO event whose text contains ``contains``."""
+
+    async def scan() -> lb.JobStatus:
+        async with bus.subscribe(lb.job_filter(job_id), from_start=True) as events:
+            async for event in events:
+                if not isinstance(event, lb.JobStatusEvent):
+                    continue
+                if event.data.state is JobState.INFO and contains in (event.data.info or ""):
+                    return event.data
+        raise AssertionError("a followed subscription ended")  # pragma: no cover
+
+    return await asyncio.wait_for(scan(), timeout)
+
+
+async def job_events(bus: lb.Bus, job_id: str) -> list[lb.JobStatus]:
+    async with bus.replay(lb.job_filter(job_id)) as history:
+        return [e.data async for e in history if isinstance(e, lb.JobStatusEvent)]
+
+
+async def read_fifo_line(fd: int, timeout: float = 30) -> str:
+    """One line from a FIFO whose read end ``fd`` is open non-blocking; woken when a job writes it."""
+    loop = asyncio.get_running_loop()
+    ready = asyncio.Event()
+    buf = bytearray()
+    loop.add_reader(fd, ready.set)
+
+    async def collect() -> None:
+        while b"\n" not in buf:
+            await ready.wait()
+            ready.clear()
+            try:
+                chunk = os.read(fd, 4096)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                raise AssertionError(f"the writer closed the FIFO after {bytes(buf)!r} without a full line")
+            buf.extend(chunk)
+
+    try:
+        await asyncio.wait_for(collect(), timeout)
+    finally:
+        loop.remove_reader(fd)
+    return buf.decode().strip()
+
+
+async def wait_pid_exit(pid: int, timeout: float = 30) -> None:
+    """Until process ``pid`` has exited (the kernel makes its pidfd readable), or is a zombie already."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+        gone: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            if not gone.done():
+                gone.set_result(None)
+
+        loop.add_reader(fd, readable)
+        try:
+            await asyncio.wait_for(gone, timeout)
+        finally:
+            loop.remove_reader(fd)
+    finally:
+        os.close(fd)
+
+
+def is_gone(pid: int) -> bool:
+    """No such process, or a zombie (pid 1 here may never reap re-parented processes)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
