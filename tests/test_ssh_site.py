@@ -258,6 +258,28 @@ async def test_jump_host_and_sftp_put_get_with_checksums(
         assert (await again.logs()).decode().split()[0] == digest
 
 
+async def test_bus_put_and_get_over_ssh_notate_with_checksums(rbus: lb.Bus, sshd: SshServer, tmp_path: Path) -> None:
+    """The repository on a remote site: put copies over SFTP and notates; get brings it back."""
+    payload = os.urandom(4096)
+    local = tmp_path / "in.bin"
+    local.write_bytes(payload)
+    digest = "sha256:" + hashlib.sha256(payload).hexdigest()
+    site_path = f"{sshd.rel_workdir}/in.bin"
+
+    put = await rbus.put(local, site_path, {"role": "input"}, site="remote")
+    assert (sshd.workdir / "in.bin").read_bytes() == payload
+    assert (put.site, put.location, put.checksum, put.size, put.direction) == (
+        "remote", site_path, digest, 4096, "put",
+    )  # fmt: skip
+    found = await rbus.find({"role": "input"}, site="remote")
+    assert [r.data_id for r in found.records] == [put.data_id]
+
+    back = tmp_path / "back.bin"
+    got = await rbus.get(site_path, back, site="remote")
+    assert back.read_bytes() == payload
+    assert (got.checksum, got.origin_site, got.origin, got.metadata) == (digest, "remote", site_path, {"role": "input"})
+
+
 # --------------------------------------------------------------------- adoption
 
 
