@@ -101,7 +101,6 @@ def _is_work(subject: str) -> bool:
     return parts[2] in _WORK_KINDS or (parts[2] == "trigger" and parts[-1] in _WORK_TRIGGER_DETAILS)
 
 
-
 class EngineConfig(BaseModel):
     """How an engine replica behaves; the defaults suit a laptop and a cluster alike."""
 
