@@ -5,11 +5,13 @@ Everything public is exported here; modules with a leading underscore are privat
 
 from __future__ import annotations
 
+from ._bundle import ImportReport
 from ._bus import DeadLetter, PublishAck, Subscription
 from ._client import Bus, Job, connect
 from ._config import BusConfig, EmbeddedServerConfig, default_home, load_config
 from ._engine import Engine, EngineConfig, EngineStats, serve_engine
 from ._errors import (
+    BundleError,
     BusClosedError,
     ConfigError,
     DataError,
@@ -94,6 +96,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "BundleError",
     "Bus",
     "BusClosedError",
     "BusConfig",
@@ -119,6 +122,7 @@ __all__ = [
     "EventDecodeError",
     "EventTooLargeError",
     "Glob",
+    "ImportReport",
     "InvalidEventError",
     "InvalidTokenError",
     "Job",

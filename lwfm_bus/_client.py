@@ -14,9 +14,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ._bundle import ImportReport, export_bundle, import_bundle
 from ._bus import EventBus
 from ._config import BusConfig, load_config
 from ._connect import open_event_bus
@@ -374,6 +376,24 @@ class Bus(EventBus):
     async def provenance(self, data_id: str) -> Provenance:
         """The data item, the job that produced it, and that job's upstream chain."""
         return await self._repo.provenance(data_id)
+
+    # ------------------------------------------------------------------ offline transfer
+
+    async def export_bundle(
+        self,
+        path: str | Path,
+        *,
+        workflow: Workflow | str | None = None,
+        since_seq: int | None = None,
+        since_time: datetime | None = None,
+    ) -> int:
+        """Write events (one workflow's, or all; from a sequence or a time) to a bundle file."""
+        wf_id = workflow.workflow_id if isinstance(workflow, Workflow) else workflow
+        return await export_bundle(self, Path(path), workflow_id=wf_id, since_seq=since_seq, since_time=since_time)
+
+    async def import_bundle(self, path: str | Path) -> ImportReport:
+        """Replay a bundle here: refused whole if damaged; importing it again publishes nothing."""
+        return await import_bundle(self, Path(path))
 
     # ------------------------------------------------------------------ triggers
 

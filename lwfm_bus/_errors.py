@@ -19,12 +19,14 @@ it in, so ``except ValueError`` keeps working for code that does not know us::
     ├── TriggerError (ValueError)         a trigger definition is rejected
     ├── DataError (ValueError)            bad metadata, a bad query, a failed copy
     │   └── UnknownDataError (LookupError)
-    └── WorkspaceError (ValueError)       a bad or escaping workspace path, an unknown workspace
+    ├── WorkspaceError (ValueError)       a bad or escaping workspace path, an unknown workspace
+    └── BundleError (ValueError)          an export/import bundle is truncated, altered or not a bundle
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "BundleError",
     "BusClosedError",
     "ConfigError",
     "DataError",
@@ -114,3 +116,7 @@ class UnknownDataError(DataError, LookupError):
 
 class WorkspaceError(LwfmBusError, ValueError):
     """A workspace change or reference was refused: unknown workspace, bad or escaping path."""
+
+
+class BundleError(LwfmBusError, ValueError):
+    """A bundle was refused whole (truncated, altered, not a bundle); nothing was imported."""

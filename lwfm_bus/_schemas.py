@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from ._bundle import BundleHeader, BundleTrailer
 from ._events import event_adapter, event_classes
 from ._query import DataPage, DataQuery
 from ._triggers import trigger_adapter
@@ -44,6 +45,8 @@ def _file_formats() -> dict[str, TypeAdapter[Any]]:
         "files/trigger.json": trigger_adapter(),
         "files/data-query.json": TypeAdapter(DataQuery),
         "files/data-page.json": TypeAdapter(DataPage),
+        "files/bundle-header.json": TypeAdapter(BundleHeader),
+        "files/bundle-trailer.json": TypeAdapter(BundleTrailer),
     }
 
 

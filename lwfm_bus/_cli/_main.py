@@ -17,11 +17,11 @@ from pathlib import Path
 
 from .._config import BusConfig, load_config
 from .._errors import LwfmBusError
-from . import _data, _demo, _emit, _events, _jobs, _schemas, _server, _triggers, _up, _workspace
+from . import _bundle, _data, _demo, _emit, _events, _jobs, _schemas, _server, _triggers, _up, _workspace
 
 Command = Callable[[argparse.Namespace, BusConfig], Awaitable[int]]
 
-_MODULES = (_up, _server, _demo, _jobs, _triggers, _data, _workspace, _emit, _events, _schemas)
+_MODULES = (_up, _server, _demo, _jobs, _triggers, _data, _workspace, _bundle, _emit, _events, _schemas)
 
 
 def build_parser() -> argparse.ArgumentParser:

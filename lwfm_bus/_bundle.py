@@ -1,0 +1,191 @@
+"""Offline transfer (use case 1f): events written to a bundle file here, replayed on another bus.
+
+A bundle is JSON Lines: a header, one CloudEvents event per line, and a trailer that
+counts the events and holds the SHA-256 of their lines.  Data records travel as their
+data events, so the other side's index notates them and its engine can fire on them.
+
+Import reads and checks the whole file before it publishes anything: a truncated or
+corrupted bundle is refused whole, with the line at fault.  Events keep their ids, so
+the server drops a repeat within its duplicate window; beyond it, a ledger (the KV
+bucket ``lwfm_imported``, one key per event id) makes a second import publish
+nothing.  An event is recorded in the ledger only after it was stored, so an import
+that dies half-way is finished, not skipped, by the next attempt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+import nats.js.errors
+from nats.js.api import KeyValueConfig, StorageType
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
+
+from ._errors import BundleError
+from ._events import Event, EventDecodeError, decode_event, encode_event
+from ._ids import derived_id
+from ._subjects import ROOT, Token, workflow_filter
+
+if TYPE_CHECKING:
+    from ._client import Bus
+
+__all__ = ["BUNDLE_VERSION", "BundleHeader", "BundleTrailer", "ImportReport", "export_bundle", "import_bundle"]
+
+BUNDLE_VERSION = 1
+LEDGER_BUCKET = "lwfm_imported"
+
+
+class BundleHeader(BaseModel):
+    """The first line of a bundle: what it is and what was selected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["lwfm-bus-bundle"] = "lwfm-bus-bundle"
+    version: Literal[1] = 1
+    created: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
+    source_site: Token = Field(description="Site of the bus the events were exported from.")
+    workflow_id: Token | None = Field(default=None, description="Only this workflow's events, if given.")
+    since_seq: NonNegativeInt | None = Field(default=None, description="Only events from this stream sequence on.")
+    since_time: AwareDatetime | None = Field(default=None, description="Only events from this time on.")
+
+
+class BundleTrailer(BaseModel):
+    """The last line: without it (or with a wrong count or digest) the bundle is refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    end: Literal[True] = True
+    events: NonNegativeInt = Field(description="How many event lines precede this one.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the event lines, newlines included.")
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """What an import did: events stored now, and events the bus had already."""
+
+    events: int
+    published: int
+    already: int
+
+
+async def export_bundle(
+    bus: Bus,
+    path: Path,
+    *,
+    workflow_id: str | None = None,
+    since_seq: int | None = None,
+    since_time: datetime | None = None,
+) -> int:
+    """Write the selected events to ``path`` (atomically); return how many."""
+    if since_seq is not None and since_time is not None:
+        raise BundleError("choose at most one of since_seq and since_time")
+    if since_time is not None and since_time.tzinfo is None:
+        raise BundleError("since_time must be timezone-aware")
+    header = BundleHeader(
+        source_site=bus.config.site, workflow_id=workflow_id, since_seq=since_seq, since_time=since_time
+    )
+    subject = workflow_filter(workflow_id) if workflow_id else f"{ROOT}.>"
+    digest = hashlib.sha256()
+    tmp = path.with_name(f".{path.name}.partial")
+    count = 0
+    with open(tmp, "wb") as out:  # noqa: ASYNC230 - sequential writes between network reads
+        out.write(header.model_dump_json().encode() + b"\n")
+        async with bus.replay(subject, start_seq=since_seq, start_time=since_time) as history:
+            async for event in history:
+                line = encode_event(event) + b"\n"
+                digest.update(line)
+                out.write(line)
+                count += 1
+        out.write(BundleTrailer(events=count, sha256=digest.hexdigest()).model_dump_json().encode() + b"\n")
+    await anyio.to_thread.run_sync(tmp.replace, path)
+    return count
+
+
+def read_bundle(path: Path, max_event_bytes: int) -> tuple[BundleHeader, list[Event]]:
+    """Every event of a bundle, checked whole: header, each event, count and digest."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read: {exc.strerror}") from None
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    else:
+        raise BundleError(f"{path}: truncated (the last line is incomplete)")
+    if len(lines) < 2:
+        raise BundleError(f"{path}: truncated (no header and trailer)")
+    try:
+        header = BundleHeader.model_validate_json(lines[0])
+    except ValidationError as exc:
+        raise BundleError(
+            f"{path}: line 1 is not an lwfm-bus bundle header (version {BUNDLE_VERSION}): {_first(exc)}"
+        ) from None
+    try:
+        trailer = BundleTrailer.model_validate_json(lines[-1])
+    except ValidationError:
+        raise BundleError(f"{path}: truncated or damaged: the last line is not the bundle's trailer") from None
+    body = lines[1:-1]
+    if trailer.events != len(body):
+        raise BundleError(f"{path}: the trailer counts {trailer.events} events, the file holds {len(body)}")
+    digest = hashlib.sha256()
+    for line in body:
+        digest.update(line + b"\n")
+    if digest.hexdigest() != trailer.sha256:
+        raise BundleError(f"{path}: the events do not match the trailer's SHA-256: the file was altered or damaged")
+    events = []
+    for n, line in enumerate(body, start=2):
+        try:
+            events.append(decode_event(line, max_event_bytes))
+        except EventDecodeError as exc:
+            raise BundleError(f"{path}: line {n}: {exc}") from None
+    return header, events
+
+
+async def import_bundle(bus: Bus, path: Path) -> ImportReport:
+    """Replay a bundle's events on ``bus``, each at most once (see the module docstring)."""
+    _, events = await anyio.to_thread.run_sync(read_bundle, path, bus.config.max_event_bytes)
+    ledger = await _ledger(bus)
+    published = already = 0
+    for event in events:
+        key = "e." + derived_id(event.id)
+        try:
+            await ledger.get(key)
+            already += 1
+            continue
+        except nats.js.errors.KeyNotFoundError:
+            pass
+        ack = await bus.publish(event)
+        # A concurrent import of the same bundle may have recorded it first: that is fine.
+        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+            await ledger.create(key, str(ack.seq).encode())
+        if ack.duplicate:
+            already += 1
+        else:
+            published += 1
+    return ImportReport(events=len(events), published=published, already=already)
+
+
+async def _ledger(bus: Bus) -> Any:
+    js = bus.jetstream
+    try:
+        return await js.key_value(LEDGER_BUCKET)
+    except nats.js.errors.BucketNotFoundError:
+        pass
+    try:
+        return await js.create_key_value(
+            KeyValueConfig(
+                bucket=LEDGER_BUCKET, description="lwfm-bus imported event ids", history=1, storage=StorageType.FILE
+            )
+        )
+    except nats.js.errors.BadRequestError:
+        return await js.key_value(LEDGER_BUCKET)
+
+
+def _first(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False, include_input=False)[0]
+    return f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"

@@ -1,0 +1,56 @@
+"""``lwfm-bus export`` and ``lwfm-bus import``: moving events between buses with no live link."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .._client import connect
+from .._config import BusConfig
+from .._errors import BundleError
+
+__all__ = ["register"]
+
+
+def _when(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time") from None
+    if when.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no time zone (add Z or +00:00)")
+    return when
+
+
+def register(sub: Any) -> None:
+    e = sub.add_parser("export", help="write events (and so the data records) to a bundle file")
+    e.add_argument("-o", "--output", type=Path, required=True, help="the bundle file to write")
+    e.add_argument("--workflow", help="only this workflow's events")
+    since = e.add_mutually_exclusive_group()
+    since.add_argument("--since-seq", type=int, help="only events from this stream sequence on")
+    since.add_argument("--since", type=_when, help="only events from this time on (ISO 8601 with a zone)")
+    e.set_defaults(func=export)
+    i = sub.add_parser("import", help="replay a bundle here (refused whole if damaged; repeatable)")
+    i.add_argument("bundle", type=Path)
+    i.set_defaults(func=import_)
+
+
+async def export(args: argparse.Namespace, config: BusConfig) -> int:
+    if args.since_seq is not None and args.since_seq < 1:
+        raise BundleError("--since-seq starts at 1")
+    async with connect(config, name="lwfm-bus export") as bus:
+        count = await bus.export_bundle(
+            args.output, workflow=args.workflow, since_seq=args.since_seq, since_time=args.since
+        )
+    print(f"{count} events written to {args.output}", file=sys.stderr)
+    return 0
+
+
+async def import_(args: argparse.Namespace, config: BusConfig) -> int:
+    async with connect(config, name="lwfm-bus import") as bus:
+        report = await bus.import_bundle(args.bundle)
+    print(f"{report.events} events: {report.published} imported, {report.already} already here")
+    return 0
