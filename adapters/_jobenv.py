@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lwfm_bus import JobContext, JobDefn, SiteRuntime
+from lwfm_bus import JobContext, JobDefn, SiteRuntime, identity_env
 
 __all__ = ["BusReach", "env_file", "job_environment"]
 
@@ -66,13 +66,9 @@ def job_environment(runtime: SiteRuntime, ctx: JobContext, defn: JobDefn, reach:
     if reach.bus_url:
         env["LWFM_BUS_URL"] = reach.bus_url
     env.update(defn.env)
+    env.update(identity_env(ctx))
     env.update(
         {
-            "LWFM_JOB_ID": ctx.job_id,
-            "LWFM_SITE": ctx.site,
-            "LWFM_WORKFLOW_ID": ctx.workflow_id or "",
-            "LWFM_JOB_NAME": ctx.name or "",
-            "LWFM_PARENT_IDS": ",".join(ctx.parent_ids),
             "LWFM_CALLBACK": "1" if reach.callback else "0",
             "LWFM_PYTHON": reach.python,
         }

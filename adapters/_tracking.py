@@ -182,8 +182,17 @@ class Watcher:
 
     # ------------------------------------------------------------------ the loop
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Watch again what the store holds (a previous process's unfinished jobs), then keep watching.
+
+        Jobs that ended meanwhile are reported before this returns.
+        """
+        adopted = self._store.load_all()
+        for tracked in adopted:
+            self.track(tracked)
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"watch {self.label}")
+        if adopted:
+            await self.poll_once()
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -23,11 +23,11 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from pydantic import BaseModel, Field, PositiveFloat, field_validator
 
-from lwfm_bus import JobContext, JobDefn, JobState, SiteError, SiteRuntime
+from lwfm_bus import JobContext, JobDefn, JobState, LogStream, SiteError, SiteRuntime
 
 from ._hosts import CommandFailed, CommandResult, Host, LocalHost
 from ._jobenv import BusReach, env_file, job_environment
@@ -50,7 +50,6 @@ __all__ = ["SlurmOptions", "SlurmSite"]
 
 log = logging.getLogger("lwfm_bus.adapters.slurm")
 
-LogStream = Literal["stdout", "stderr"]
 _SUBMITTED = re.compile(r"(submitted|exists|cancelled|failed) (\S+)\n?")
 _FILES_LINE = re.compile(r"(\d{1,9}) (-|-?\d{1,10}) ([01])")
 _SACCT_LINE = re.compile(r"(\d{1,12}(?:_\d{1,9})?)\|([A-Z_]{1,32})(?: by \d+)?\|(\d{1,3}):(\d{1,3})")
@@ -137,12 +136,7 @@ class SlurmSite:
         except BaseException:
             await self._release()
             raise
-        adopted = self._store.load_all()
-        for tracked in adopted:
-            self.watcher.track(tracked)
-        self.watcher.start()
-        if adopted:
-            await self.watcher.poll_once()  # jobs that ended meanwhile are reported now
+        await self.watcher.start()  # adopts unfinished jobs; those that ended meanwhile are reported now
 
     async def close(self) -> None:
         """Stop watching; Slurm keeps the jobs, and the next open adopts them."""

@@ -18,11 +18,11 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from pydantic import BaseModel, Field, PositiveFloat
 
-from lwfm_bus import JobContext, JobDefn, JobState, SiteError, SiteRuntime
+from lwfm_bus import JobContext, JobDefn, JobState, LogStream, SiteError, SiteRuntime
 
 from ._hosts import CommandFailed
 from ._jobenv import BusReach, env_file, job_environment
@@ -34,7 +34,6 @@ __all__ = ["SshOptions", "SshSite"]
 
 _SUBMITTED = re.compile(r"(started|exists|cancelled|failed) (.*)\n?")
 _STATUS_LINE = re.compile(r"(\S+) (unknown|pending|running|exited|gone) (-|-?\d{1,10}) ([01])")
-LogStream = Literal["stdout", "stderr"]
 _CHUNK = 200  # job ids per status command: bounded command lines
 
 
@@ -102,12 +101,7 @@ class SshSite:
             await release_pool(self._pool)
             self._pool = self._host = None
             raise
-        adopted = self._store.load_all()
-        for tracked in adopted:
-            self.watcher.track(tracked)
-        self.watcher.start()
-        if adopted:
-            await self.watcher.poll_once()  # jobs that ended meanwhile are reported now
+        await self.watcher.start()  # adopts unfinished jobs; those that ended meanwhile are reported now
 
     async def close(self) -> None:
         """Stop watching; jobs keep running on the host and are adopted by the next open."""

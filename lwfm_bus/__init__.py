@@ -62,6 +62,7 @@ from ._events import (
     make_event,
     new_id,
 )
+from ._identity import identity_env
 from ._index import JobRecord, TriggerRecord, WorkflowRecord
 from ._jobs import JobContext, JobDefn, Resources, Workflow
 from ._jobside import current_job, emit_data, emit_info, emit_status
@@ -69,7 +70,7 @@ from ._query import DataPage, DataQuery, DataRecord
 from ._registry import ENTRY_POINT_GROUP, SiteSpec
 from ._repo import Provenance
 from ._server import EmbeddedServer
-from ._sites import SiteAdapter, SiteRuntime, StatusReporter
+from ._sites import LogStream, SiteAdapter, SiteRuntime, StatusReporter
 from ._states import JobState
 from ._subjects import check_token, data_filter, job_filter, workflow_filter
 from ._sync import SyncJob, find, get, make_job, notate, put, set_data_trigger, set_job_trigger, sync_bus, sync_close
@@ -136,6 +137,7 @@ __all__ = [
     "JobTimeoutError",
     "JobTrigger",
     "JoinTrigger",
+    "LogStream",
     "LwfmBusError",
     "Match",
     "Predicate",
@@ -198,6 +200,7 @@ __all__ = [
     "find",
     "firing_key",
     "get",
+    "identity_env",
     "job_filter",
     "load_config",
     "make_event",

@@ -153,6 +153,11 @@ class Bus(EventBus):
             self._specs = load_sites(self.config.sites_path(), discover_adapters())
         return self._specs
 
+    def is_local_site(self, site: str) -> bool:
+        """Whether ``site`` is this machine (its adapter is ``local``): its paths can be read here."""
+        spec = self.site_specs().get(site)
+        return spec is not None and spec.adapter == "local"
+
     def job_env(self) -> dict[str, str]:
         """How a launched job reaches this bus by itself (passed in its environment)."""
         cfg = self.config

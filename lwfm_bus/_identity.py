@@ -16,7 +16,18 @@ from pathlib import Path
 from ._errors import JobError
 from ._jobs import JobContext
 
-__all__ = ["calling_job", "current_job", "file_checksum"]
+__all__ = ["calling_job", "current_job", "file_checksum", "identity_env"]
+
+
+def identity_env(ctx: JobContext) -> dict[str, str]:
+    """The variables a site gives a launched job so that :func:`current_job` finds it (for adapters)."""
+    return {
+        "LWFM_JOB_ID": ctx.job_id,
+        "LWFM_SITE": ctx.site,
+        "LWFM_WORKFLOW_ID": ctx.workflow_id or "",
+        "LWFM_JOB_NAME": ctx.name or "",
+        "LWFM_PARENT_IDS": ",".join(ctx.parent_ids),
+    }
 
 
 def current_job(env: Mapping[str, str] | None = None) -> JobContext:

@@ -249,8 +249,6 @@ class JobIndex:
     async def _apply(self, event: Event, seq: int) -> None:
         if isinstance(event, JobStatusEvent):
             await self._apply_job(event, seq)
-        elif isinstance(event, DataEvent):
-            await apply_data_many(self.db, [(event, seq)])
         elif isinstance(event, WorkspaceChangedEvent):
             await apply_workspace(self.db, event, seq)
         elif isinstance(event, _TRIGGER_EVENTS):

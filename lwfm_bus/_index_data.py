@@ -34,7 +34,6 @@ from ._triggers import Eq, Glob, Predicate, Present, Range
 __all__ = [
     "DATA_SCHEMA",
     "DATA_TABLES",
-    "apply_data",
     "apply_data_many",
     "find",
     "install_functions",
@@ -106,11 +105,6 @@ def _rows(rid: int, metadata: Metadata) -> list[tuple[int, str, str, object]]:
         else:
             rows.append((rid, key, *_kind_of(value)))
     return rows
-
-
-async def apply_data(db: aiosqlite.Connection, event: DataEvent, seq: int) -> None:
-    """Record one data event (idempotent: a data id is recorded once, at its first event)."""
-    await apply_data_many(db, [(event, seq)])
 
 
 async def apply_data_many(db: aiosqlite.Connection, batch: Sequence[tuple[DataEvent, int]]) -> None:

@@ -34,6 +34,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from ._errors import SiteError
+from ._identity import identity_env
 from ._jobs import JobContext, JobDefn
 from ._sites import LogStream, SiteRuntime, StatusReporter
 from ._states import JobState
@@ -245,13 +246,9 @@ class LocalSite:
         env = dict(os.environ)
         env.update(self._rt.job_env)
         env.update(defn.env)
+        env.update(identity_env(ctx))
         env.update(
             {
-                "LWFM_JOB_ID": ctx.job_id,
-                "LWFM_SITE": ctx.site,
-                "LWFM_WORKFLOW_ID": ctx.workflow_id or "",
-                "LWFM_JOB_NAME": ctx.name or "",
-                "LWFM_PARENT_IDS": ",".join(ctx.parent_ids),
                 "LWFM_JOB_DIR": str(jobdir),
                 "LWFM_LAUNCHER_PID": str(os.getpid()),
                 "LWFM_OWNER_FILE": str(self._owner_file),

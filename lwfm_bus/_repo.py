@@ -50,11 +50,6 @@ class DataRepo:
     def __init__(self, bus: Bus) -> None:
         self._bus = bus
 
-    def _is_here(self, site: str) -> bool:
-        """Whether ``site`` is this machine (its adapter is ``local``): its bytes can be read."""
-        spec = self._bus.site_specs().get(site)
-        return spec is not None and spec.adapter == "local"
-
     async def notate(
         self,
         location: str | Path,
@@ -75,7 +70,7 @@ class DataRepo:
         job = job or calling_job()
         site = site or (job.site if job else self._bus.config.site)
         text = str(location)
-        if self._is_here(site) and not _is_url(text) and checksum is None:
+        if self._bus.is_local_site(site) and not _is_url(text) and checksum is None:
             found = await anyio.to_thread.run_sync(_describe, Path(text))
             if found is not None:
                 text, checksum, size = found
@@ -101,21 +96,7 @@ class DataRepo:
             ack = await self._bus.publish(event)
         except EventTooLargeError as exc:
             raise DataError(f"cannot notate {text!r}: the metadata is too large ({exc})") from None
-        return DataRecord(
-            data_id=data.data_id,
-            site=data.site,
-            location=data.location,
-            metadata=data.metadata,
-            time=event.time,
-            size=data.size,
-            checksum=data.checksum,
-            job_id=data.job_id,
-            workflow_id=data.workflow_id,
-            direction=data.direction,
-            origin_site=data.origin_site,
-            origin=data.origin,
-            seq=ack.seq,
-        )
+        return DataRecord(**data.model_dump(), time=event.time, seq=ack.seq)
 
     async def find(self, where: Mapping[str, Any] | DataQuery | None = None, **options: Any) -> DataPage:
         """One page of the data whose metadata matches ``where`` (see :class:`DataQuery`)."""

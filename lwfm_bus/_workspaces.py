@@ -30,10 +30,6 @@ class Workspaces:
     def __init__(self, bus: Bus) -> None:
         self._bus = bus
 
-    def _is_here(self, site: str) -> bool:
-        spec = self._bus.site_specs().get(site)
-        return spec is not None and spec.adapter == "local"
-
     async def _publish(self, **fields: object) -> None:
         try:
             change = WorkspaceChanged.model_validate({"site": self._bus.config.site, **fields})
@@ -65,7 +61,7 @@ class Workspaces:
             location = WorkspaceLocation(site=site, path=path or posixpath.join(root, logical))
         except ValidationError as exc:
             raise WorkspaceError(f"workspace {name!r}: {_summarise(exc)}") from None
-        check_inside(root, location.path, local=self._is_here(site))
+        check_inside(root, location.path, local=self._bus.is_local_site(site))
         await self._publish(workspace=name, op="add", logical=logical, location=location)
         return location
 
@@ -87,7 +83,7 @@ class Workspaces:
         """``workspace:NAME/logical`` -> the path to use on ``site`` (see WorkspaceRecord.resolve)."""
         name, logical = parse_reference(reference)
         ws = await self.get(name)
-        return ws.resolve(logical, site, local=self._is_here(site))
+        return ws.resolve(logical, site, local=self._bus.is_local_site(site))
 
     async def resolve_job(self, defn: JobDefn, site: str) -> JobDefn:
         """The job with each ``workspace:`` argument, env value and cwd replaced by its path on ``site``."""

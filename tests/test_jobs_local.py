@@ -18,6 +18,7 @@ import pytest
 
 import lwfm_bus as lb
 from lwfm_bus import JobState
+from tests._helpers import is_gone, job_events, read_fifo_line, wait_state
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="uses /proc, pidfd and FIFOs")
 
@@ -34,60 +35,6 @@ def _blocker(go: Path, then: str = "", *args: str) -> lb.JobDefn:
 
 def _python(code: str, **kw: object) -> lb.JobDefn:
     return lb.JobDefn.of([sys.executable, "-c", code], **kw)  # type: ignore[arg-type]
-
-
-async def _wait_state(bus: lb.Bus, job_id: str, state: JobState, timeout: float = 20) -> lb.JobStatus:
-    """The job's event with ``state``, read from the stream (it may already be there)."""
-
-    async def scan() -> lb.JobStatus:
-        seen: list[JobState] = []
-        async with bus.subscribe(lb.job_filter(job_id), from_start=True) as events:
-            async for event in events:
-                if not isinstance(event, lb.JobStatusEvent):
-                    continue
-                seen.append(event.data.state)
-                if event.data.state is state:
-                    return event.data
-                if event.data.state.is_terminal:
-                    raise AssertionError(f"job {job_id} ended {event.data} before reaching {state}; saw {seen}")
-        raise AssertionError("a followed subscription ended")  # pragma: no cover
-
-    return await asyncio.wait_for(scan(), timeout)
-
-
-async def _job_events(bus: lb.Bus, job_id: str) -> list[lb.JobStatus]:
-    async with bus.replay(lb.job_filter(job_id)) as history:
-        return [e.data async for e in history if isinstance(e, lb.JobStatusEvent)]
-
-
-async def _read_fifo_line(fd: int, timeout: float = 20) -> str:
-    """One line written into a FIFO whose read end ``fd`` is open non-blocking.
-
-    On Linux a FIFO that no writer has opened yet is not readable, so the loop wakes
-    only when the job writes (or closes) it.
-    """
-    loop = asyncio.get_running_loop()
-    ready = asyncio.Event()
-    buf = bytearray()
-    loop.add_reader(fd, ready.set)
-
-    async def collect() -> None:
-        while b"\n" not in buf:
-            await ready.wait()
-            ready.clear()
-            try:
-                chunk = os.read(fd, 4096)
-            except BlockingIOError:
-                continue
-            if not chunk:
-                raise AssertionError(f"the writer closed the FIFO after {bytes(buf)!r} without a full line")
-            buf.extend(chunk)
-
-    try:
-        await asyncio.wait_for(collect(), timeout)
-    finally:
-        loop.remove_reader(fd)
-    return buf.decode().strip()
 
 
 async def _wait_pidfd(pidfd: int, timeout: float = 20) -> None:
@@ -113,20 +60,6 @@ def _proc_state(pid: int) -> str | None:
     except (FileNotFoundError, ProcessLookupError):
         return None
     return stat.rsplit(")", 1)[1].split()[0]
-
-
-def _is_gone(pid: int) -> bool:
-    """Dead: no such pid, or a zombie.
-
-    A process that is not our child and whose parent died is re-parented to pid 1; in
-    some sandboxes pid 1 never reaps, so a dead process can linger as a zombie (and
-    ``os.kill(pid, 0)`` still succeeds on it).  A zombie runs nothing: it is gone.
-    """
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return _proc_state(pid) in (None, "Z", "X")
 
 
 # --------------------------------------------------------------------- use case 3a
@@ -204,9 +137,9 @@ async def test_cancel_stops_a_running_job_and_its_children(bus: lb.Bus, tmp_path
         job = await bus.submit(
             lb.JobDefn.of('sleep 300 & echo $! > "$CHILD_PID_FILE"; wait', env={"CHILD_PID_FILE": str(fifo)})
         )
-        running = await _wait_state(bus, job.job_id, JobState.RUNNING)
+        running = await wait_state(bus, job.job_id, JobState.RUNNING)
         assert running.native_id is not None
-        child = int(await _read_fifo_line(read_end))
+        child = int(await read_fifo_line(read_end))
     finally:
         os.close(read_end)
     assert child != int(running.native_id)
@@ -220,8 +153,8 @@ async def test_cancel_stops_a_running_job_and_its_children(bus: lb.Bus, tmp_path
         await _wait_pidfd(child_fd, timeout=10)  # the child, not only the shell, is stopped
     finally:
         os.close(child_fd)
-    assert _is_gone(child)
-    assert _is_gone(int(running.native_id))
+    assert is_gone(child)
+    assert is_gone(int(running.native_id))
     assert (await job.status()).state is JobState.CANCELLED
 
 
@@ -236,7 +169,7 @@ async def test_max_concurrent_keeps_the_next_job_pending(bus_config: lb.BusConfi
         first = await bus.submit(_blocker(go, 'touch "$2"', str(first_done)))
         # The second job fails unless the first has finished before it starts.
         second = await bus.submit(lb.JobDefn.of(["/bin/sh", "-c", 'test -e "$1"', "check", str(first_done)]))
-        await _wait_state(bus, first.job_id, JobState.RUNNING)
+        await wait_state(bus, first.job_id, JobState.RUNNING)
 
         record = await bus.status(second.job_id)
         assert record.state is JobState.PENDING
@@ -255,7 +188,7 @@ async def test_cancel_of_a_queued_job_does_not_wait_for_a_free_slot(bus_config: 
     async with lb.connect(bus_config.model_copy(update={"sites_file": sites})) as bus:
         first = await bus.submit(_blocker(go))
         queued = await bus.submit(lb.JobDefn.of(["true"]))
-        await _wait_state(bus, first.job_id, JobState.RUNNING)
+        await wait_state(bus, first.job_id, JobState.RUNNING)
         try:
             await queued.cancel()
             status = await queued.wait(timeout=3)
@@ -394,11 +327,11 @@ async def _kill_launcher(proc: asyncio.subprocess.Process) -> None:
 async def test_restart_adopts_a_job_still_running(bus: lb.Bus, bus_config: lb.BusConfig, tmp_path: Path) -> None:
     go = tmp_path / "GO"
     async with _launcher(bus_config, go) as (launcher, job_id):
-        running = await _wait_state(bus, job_id, JobState.RUNNING)
+        running = await wait_state(bus, job_id, JobState.RUNNING)
         assert running.native_id is not None
         await _kill_launcher(launcher)
     pid = int(running.native_id)
-    assert not _is_gone(pid), "the job must outlive its launcher"
+    assert not is_gone(pid), "the job must outlive its launcher"
 
     await bus.site("local")  # opening the site adopts the orphan
     go.touch()
@@ -407,7 +340,7 @@ async def test_restart_adopts_a_job_still_running(bus: lb.Bus, bus_config: lb.Bu
     assert status.native_id == str(pid)
     record = await bus.status(job_id)
     assert (record.state, record.exit_code) == (JobState.COMPLETE, 0)
-    terminal = [s.state for s in await _job_events(bus, job_id) if s.state.is_terminal]
+    terminal = [s.state for s in await job_events(bus, job_id) if s.state.is_terminal]
     assert terminal == [JobState.COMPLETE]
 
 
@@ -417,7 +350,7 @@ async def test_restart_reports_a_job_killed_while_nobody_watched(
 ) -> None:
     go = tmp_path / "GO"  # never created
     async with _launcher(bus_config, go) as (launcher, job_id):
-        await _wait_state(bus, job_id, JobState.RUNNING)
+        await wait_state(bus, job_id, JobState.RUNNING)
         await _kill_launcher(launcher)
     native_id = (await bus.status(job_id)).native_id
     assert native_id is not None
@@ -445,7 +378,7 @@ async def test_a_later_bus_in_the_same_process_adopts_a_job_left_running(
     go = tmp_path / "GO"
     async with lb.connect(bus_config) as first:
         job = await first.submit(_blocker(go))
-        await _wait_state(first, job.job_id, JobState.RUNNING)
+        await wait_state(first, job.job_id, JobState.RUNNING)
     # ``first`` closed: it stopped watching, the job runs on ("will be adopted later").
     async with lb.connect(bus_config) as second:
         await second.site("local")
@@ -500,5 +433,5 @@ async def test_a_job_whose_submitter_died_half_way_runs_once_when_submitted_agai
     status = await job.wait(timeout=30)
     assert status.state is JobState.COMPLETE
     assert counter.read_text() == "ran\n"
-    terminal = [s.state for s in await _job_events(bus, job_id) if s.state.is_terminal]
+    terminal = [s.state for s in await job_events(bus, job_id) if s.state.is_terminal]
     assert terminal == [JobState.COMPLETE]

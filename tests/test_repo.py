@@ -161,8 +161,8 @@ async def test_both_query_plans_agree_with_brute_force(tmp_path: Path) -> None:
         await _index_data.install_functions(db)
         for seq, event in enumerate(events, start=1):
             assert isinstance(event, lb.DataEvent)
-            await _index_data.apply_data(db, event, seq)
-        await _index_data.apply_data(db, events[0], 999)  # a replayed event changes nothing
+            await _index_data.apply_data_many(db, [(event, seq)])
+        await _index_data.apply_data_many(db, [(events[0], 999)])  # a replayed event changes nothing
         for signature in signatures:
             trigger = lb.DataTrigger.model_validate({"signature": signature, "downstream": {"job": {"argv": ["x"]}}})
             expected = [e.data.location for e in events if trigger.matches(e.data.metadata, "local", None)]

@@ -28,7 +28,7 @@ from adapters._slurm_parse import (
 )
 from adapters.slurm import SlurmOptions, SlurmSite
 from lwfm_bus import JobState
-from tests._remote import job_events, wait_info, wait_state, write_sites
+from tests._helpers import job_events, wait_info, wait_state, write_sites
 from tests._slurm import SlurmCluster, running_slurm
 from tests._sshd import SshServer, sshd
 

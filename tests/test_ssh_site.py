@@ -24,7 +24,7 @@ from adapters._sshconn import SshPool, SshTarget
 from adapters._tracking import Observation
 from adapters.ssh import SshSite, _parse_statuses
 from lwfm_bus import JobState
-from tests._remote import is_gone, job_events, read_fifo_line, wait_pid_exit, wait_state, write_sites
+from tests._helpers import is_gone, job_events, read_fifo_line, wait_pid_exit, wait_state, write_sites
 from tests._sshd import SshServer, keygen, sshd, write_known_hosts
 
 __all__ = ["sshd"]  # the fixture, re-exported for pytest

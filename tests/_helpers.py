@@ -1,4 +1,4 @@
-"""Helpers shared by the SSH and Slurm site tests: a sites file, waiting on job events.
+"""Helpers shared by the site tests (local, SSH, Slurm): a sites file, waiting on job events.
 
 Every wait is on an event from the bus (read from the start of the stream, so an event
 that is already there counts), a FIFO a job writes, or a pidfd: nothing sleeps.
