@@ -62,6 +62,7 @@ from ._events import (
     make_event,
     new_id,
 )
+from ._federation import Federation, FederationSite, load_federation
 from ._identity import identity_env
 from ._index import JobRecord, TriggerRecord, WorkflowRecord
 from ._jobs import JobContext, JobDefn, Resources, Workflow
@@ -122,6 +123,8 @@ __all__ = [
     "EventData",
     "EventDecodeError",
     "EventTooLargeError",
+    "Federation",
+    "FederationSite",
     "Glob",
     "ImportReport",
     "InvalidEventError",
@@ -203,6 +206,7 @@ __all__ = [
     "identity_env",
     "job_filter",
     "load_config",
+    "load_federation",
     "make_event",
     "make_job",
     "new_id",

@@ -23,11 +23,21 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    ExternalStream,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    StreamSource,
+)
 
 from ._config import BusConfig
 from ._errors import BusClosedError, PublishError
 from ._events import Event, EventDecodeError, decode_event, encode_event
+from ._federation import FederationMember
 from ._subjects import DLQ_ROOT, ROOT, dead_letter_subject
 
 __all__ = ["DLQ_STREAM", "STREAM", "BusStats", "DeadLetter", "EventBus", "PublishAck", "Subscription"]
@@ -58,6 +68,12 @@ class BusStats:
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
 
 
+def _sources(cfg: StreamConfig) -> list[tuple[str, str, str]]:
+    return sorted(
+        (s.name or "", s.filter_subject or "", s.external.api if s.external else "") for s in cfg.sources or []
+    )
+
+
 class EventBus:
     """Typed events over one NATS connection.  Obtain one from :func:`lwfm_bus.connect`."""
 
@@ -67,6 +83,7 @@ class EventBus:
         self.config = config
         self.stats = BusStats()
         self.serves_embedded = False  # True when this process started the embedded server
+        self.federation: FederationMember | None = None  # set when this bus is a federation member
 
     # ------------------------------------------------------------------ plumbing
 
@@ -92,12 +109,25 @@ class EventBus:
         """Create the event and dead-letter streams, or bring their settings up to date.
 
         Idempotent and safe to race: the server accepts an identical ``add`` twice.
+        A federation member's stream captures its own site names and sources the
+        others' (see :mod:`._federation`); a process that was not told about the
+        federation (a job, a tool) leaves a member's layout as it finds it.
         """
+        subjects, sources = [f"{ROOT}.>"], None
+        if self.federation is not None:
+            await self._await_hub()
+            layout = self.federation.federation.stream_layout(self.federation.site)
+            subjects = list(layout.subjects)
+            sources = [
+                StreamSource(name=STREAM, filter_subject=subject, external=ExternalStream(api=f"$JS.{site}.API"))
+                for site, subject in layout.sources
+            ]
         await self._ensure(
             StreamConfig(
                 name=STREAM,
                 description="lwfm-bus events: the source of truth",
-                subjects=[f"{ROOT}.>"],
+                subjects=subjects,
+                sources=sources,
                 storage=StorageType.FILE,
                 retention=RetentionPolicy.LIMITS,
                 discard=DiscardPolicy.OLD,
@@ -117,6 +147,29 @@ class EventBus:
             )
         )
 
+    async def _await_hub(self, timeout: float = 10.0) -> None:
+        """A leaf waits (bounded) for its link to the hub before it asks for sources.
+
+        A source whose first consumer request finds no route is retried by the server
+        only after a long back-off (~30 s); asking once the hub's JetStream answers
+        through the link makes the first request the one that works.  A hub that is
+        down is not waited for beyond ``timeout``: the server then resyncs the sources
+        itself when the link comes up.
+        """
+        member = self.federation
+        if member is None or member.is_hub:
+            return
+        subject = f"$JS.{member.federation.hub}.API.INFO"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            try:
+                await self._nc.request(subject, b"", timeout=max(0.1, min(1.0, deadline - loop.time())))
+                return
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                await asyncio.sleep(0.05)  # the link is not up yet: a start-up wait, bounded
+        log.warning("the hub %s did not answer within %.0fs; its events will follow when it does", subject, timeout)
+
     async def _ensure(self, wanted: StreamConfig) -> None:
         assert wanted.name is not None
         try:
@@ -125,8 +178,11 @@ class EventBus:
             await self._js.add_stream(wanted)
             return
         have = info.config
+        if have.sources and not wanted.sources and self.federation is None:
+            return  # a federation member's stream, seen by a process not told about the federation
         if (
             sorted(have.subjects or []) != sorted(wanted.subjects or [])
+            or _sources(have) != _sources(wanted)
             or have.duplicate_window != wanted.duplicate_window
             or (wanted.max_age is not None and have.max_age != wanted.max_age)
         ):
@@ -146,6 +202,14 @@ class EventBus:
         payload = encode_event(event, self.config.max_event_bytes)
         try:
             ack = await self._js.publish(subject, payload, headers={"Nats-Msg-Id": event.id}, stream=STREAM)
+        except nats.js.errors.NoStreamResponseError as exc:
+            if self.federation is None:
+                raise PublishError(f"event {event.id} on {subject} was not acknowledged: {exc!r}") from exc
+            own = ", ".join(self.federation.federation.names_of(self.federation.site))
+            raise PublishError(
+                f"event {event.id} on {subject}: site {self.federation.site!r} publishes events only for "
+                f"its own site names ({own}) and 'local' in this federation"
+            ) from exc
         except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
             raise PublishError(f"event {event.id} on {subject} was not acknowledged: {exc!r}") from exc
         duplicate = bool(ack.duplicate)

@@ -150,7 +150,7 @@ class Bus(EventBus):
 
     def site_specs(self) -> dict[str, SiteSpec]:
         if self._specs is None:
-            self._specs = load_sites(self.config.sites_path(), discover_adapters())
+            self._specs = load_sites(self.config.sites_path(), discover_adapters(), home_site=self.config.site)
         return self._specs
 
     def is_local_site(self, site: str) -> bool:

@@ -82,6 +82,12 @@ class BusConfig(_Frozen):
     connect_timeout_s: PositiveFloat = 5.0
     request_timeout_s: PositiveFloat = 10.0
     embedded: EmbeddedServerConfig = EmbeddedServerConfig()
+    federation_file: Path | None = Field(
+        default=None, description="Federation file (see `lwfm-bus federation init`); unset: this bus stands alone."
+    )
+    federation_secret_file: Path | None = Field(
+        default=None, description="This site's federation secret; default: <home>/federation.secret."
+    )
     engine: Literal["auto", "on", "off"] = Field(
         default="auto",
         description="Run a trigger engine replica in this process: auto = when it serves the embedded server.",
@@ -102,6 +108,9 @@ class BusConfig(_Frozen):
     def sites_path(self) -> Path:
         return self.sites_file or self.home / "sites.toml"
 
+    def federation_secret_path(self) -> Path:
+        return self.federation_secret_file or self.home / "federation.secret"
+
     def store_dir(self) -> Path:
         return self.embedded.store_dir or self.home / "jetstream"
 
@@ -114,7 +123,8 @@ def load_config(env: Mapping[str, str] | None = None, overrides: Mapping[str, ob
 
     ``LWFM_BUS_URL`` (comma-separated), ``_USER``, ``_PASSWORD``, ``_TOKEN``, ``_CREDS``,
     ``_TLS_CA``, ``_TLS_CERT``, ``_TLS_KEY``, ``_HOME``, ``_SITE``, ``_SITES``, ``_NATS_SERVER``
-    (the embedded binary), ``_PORT`` (the embedded port), ``_ENGINE`` (auto, on, off).
+    (the embedded binary), ``_PORT`` (the embedded port), ``_ENGINE`` (auto, on, off),
+    ``_FEDERATION`` (federation file), ``_FEDERATION_SECRET`` (this site's secret file).
     """
     env = os.environ if env is None else env
     values: dict[str, object] = {}
@@ -138,6 +148,8 @@ def load_config(env: Mapping[str, str] | None = None, overrides: Mapping[str, ob
         ("SITE", "site"),
         ("SITES", "sites_file"),
         ("ENGINE", "engine"),
+        ("FEDERATION", "federation_file"),
+        ("FEDERATION_SECRET", "federation_secret_file"),
     ):
         take(var, key)
     embedded: dict[str, object] = {}

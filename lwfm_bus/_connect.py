@@ -22,13 +22,15 @@ import anyio
 import nats
 import nats.errors
 from nats.aio.client import Client as NATS
+from pydantic import SecretStr
 
 from ._bus import EventBus
 from ._config import BusConfig
 from ._errors import ConfigError, LwfmBusError
+from ._federation import FederationMember, load_federation, read_secret
 from ._server import EmbeddedServer
 
-__all__ = ["open_event_bus", "running_server_url", "serve_embedded"]
+__all__ = ["federation_member", "open_event_bus", "running_server_url", "serve_embedded"]
 
 log = logging.getLogger("lwfm_bus.connect")
 
@@ -67,19 +69,46 @@ def running_server_url(home: Path) -> str | None:
         return None
 
 
+def federation_member(config: BusConfig) -> FederationMember | None:
+    """This process's place in its federation, read from the files the config names."""
+    if config.federation_file is None:
+        return None
+    fed = load_federation(config.federation_file)
+    fed.member(config.site)  # a clear error for a site that is not a member
+    secret = read_secret(config.federation_secret_path(), config.site)
+    return FederationMember(federation=fed, site=config.site, secret=secret)
+
+
+def _as_member(config: BusConfig, member: FederationMember | None) -> BusConfig:
+    """The hub's own processes log in to it; a leaf's local clients need no login."""
+    if member is None or not member.is_hub or config.user or config.token or config.creds_file:
+        return config
+    login, password = member.site, member.secret
+    return config.model_copy(update={"user": login, "password": SecretStr(password)})
+
+
 @contextlib.asynccontextmanager
 async def serve_embedded(config: BusConfig) -> AsyncIterator[EmbeddedServer]:
-    """Start the embedded server for ``config.home`` and advertise it until exit."""
+    """Start the embedded server for ``config.home`` and advertise it until exit.
+
+    A federation member's server is configured from its federation file (see
+    :mod:`._federation`): domain, and the hub's leaf listener or the leaf's remote.
+    """
+    member = federation_member(config)
     home = config.home
     home.mkdir(parents=True, exist_ok=True)
     owner = open(home / "server.lock", "a+")  # noqa: SIM115, ASYNC230 - held for the server's life
     try:
         if not _try_lock(owner, blocking=False):
             raise ConfigError(f"an embedded server for {home} is already running at {running_server_url(home)}")
-        async with EmbeddedServer(config.embedded, config.store_dir(), name=f"lwfm-{config.site}") as server:
+        server = EmbeddedServer(config.embedded, config.store_dir(), name=f"lwfm-{config.site}", federation=member)
+        async with server:
             record = _record_path(home)
             tmp = record.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"url": server.url, "pid": server.pid, "owner_pid": os.getpid()}))
+            facts: dict[str, object] = {"url": server.url, "pid": server.pid, "owner_pid": os.getpid()}
+            if server.leaf_port:
+                facts["leaf_port"] = server.leaf_port  # a federation hub: where its leaves connect
+            tmp.write_text(json.dumps(facts))
             tmp.replace(record)
             try:
                 yield server
@@ -148,6 +177,8 @@ async def open_event_bus(
     config: BusConfig, *, name: str = "lwfm-bus", bus_class: type[EventBus] = EventBus
 ) -> AsyncIterator[EventBus]:
     """Connect (starting the embedded server if needed), ensure the streams, yield the bus."""
+    member = federation_member(config)
+    config = _as_member(config, member)
     async with contextlib.AsyncExitStack() as stack:
         served = False
         if config.servers:
@@ -158,6 +189,7 @@ async def open_event_bus(
         stack.push_async_callback(_close, nc)
         bus = bus_class(nc, config)
         bus.serves_embedded = served
+        bus.federation = member
         await bus.ensure_streams()
         yield bus
 

@@ -82,7 +82,6 @@ __all__ = ["Engine", "EngineConfig", "EngineStats", "serve_engine"]
 log = logging.getLogger("lwfm_bus.engine")
 
 DURABLE = "lwfm-engine"
-_TRIGGER_EVENTS = f"{ROOT}.*.trigger.>"
 # The work consumer takes the whole stream through one filter and acks what is not work
 # unread: nats-server delivers to a consumer with several filter subjects, on a stream
 # where every event has its own subject, about 25 times more slowly (measured in
@@ -93,12 +92,18 @@ _WORK_KINDS = frozenset({"job", "data"})
 _WORK_TRIGGER_DETAILS = frozenset({"registered", "deadline", "fired", "expired", "failed"})
 
 
-def _is_work(subject: str) -> bool:
-    """Job and data events, and the trigger events the engine acts on (by subject alone)."""
+def _is_work(subject: str, trigger_site: str = "*") -> bool:
+    """Job and data events, and the trigger events the engine acts on (by subject alone).
+
+    In a federation an engine owns only the triggers registered at its own site
+    (``trigger_site``): the others' arrive here by sourcing, to be judged at home.
+    """
     parts = subject.split(".")
     if len(parts) < 3:
         return False
-    return parts[2] in _WORK_KINDS or (parts[2] == "trigger" and parts[-1] in _WORK_TRIGGER_DETAILS)
+    if parts[2] in _WORK_KINDS:
+        return True
+    return parts[2] == "trigger" and parts[-1] in _WORK_TRIGGER_DETAILS and trigger_site in ("*", parts[1])
 
 
 class EngineConfig(BaseModel):
@@ -168,6 +173,15 @@ class Engine:
     def _site(self) -> str:
         return self._bus.config.site
 
+    @property
+    def _trigger_site(self) -> str:
+        """Whose triggers this engine judges: everyone's, or in a federation its site's."""
+        return self._site if self._bus.federation is not None else "*"
+
+    @property
+    def _trigger_events(self) -> str:
+        return f"{ROOT}.{self._trigger_site}.trigger.>"
+
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -204,7 +218,7 @@ class Engine:
 
     async def _last_trigger_seq(self) -> int:
         try:
-            msg = await self._bus.jetstream.get_msg(STREAM, subject=_TRIGGER_EVENTS)
+            msg = await self._bus.jetstream.get_msg(STREAM, subject=self._trigger_events)
         except nats.js.errors.NotFoundError:
             return 0
         return int(msg.seq or 0)
@@ -212,7 +226,7 @@ class Engine:
     async def _feed_loop(self) -> None:
         js = self._bus.jetstream
         sub = await js.subscribe(
-            _TRIGGER_EVENTS,
+            self._trigger_events,
             stream=STREAM,
             ordered_consumer=True,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
@@ -266,7 +280,7 @@ class Engine:
                 position = self._feed_seq
                 try:
                     nxt = await self._bus.jetstream.get_msg(
-                        STREAM, seq=position + 1, subject=_TRIGGER_EVENTS, next=True
+                        STREAM, seq=position + 1, subject=self._trigger_events, next=True
                     )
                     pending = int(nxt.seq or 0)
                 except nats.js.errors.NotFoundError:
@@ -326,7 +340,7 @@ class Engine:
                     seq = _stream_seq(msg)
                     if seq > self._highest_work_seq:
                         self._highest_work_seq = seq
-                    if not _is_work(msg.subject):
+                    if not _is_work(msg.subject, self._trigger_site):
                         await _settle(msg.ack())
                         continue
                     await self._slots.acquire()

@@ -110,8 +110,14 @@ def _spec(name: str, table: dict[str, Any], catalog: AdapterCatalog, where: str)
     return SiteSpec(name=name, adapter=adapter, adapter_class=cls, options=options)
 
 
-def load_sites(path: Path | None, catalog: AdapterCatalog | None = None) -> dict[str, SiteSpec]:
-    """Sites from a TOML file (if it exists), plus ``local`` with defaults if not configured."""
+def load_sites(
+    path: Path | None, catalog: AdapterCatalog | None = None, home_site: str = "local"
+) -> dict[str, SiteSpec]:
+    """Sites from a TOML file (if it exists), plus ``local`` with defaults if not configured.
+
+    ``home_site`` (the site this bus speaks for) is this machine too unless the file
+    says otherwise: a federation member runs jobs others can see under its own name.
+    """
     catalog = catalog or discover_adapters()
     specs: dict[str, SiteSpec] = {}
     if path is not None and path.exists():
@@ -130,6 +136,7 @@ def load_sites(path: Path | None, catalog: AdapterCatalog | None = None) -> dict
             if not isinstance(table, dict):
                 raise ConfigError(f"{where}: expected a table")
             specs[name] = _spec(name, table, catalog, where)
-    if "local" not in specs:
-        specs["local"] = _spec("local", {}, catalog, "<built-in>: sites.local")
+    for name in dict.fromkeys(("local", home_site)):
+        if name not in specs:
+            specs[name] = _spec(name, {"adapter": "local"}, catalog, f"<built-in>: sites.{name}")
     return specs

@@ -25,12 +25,14 @@ from types import TracebackType
 
 from ._config import EmbeddedServerConfig, is_loopback
 from ._errors import ConfigError, ServerStartError
+from ._federation import FederationMember, render_federation
 
 __all__ = ["EmbeddedServer", "find_server_binary", "render_config"]
 
 log = logging.getLogger("lwfm_bus.server")
 
 _LISTEN = re.compile(rb"Listening for client connections on (\S+):(\d+)")
+_LEAF_LISTEN = re.compile(rb"Listening for leafnode connections on (\S+):(\d+)")
 _READY = b"Server is ready"
 _FATAL = b"[FTL]"
 _BINARY = "nats-server.exe" if os.name == "nt" else "nats-server"
@@ -60,13 +62,17 @@ def _quote(value: str) -> str:
     return json.dumps(value)
 
 
-def render_config(options: EmbeddedServerConfig, store_dir: Path, server_name: str) -> str:
+def render_config(
+    options: EmbeddedServerConfig, store_dir: Path, server_name: str, federation: FederationMember | None = None
+) -> str:
     """The nats-server configuration file for the embedded server.
 
     Refuses to listen beyond loopback without authentication: an open JetStream on a
-    network is an open door to every job launcher on the bus.
+    network is an open door to every job launcher on the bus.  A federation member's
+    server also gets its JetStream domain and its hub or leaf settings.
     """
-    if not is_loopback(options.host) and not options.has_auth:
+    fed_lines, hub_login = render_federation(federation) if federation else ([], None)
+    if not is_loopback(options.host) and not options.has_auth and hub_login is None:
         raise ConfigError(
             f"refusing to listen on {options.host!r} (beyond loopback) without authentication: "
             "configure a user and password or a token for the embedded server"
@@ -76,8 +82,13 @@ def render_config(options: EmbeddedServerConfig, store_dir: Path, server_name: s
         f"listen: {_quote(f'{options.host}:{port}')}",
         f"server_name: {_quote(server_name)}",
         f"max_payload: {options.max_payload}",
-        f"jetstream {{ store_dir: {_quote(str(store_dir))} }}",
+        f"jetstream {{ store_dir: {_quote(str(store_dir))}"
+        + (f", domain: {_quote(federation.site)}" if federation else "")
+        + " }",
+        *fed_lines,
     ]
+    if hub_login is not None:
+        return "\n".join(lines) + "\n"  # the hub's accounts block holds every login, its own processes' too
     if options.token is not None:
         lines.append(f"authorization {{ token: {_quote(options.token.get_secret_value())} }}")
     elif options.user is not None and options.password is not None:
@@ -94,8 +105,15 @@ class EmbeddedServer:
     after the server reported itself ready.
     """
 
-    def __init__(self, options: EmbeddedServerConfig, store_dir: Path, name: str = "lwfm-bus") -> None:
+    def __init__(
+        self,
+        options: EmbeddedServerConfig,
+        store_dir: Path,
+        name: str = "lwfm-bus",
+        federation: FederationMember | None = None,
+    ) -> None:
         self._options = options
+        self._federation = federation
         self._store_dir = store_dir
         self._name = name
         self._proc: asyncio.subprocess.Process | None = None
@@ -103,6 +121,7 @@ class EmbeddedServer:
         self._tail: deque[bytes] = deque(maxlen=50)
         self.host = options.host
         self.port = 0
+        self.leaf_port = 0  # a federation hub's leaf-node listener, once running
 
     @property
     def url(self) -> str:
@@ -128,8 +147,12 @@ class EmbeddedServer:
         binary = find_server_binary(self._options.binary)
         self._store_dir.mkdir(parents=True, exist_ok=True)
         conf = self._store_dir / "nats-server.conf"
-        conf.write_text(render_config(self._options, self._store_dir, self._name))
-        conf.chmod(0o600)  # may hold the embedded server's password
+        text = render_config(self._options, self._store_dir, self._name, self._federation)
+        # Created private before anything is written: it may hold passwords.
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            os.fchmod(out.fileno(), 0o600)
+            out.write(text)
         self._proc = await asyncio.create_subprocess_exec(
             str(binary),
             "-c",
@@ -163,6 +186,8 @@ class EmbeddedServer:
             self._tail.append(line)
             if m := _LISTEN.search(line):
                 self.host, self.port = m.group(1).decode(), int(m.group(2))
+            elif m := _LEAF_LISTEN.search(line):
+                self.leaf_port = int(m.group(2))
             elif _READY in line:
                 if not self.port:
                     raise ServerStartError("nats-server is ready but never said where it listens", self._last_words())

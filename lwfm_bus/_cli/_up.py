@@ -21,7 +21,8 @@ async def run(args: argparse.Namespace, config: BusConfig) -> int:
     async with serve_embedded(config) as server:
         local = config.model_copy(update={"servers": (server.url,), "engine": "on"})
         async with connect(local, name="lwfm-bus up") as bus:  # with a trigger engine replica
-            await bus.site("local")  # adopts jobs a previous run left behind, and keeps watching them
+            for site in dict.fromkeys(("local", config.site)):  # a federation member runs jobs as itself too
+                await bus.site(site)  # adopts jobs a previous run left behind, and keeps watching them
             print(f"lwfm-bus: up at {server.url} (home {config.home}); Ctrl-C stops it", file=sys.stderr, flush=True)
             await asyncio.Event().wait()
     return 0

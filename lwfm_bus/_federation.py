@@ -1,0 +1,279 @@
+"""Several sites, one federation: the file that describes it and what follows from it.
+
+Each site runs its own bus (its own nats-server and JetStream, in a JetStream domain
+named after the site).  One site is the hub; the others join it as NATS leaf nodes.
+Everything a site needs is derived from one short file shared by all sites::
+
+    version = 1
+    hub_url = "nats-leaf://hub.example.org:7422"   # where leaves reach the hub
+
+    [sites.hub]
+    hub = true
+    secret_hash = "$2b$12$..."      # bcrypt of the site's secret (the secret stays at the site)
+
+    [sites.alpha]
+    secret_hash = "$2b$12$..."
+    names = ["hpc1"]                # further site names alpha speaks for (its Slurm cluster)
+
+From it follow (a) each server's configuration, rendered by :func:`render_federation`
+so nobody hand-writes NATS configuration; (b) what a site may publish: a leaf's
+credentials let it publish events only under its own names (``lwfm.<name>.>``), and the
+hub's server refuses anything else; (c) each site's stream layout
+(:meth:`Federation.stream_layout`): the stream captures the site's own names and
+sources every other site's names from that site's domain.  Sourcing is what makes
+cross-site triggers durable: the source position is kept by JetStream across restarts
+and partitions, so events produced while a link was down arrive when it heals, once.
+
+``lwfm.local.>`` stays private to each site (captured, never forwarded), so a laptop's
+habit of submitting to ``local`` keeps working; jobs meant to be seen by other sites
+run on the site's own name, which the built-in local adapter answers to.
+
+Secrets: the file holds bcrypt hashes only; each site keeps its own secret in a file
+(``<home>/federation.secret`` by default).  nats-server checks the hashes itself.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ._errors import ConfigError
+from ._subjects import DLQ_ROOT, ROOT, Token
+
+__all__ = [
+    "Federation",
+    "FederationMember",
+    "FederationSite",
+    "StreamLayout",
+    "hash_secret",
+    "load_federation",
+    "new_secret",
+    "read_secret",
+    "render_federation",
+]
+
+PRIVATE_NAME = "local"
+STREAM_NAME = "LWFM"
+_ACCOUNT = "LWFM"
+# JetStream plumbing a site needs to source another site's stream through the hub, and
+# nothing more: consumer create/delete on the LWFM stream, their replies, deliveries
+# and flow control.  Stream administration of other sites is not among them.
+_SOURCING_OUT = (
+    "$JS.*.API.INFO",
+    f"$JS.*.API.CONSUMER.CREATE.{STREAM_NAME}.>",
+    f"$JS.*.API.CONSUMER.DELETE.{STREAM_NAME}.>",
+    "$JS.S.>",
+    "$JS.FC.>",
+    "$JSC.R.>",
+    "_INBOX.>",
+)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FederationSite(_Frozen):
+    """One member of the federation, as every other member sees it."""
+
+    hub: bool = Field(default=False, description="This site runs the hub (exactly one site does).")
+    secret_hash: str = Field(
+        description="bcrypt hash of the site's secret; the server checks it, the secret never leaves the site.",
+        pattern=r"^\$2[abxy]?\$\d{2}\$[./A-Za-z0-9]{53}$",
+    )
+    names: tuple[Token, ...] = Field(
+        default=(), description="Further site names this member publishes events for (e.g. its clusters)."
+    )
+
+
+class Federation(_Frozen):
+    """The shared description of a federation (``federation.toml``)."""
+
+    version: Literal[1] = Field(default=1, description="Format version of this file.")
+    hub_url: str = Field(description="Where leaves reach the hub's leaf-node listener: nats-leaf://host:port.")
+    hub_listen: str | None = Field(
+        default=None,
+        description="host:port the hub's leaf-node listener binds; default 0.0.0.0 and hub_url's port.",
+        pattern=r"^[^\s:]+:\d{1,5}$|^\[[0-9A-Fa-f:.]+\]:\d{1,5}$",
+    )
+    sites: dict[Token, FederationSite] = Field(description="Every member, by site name.", min_length=1)
+
+    @field_validator("hub_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("nats-leaf", "tls") or not parts.hostname or parts.port is None:
+            raise ValueError(f"hub_url {value!r} must look like nats-leaf://host:port")
+        if parts.username or parts.password:
+            raise ValueError("hub_url must not carry credentials: each site's secret stays in its own file")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Federation:
+        hubs = [name for name, site in self.sites.items() if site.hub]
+        if len(hubs) != 1:
+            raise ValueError(f"exactly one site must have hub = true (found {len(hubs)}: {hubs})")
+        owner: dict[str, str] = {}
+        for name in self.sites:
+            for spoken in self.names_of(name):
+                if spoken == PRIVATE_NAME:
+                    raise ValueError(f"site {name!r}: {PRIVATE_NAME!r} is private to every site and cannot be shared")
+                if spoken in owner:
+                    raise ValueError(f"site name {spoken!r} is claimed by both {owner[spoken]!r} and {name!r}")
+                owner[spoken] = name
+        return self
+
+    @property
+    def hub(self) -> str:
+        return next(name for name, site in self.sites.items() if site.hub)
+
+    def member(self, site: str) -> FederationSite:
+        try:
+            return self.sites[site]
+        except KeyError:
+            known = ", ".join(sorted(self.sites))
+            raise ConfigError(f"site {site!r} is not a member of the federation (members: {known})") from None
+
+    def names_of(self, site: str) -> tuple[str, ...]:
+        """Every site name ``site`` publishes events under: its own first."""
+        return (site, *self.member(site).names)
+
+    def stream_layout(self, site: str) -> StreamLayout:
+        """What ``site``'s event stream captures itself, and what it sources from whom."""
+        own = [f"{ROOT}.{name}.>" for name in (*self.names_of(site), PRIVATE_NAME)]
+        sources = tuple(
+            (other, f"{ROOT}.{name}.>") for other in self.sites if other != site for name in self.names_of(other)
+        )
+        return StreamLayout(subjects=tuple(own), sources=sources)
+
+    def leaf_permissions(self, site: str) -> dict[str, dict[str, list[str]]]:
+        """What the hub lets a leaf's connection carry.
+
+        ``publish``: what the leaf may send into the federation -- its own events and the
+        sourcing plumbing, nothing else.  ``subscribe``: what the hub passes to it (and,
+        as nats-server propagates interest along the same rule, what the leaf learns the
+        hub wants): everything but each site's private traffic -- ``lwfm.local``, dead
+        letters and KV/object-store writes -- which would otherwise land in the other
+        side's same-named stream or bucket.
+        """
+        own = self.names_of(site)
+        return {
+            "publish": {"allow": [*(f"{ROOT}.{n}.>" for n in own), *_SOURCING_OUT]},
+            "subscribe": {"deny": [f"{ROOT}.{PRIVATE_NAME}.>", f"{DLQ_ROOT}.>", "$KV.>", "$O.>"]},
+        }
+
+
+@dataclass(frozen=True)
+class StreamLayout:
+    """A member's event stream: subjects captured here, and (site, filter) pairs sourced."""
+
+    subjects: tuple[str, ...]
+    sources: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class FederationMember:
+    """This process's place in a federation: the description, its site, its secret."""
+
+    federation: Federation
+    site: str
+    secret: str
+
+    @property
+    def is_hub(self) -> bool:
+        return self.federation.member(self.site).hub
+
+    def leaf_remote_url(self) -> str:
+        """The hub URL with this leaf's credentials (for its server's config only)."""
+        parts = urlsplit(self.federation.hub_url)
+        netloc = f"{quote(self.site, safe='')}:{quote(self.secret, safe='')}@{parts.netloc}"
+        return parts._replace(netloc=netloc).geturl()
+
+    def hub_listen(self) -> str:
+        """The hub's leaf-node listener; port 0 lets the server choose (it logs the port)."""
+        fed = self.federation
+        if not fed.hub_listen:
+            return f"0.0.0.0:{urlsplit(fed.hub_url).port}"
+        host, _, port = fed.hub_listen.rpartition(":")
+        return f"{host}:{-1 if port == '0' else port}"
+
+
+def _q(value: str) -> str:
+    return json.dumps(value)  # NATS config strings accept JSON quoting
+
+
+def render_federation(member: FederationMember) -> tuple[list[str], tuple[str, str] | None]:
+    """nats-server configuration lines for a member, and the hub's local client login.
+
+    Both kinds of member get a JetStream domain named after the site, which keeps each
+    site's streams and KV buckets its own.  The hub binds everyone to one account whose
+    users are the leaves (bcrypt-checked, with :meth:`Federation.leaf_permissions`) and
+    the hub's own processes; a leaf adds a remote to the hub.  Returns the lines that
+    go after the ``jetstream`` block (whose domain the caller sets) and, for the hub,
+    the (user, password) its local clients must use.
+    """
+    fed = member.federation
+    lines: list[str] = []
+    if not member.is_hub:
+        lines.append(f"leafnodes {{ remotes: [ {{ url: {_q(member.leaf_remote_url())} }} ] }}")
+        return lines, None
+    users = [f"{{ user: {_q(member.site)}, password: {_q(member.secret)} }}"]
+    for name, site in fed.sites.items():
+        if site.hub:
+            continue
+        perms = json.dumps(fed.leaf_permissions(name))
+        users.append(f"{{ user: {_q(name)}, password: {_q(site.secret_hash)}, permissions: {perms} }}")
+    lines.append(f"accounts {{ {_ACCOUNT}: {{ jetstream: enabled, users: [ {', '.join(users)} ] }} }}")
+    lines.append(f"leafnodes {{ listen: {_q(member.hub_listen())} }}")
+    return lines, (member.site, member.secret)
+
+
+def load_federation(path: Path) -> Federation:
+    """Read and check a federation file; errors name the file and the field."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read federation file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return Federation.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<file>'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path}: {problems}") from None
+
+
+def read_secret(path: Path, site: str) -> str:
+    """A site's secret from its file, refusing a file others can read."""
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the federation secret of site {site!r} from {path}: {exc.strerror or exc} "
+            "(set LWFM_BUS_FEDERATION_SECRET to its file)"
+        ) from None
+    if mode & 0o077:
+        raise ConfigError(f"{path} is readable by others (mode {mode & 0o777:o}): chmod 600 it")
+    if not text:
+        raise ConfigError(f"{path} is empty: it should hold site {site!r}'s secret")
+    return text
+
+
+def new_secret() -> str:
+    """A fresh random secret: URL-safe, so it can sit in a leaf URL unescaped."""
+    return secrets.token_urlsafe(32)
+
+
+def hash_secret(secret: str) -> str:
+    """bcrypt hash as nats-server checks it."""
+    import bcrypt
+
+    return bcrypt.hashpw(secret.encode(), bcrypt.gensalt(rounds=11)).decode()
