@@ -20,22 +20,30 @@ it in, so ``except ValueError`` keeps working for code that does not know us::
     ├── DataError (ValueError)            bad metadata, a bad query, a failed copy
     │   └── UnknownDataError (LookupError)
     ├── WorkspaceError (ValueError)       a bad or escaping workspace path, an unknown workspace
-    └── BundleError (ValueError)          an export/import bundle is truncated, altered or not a bundle
+    ├── BundleError (ValueError)          an export/import bundle is truncated, altered or not a bundle
+    ├── EnvBuildError (RuntimeError)      a step's Python environment could not be built (carries pip's output)
+    └── PipelineError (ValueError)        a pipeline file is refused; ``issues`` says where (file:line:col, field)
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 __all__ = [
     "BundleError",
     "BusClosedError",
     "ConfigError",
     "DataError",
+    "EnvBuildError",
     "EventTooLargeError",
     "InvalidEventError",
     "InvalidTokenError",
     "JobError",
     "JobTimeoutError",
     "LwfmBusError",
+    "PipelineError",
+    "PipelineIssue",
     "PublishError",
     "ServerStartError",
     "SiteError",
@@ -120,3 +128,50 @@ class WorkspaceError(LwfmBusError, ValueError):
 
 class BundleError(LwfmBusError, ValueError):
     """A bundle was refused whole (truncated, altered, not a bundle); nothing was imported."""
+
+
+class EnvBuildError(LwfmBusError, RuntimeError):
+    """A step's Python environment could not be created or its requirements not installed.
+
+    ``output`` holds the tail of the installer's output, because pip's words are the diagnosis;
+    the message is one line naming the requirements and pip's last error.
+    """
+
+    def __init__(self, message: str, output: list[str] | None = None) -> None:
+        self.output = list(output or [])
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class PipelineIssue:
+    """One problem in a pipeline file: where it is (as far as known) and what is wrong."""
+
+    message: str
+    path: tuple[str | int, ...] = ()
+    file: str | None = None
+    line: int | None = None
+    """1-based."""
+    column: int | None = None
+    """1-based."""
+
+    @property
+    def field(self) -> str:
+        """The field path as a person writes it: ``steps.split.run[1]``."""
+        out = ""
+        for part in self.path:
+            out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        return out
+
+    def __str__(self) -> str:
+        where = self.file or ""
+        if self.file and self.line is not None:
+            where += f":{self.line}:{self.column or 1}"
+        return ": ".join(part for part in (where, self.field, self.message) if part)
+
+
+class PipelineError(LwfmBusError, ValueError):
+    """A pipeline file was refused: ``issues`` lists every problem found, each with its place."""
+
+    def __init__(self, message: str | None = None, issues: Sequence[PipelineIssue] = ()) -> None:
+        self.issues = list(issues) or [PipelineIssue(message or "invalid pipeline")]
+        super().__init__(message or "\n".join(str(i) for i in self.issues))

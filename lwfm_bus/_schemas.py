@@ -14,6 +14,8 @@ from pydantic import TypeAdapter
 
 from ._bundle import BundleHeader, BundleTrailer
 from ._events import event_adapter, event_classes
+from ._federation import Federation
+from ._pipeline import Pipeline
 from ._query import DataPage, DataQuery
 from ._triggers import trigger_adapter
 
@@ -47,6 +49,8 @@ def _file_formats() -> dict[str, TypeAdapter[Any]]:
         "files/data-page.json": TypeAdapter(DataPage),
         "files/bundle-header.json": TypeAdapter(BundleHeader),
         "files/bundle-trailer.json": TypeAdapter(BundleTrailer),
+        "files/federation.json": TypeAdapter(Federation),
+        "files/pipeline.json": TypeAdapter(Pipeline),
     }
 
 

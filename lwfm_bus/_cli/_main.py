@@ -17,11 +17,41 @@ from pathlib import Path
 
 from .._config import BusConfig, load_config
 from .._errors import LwfmBusError
-from . import _bundle, _data, _demo, _emit, _events, _jobs, _schemas, _server, _triggers, _up, _workspace
+from . import (
+    _bundle,
+    _data,
+    _demo,
+    _emit,
+    _events,
+    _federation,
+    _jobs,
+    _pipeline,
+    _pyenv,
+    _schemas,
+    _server,
+    _triggers,
+    _up,
+    _workspace,
+)
 
 Command = Callable[[argparse.Namespace, BusConfig], Awaitable[int]]
 
-_MODULES = (_up, _server, _demo, _jobs, _triggers, _data, _workspace, _bundle, _emit, _events, _schemas)
+_MODULES = (
+    _up,
+    _server,
+    _demo,
+    _jobs,
+    _triggers,
+    _data,
+    _workspace,
+    _bundle,
+    _pipeline,
+    _federation,
+    _pyenv,
+    _emit,
+    _events,
+    _schemas,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--home", type=Path, help="state directory (default: per-user; env LWFM_BUS_HOME)")
     parser.add_argument("--url", help="NATS server URL(s), comma-separated (default: embedded; env LWFM_BUS_URL)")
     parser.add_argument("--site", help="site this process speaks for (default: local; env LWFM_BUS_SITE)")
+    parser.add_argument("--federation", type=Path, help="federation file (env LWFM_BUS_FEDERATION)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in _MODULES:
@@ -40,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> BusConfig:
-    overrides: dict[str, object] = {"home": args.home, "site": args.site}
+    overrides: dict[str, object] = {"home": args.home, "site": args.site, "federation_file": args.federation}
     if args.url:
         overrides["servers"] = tuple(u.strip() for u in args.url.split(",") if u.strip())
     return load_config(overrides=overrides)

@@ -1,0 +1,133 @@
+"""``lwfm-bus env``: a step's isolated Python environment, prepared and entered on the site that runs it.
+
+``env exec`` is job-side: it needs no bus connection and replaces itself with the step's command, so the
+site sees the command's pid and exit code.  Exit codes of its own: 2 for bad arguments (an invalid
+requirement), 3 when the environment cannot be built (pip's output tail, then one headline, on stderr),
+126/127 when the command cannot be executed or is not found, as a shell would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from .._config import BusConfig
+from .._errors import ConfigError, EnvBuildError
+from .._pyenv import Installer, list_envs, remove_all, remove_env, run_in_env
+
+__all__ = ["BUILD_FAILED", "register"]
+
+BUILD_FAILED = 3
+
+
+def register(sub: Any) -> None:
+    env = sub.add_parser("env", help="isolated Python environments for steps, one per requirement set")
+    env_sub = env.add_subparsers(dest="env_command", required=True, metavar="ACTION")
+
+    x = env_sub.add_parser(
+        "exec",
+        help="run a command in the environment for these requirements (built once, then reused)",
+        description="Example: lwfm-bus env exec -r 'numpy>=1.24,<3' -r requests -- python step.py",
+    )
+    x.add_argument(
+        "-r", "--requirement", dest="requirements", action="append", default=[], metavar="REQ", help="repeatable"
+    )
+    x.add_argument("--index-url", help="pip --index-url")
+    x.add_argument("--find-links", action="append", default=[], metavar="DIR_OR_URL", help="pip --find-links")
+    x.add_argument("--no-index", action="store_true", help="pip --no-index: only --find-links")
+    _root_arg(x)
+    x.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    x.set_defaults(func=exec_)
+
+    ls = env_sub.add_parser("ls", help="list environments: key, requirements, created, size")
+    _root_arg(ls)
+    ls.set_defaults(func=ls_)
+
+    rm = env_sub.add_parser("rm", help="delete environments (not those in use or being built)")
+    which = rm.add_mutually_exclusive_group(required=True)
+    which.add_argument("key", nargs="?", help="the key shown by `env ls`")
+    which.add_argument("--all", action="store_true", help="every environment under the root")
+    _root_arg(rm)
+    rm.set_defaults(func=rm_)
+
+
+def _root_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", type=Path, help="where environments live (default: <home>/envs)")
+
+
+def _root(args: argparse.Namespace, config: BusConfig) -> Path:
+    root: Path = args.root or config.home / "envs"
+    return root
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+async def exec_(args: argparse.Namespace, config: BusConfig) -> int:
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise ConfigError("env exec: give the command after --, e.g. env exec -r REQ -- python step.py")
+    # A build can take minutes and the event loop is not running meanwhile: let SIGTERM (a cancelled job)
+    # raise at once, so pip is killed and the half-built environment removed before we exit.
+    if sys.platform != "win32":
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, _terminate)
+    logger = logging.getLogger("lwfm_bus._pyenv")
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)  # a build is worth one line in the job's log
+    installer = Installer(args.index_url, tuple(args.find_links), args.no_index)
+    try:
+        run_in_env(command, args.requirements, _root(args, config), installer)
+    except EnvBuildError as exc:
+        for line in exc.output:
+            print(f"  {line}", file=sys.stderr)
+        print(f"lwfm-bus env: {exc}", file=sys.stderr)
+        return BUILD_FAILED
+    except FileNotFoundError:
+        print(f"lwfm-bus env: {command[0]}: command not found in the environment or on PATH", file=sys.stderr)
+        return 127
+    except OSError as exc:
+        print(f"lwfm-bus env: {command[0]}: {exc.strerror or exc}", file=sys.stderr)
+        return 126
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+async def ls_(args: argparse.Namespace, config: BusConfig) -> int:
+    for record in list_envs(_root(args, config)):
+        created = record.created if record.ready else "(incomplete)"
+        reqs = " ".join(record.requirements) or "-"
+        print(f"{record.key}  {created}  {_human(record.size):>10}  {reqs}")
+    return 0
+
+
+async def rm_(args: argparse.Namespace, config: BusConfig) -> int:
+    root = _root(args, config)
+    outcomes = remove_all(root) if args.all else {args.key: remove_env(root, args.key)}
+    status = 0
+    for key, outcome in outcomes.items():
+        if outcome == "removed":
+            print(f"removed {key}")
+        elif outcome == "busy":
+            print(f"lwfm-bus env: {key} is in use or being built; not removed", file=sys.stderr)
+            status = 1
+        elif not args.all:
+            print(f"lwfm-bus env: no environment {key} under {root}", file=sys.stderr)
+            status = 1
+    return status

@@ -1,0 +1,65 @@
+"""Declarative pipelines: the file format, its validation and the typed model a runner compiles.
+
+Private to lwfm_bus; the rest of the package imports from here.  Modules:
+``_model`` (Pipeline, Step), ``_sources`` (for_each / until / on_data forms),
+``_types`` (field types), ``_check`` (cross-step checks), ``_template`` (``{name}`` placeholders), ``_expr``
+(the safe loop-condition language), ``_yaml`` (YAML with positions) and ``_load``
+(files, nesting, errors with file:line:column).
+"""
+
+from __future__ import annotations
+
+from ._expr import FUNCTIONS, Expr, ExprError, compile_expr
+from ._load import MAX_FILE_BYTES, MAX_NESTING, load_pipeline, parse_override
+from ._model import FORMAT_VERSION, InputDecl, Pipeline, Step
+from ._sources import (
+    MAX_RUNS,
+    QUERY_ITEM_FIELDS,
+    UNTIL_NAMES,
+    DataMatch,
+    GlobSource,
+    ListSource,
+    OnData,
+    QuerySource,
+    Source,
+    Until,
+    UntilExitCode,
+    UntilExpr,
+    UntilFile,
+    UntilMetadata,
+)
+from ._template import Template, TemplateError
+from ._types import MAX_ITERATIONS, MAX_STEPS
+
+__all__ = [
+    "FORMAT_VERSION",
+    "FUNCTIONS",
+    "MAX_FILE_BYTES",
+    "MAX_ITERATIONS",
+    "MAX_NESTING",
+    "MAX_RUNS",
+    "MAX_STEPS",
+    "QUERY_ITEM_FIELDS",
+    "UNTIL_NAMES",
+    "DataMatch",
+    "Expr",
+    "ExprError",
+    "GlobSource",
+    "InputDecl",
+    "ListSource",
+    "OnData",
+    "Pipeline",
+    "QuerySource",
+    "Source",
+    "Step",
+    "Template",
+    "TemplateError",
+    "Until",
+    "UntilExitCode",
+    "UntilExpr",
+    "UntilFile",
+    "UntilMetadata",
+    "compile_expr",
+    "load_pipeline",
+    "parse_override",
+]
