@@ -69,6 +69,7 @@ from ._events import (
     decode_event,
     make_event,
 )
+from ._jobs import JobDefn
 from ._matcher import JobWatch, TriggerIndex, satisfies
 from ._states import JobState
 from ._subjects import ROOT
@@ -90,6 +91,21 @@ _WORK_FILTER = f"{ROOT}.>"
 _WORK_KINDS = frozenset({"job", "data"})
 # Outcomes come back to settle a claim whose replica died after announcing it.
 _WORK_TRIGGER_DETAILS = frozenset({"registered", "deadline", "fired", "expired", "failed"})
+
+
+TRIGGER_DATA_ENV = "LWFM_TRIGGER_DATA_ID"
+
+
+def _with_arrival(trigger: Trigger, record: FiringRecord, job: JobDefn) -> JobDefn:
+    """A per-arrival job is told which arrival started it (``LWFM_TRIGGER_DATA_ID``).
+
+    Its firing key is ``<trigger>/<data id>``; the job looks the record up on the bus
+    (``lwfm-bus data show``, ``bus.data(id)``) rather than trusting a copy in its argv.
+    """
+    if not isinstance(trigger, DataTrigger) or trigger.fires_once():
+        return job
+    data_id = record.firing_key.rpartition("/")[2]
+    return job.model_copy(update={"env": {**job.env, TRIGGER_DATA_ENV: data_id}})
 
 
 def _is_work(subject: str, trigger_site: str = "*") -> bool:
@@ -653,8 +669,8 @@ class Engine:
                 for hook in self._dispatch_hooks:
                     await hook(record.job_id)
                 await self._bus._dispatch(
-                    target.job, site=target.site, workflow=record.workflow_id, parents=record.parent_ids,
-                    job_id=record.job_id,
+                    _with_arrival(trigger, record, target.job), site=target.site, workflow=record.workflow_id,
+                    parents=record.parent_ids, job_id=record.job_id,
                 )  # fmt: skip
                 return None
             except Exception as exc:  # noqa: BLE001 - every failure is retried, then reported

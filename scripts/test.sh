@@ -22,4 +22,6 @@ fi
 .venv/bin/mypy --strict bench adapters
 # Performance smoke: fails only if a benchmark crashes; figures are not judged.
 .venv/bin/python -m bench --quick
+# The real Mermaid parser (Node.js), which checks the diagrams `lwfm-bus graph` draws.
+(cd tests/js && npm ci --no-audit --no-fund --silent)
 .venv/bin/python -m pytest "$@"

@@ -4,13 +4,16 @@ Private to lwfm_bus; the rest of the package imports from here.  Modules:
 ``_model`` (Pipeline, Step), ``_sources`` (for_each / until / on_data forms),
 ``_types`` (field types), ``_check`` (cross-step checks), ``_template`` (``{name}`` placeholders), ``_expr``
 (the safe loop-condition language), ``_yaml`` (YAML with positions) and ``_load``
-(files, nesting, errors with file:line:column).
+(files, nesting, errors with file:line:column); ``_graph`` (a pipeline as a metro map, and
+the job names live status is read from), ``_layout``, ``_status``, ``_svg`` and ``_mermaid``.
 """
 
 from __future__ import annotations
 
 from ._expr import FUNCTIONS, Expr, ExprError, compile_expr
+from ._graph import JobName, MetroMap, Station, metro_map, parse_job_name, step_path_of
 from ._load import MAX_FILE_BYTES, MAX_NESTING, load_pipeline, parse_override
+from ._mermaid import to_mermaid
 from ._model import FORMAT_VERSION, InputDecl, Pipeline, Step
 from ._sources import (
     MAX_RUNS,
@@ -28,6 +31,8 @@ from ._sources import (
     UntilFile,
     UntilMetadata,
 )
+from ._status import StationStatus, status_from_jobs
+from ._svg import to_svg
 from ._template import Template, TemplateError
 from ._types import MAX_ITERATIONS, MAX_STEPS
 
@@ -46,11 +51,15 @@ __all__ = [
     "ExprError",
     "GlobSource",
     "InputDecl",
+    "JobName",
     "ListSource",
+    "MetroMap",
     "OnData",
     "Pipeline",
     "QuerySource",
     "Source",
+    "Station",
+    "StationStatus",
     "Step",
     "Template",
     "TemplateError",
@@ -61,5 +70,11 @@ __all__ = [
     "UntilMetadata",
     "compile_expr",
     "load_pipeline",
+    "metro_map",
+    "parse_job_name",
     "parse_override",
+    "status_from_jobs",
+    "step_path_of",
+    "to_mermaid",
+    "to_svg",
 ]

@@ -1,0 +1,67 @@
+"""``lwfm-bus run FILE``: compile a pipeline into jobs and triggers on the bus and follow it.
+
+Exit code 0 when every step completed, 1 when a step failed (each failure is listed),
+2 when the file is refused (every problem as ``FILE:LINE:COL: field: message``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .._client import connect
+from .._config import BusConfig
+from .._errors import PipelineError
+from .._pipeline import load_pipeline, parse_override
+from .._pipeline._run import run_pipeline
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("run", help="run a pipeline file: its steps become jobs and triggers on the bus")
+    p.add_argument("file", type=Path, metavar="FILE", help="the pipeline (.yaml)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+        help="override a param (value read as YAML); repeatable",
+    )  # fmt: skip
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
+    p.set_defaults(func=run)
+
+
+async def run(args: argparse.Namespace, config: BusConfig) -> int:
+    try:
+        pipeline = load_pipeline(args.file, dict(parse_override(t) for t in args.overrides))
+    except PipelineError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        return 2
+
+    def echo(line: str) -> None:
+        if not args.quiet:
+            print(line, flush=True)
+
+    # This process judges triggers too while it runs (one more engine replica: never a
+    # double firing), so a pipeline runs even where no 'lwfm-bus up' is running.
+    engine = "on" if config.engine == "auto" else config.engine
+    refused: list[PipelineError] = []
+    try:
+        async with connect(config.model_copy(update={"engine": engine}), name=f"lwfm-bus run {pipeline.name}") as bus:
+            report = await run_pipeline(bus, pipeline, echo)
+    except* PipelineError as group:  # a glob that matches nothing, a query that finds nothing...
+        refused += [e for e in group.exceptions if isinstance(e, PipelineError)]
+    if refused:
+        for err in refused:
+            for issue in err.issues:
+                print(issue, file=sys.stderr)
+        return 2
+    width = max((len(s) for s in report.steps), default=4)
+    skipped = f", {report.up_to_date} runs up to date (not run again)" if report.up_to_date else ""
+    print(f"\n{pipeline.name} ({report.workflow_id}): {'complete' if report.ok else 'FAILED'}{skipped}")
+    for step, (done, total) in report.steps.items():
+        print(f"  {step:<{width}}  {done}/{total} complete")
+    for failure in report.failures:
+        print(f"  failed: {failure}", file=sys.stderr)
+    return 0 if report.ok else 1

@@ -1,0 +1,232 @@
+"""A pipeline drawn as a metro map: the layout model that the SVG and Mermaid renderers share.
+
+People who do not program read a pipeline best as a transit map: a chain of steps is a
+*line*, a step is a *station*, a join (or a fork) is an *interchange* where lines meet,
+a data-flow dependency is a dashed *feeder* from a "data" terminus, and a nested
+pipeline is a framed *sub-map* that a viewer can collapse.
+
+Lines: a step with exactly one predecessor that itself has exactly one successor
+continues its predecessor's line; every other step starts a new line.  Line numbers run
+on through nested maps, so no two lines share a colour until the palette wraps.
+
+This module holds the model (what is drawn, in whole pixels) and the job-name convention
+that live status is read from; :mod:`._layout` places the stations, :mod:`._status`
+counts runs, and :mod:`._svg` and :mod:`._mermaid` draw.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+from ._model import Pipeline, Step
+
+__all__ = [
+    "CHAR_W",
+    "COL_W",
+    "GAP",
+    "PALETTE",
+    "ROW_H",
+    "JobName",
+    "Line",
+    "Link",
+    "MetroMap",
+    "Station",
+    "Terminus",
+    "badge",
+    "frame_title",
+    "metro_map",
+    "parse_job_name",
+    "runs",
+    "step_path_of",
+]
+
+PALETTE = (
+    "#e32017",
+    "#0098d4",
+    "#00782a",
+    "#ee7c0e",
+    "#9b0056",
+    "#003688",
+    "#b36305",
+    "#6950a1",
+    "#00a4a7",
+    "#84b817",
+    "#e86a9a",
+    "#c99700",
+)
+"""Line colours, after the London Underground's: distinct from each other and readable on white."""
+
+COL_W = 140  # a column of stations: room for a label of about 20 characters
+GAP = 90  # between columns, where a line changes rows: one row down in 80 px stays at 45 degrees
+ROW_H = 80
+CHAR_W = 6.6  # about the width of one character at 11-12 px: enough to size labels without a font
+
+
+@dataclass(frozen=True)
+class Line:
+    """A chain of steps drawn in one colour; ``stations`` are step paths in running order."""
+
+    index: int
+    colour: str
+    stations: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Station:
+    """One step.  ``path`` is unique in the whole map tree: ``"count/count"`` is step ``count`` of the
+    pipeline nested in step ``count``.  A nested step carries its ``submap``, drawn inside ``box``
+    (x, y, width, height) with the sub-map's own corner at ``origin``; lines attach to the box's sides."""
+
+    path: str
+    name: str
+    description: str | None
+    badge: str
+    line: int
+    interchange: bool
+    runs: int | None
+    x: int
+    y: int
+    submap: MetroMap | None = None
+    box: tuple[int, int, int, int] | None = None
+    origin: tuple[int, int] = (0, 0)
+
+
+@dataclass(frozen=True)
+class Terminus:
+    """Where a data-flow dependency comes from: the data matching ``label``, feeding step ``target``."""
+
+    target: str
+    label: str
+    x: int
+    y: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.target}#data"
+
+
+@dataclass(frozen=True)
+class Link:
+    """A dependency drawn as a polyline: ``after`` on a line's colour, ``data`` as a dashed feeder."""
+
+    source: str  # a step path, or a Terminus.key
+    target: str
+    kind: Literal["after", "data"]
+    line: int | None
+    points: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class MetroMap:
+    """The whole drawing of one pipeline (and, through its stations, of every nested one)."""
+
+    name: str
+    description: str | None
+    stations: tuple[Station, ...]
+    lines: tuple[Line, ...]
+    links: tuple[Link, ...]
+    termini: tuple[Terminus, ...]
+    width: int
+    height: int
+
+    def walk(self) -> Iterator[Station]:
+        """Every station, nested ones right after the station that holds them."""
+        for station in self.stations:
+            yield station
+            if station.submap is not None:
+                yield from station.submap.walk()
+
+    def all_lines(self) -> Iterator[Line]:
+        """This map's lines, then each sub-map's (the order of their numbers)."""
+        yield from self.lines
+        for station in self.stations:
+            if station.submap is not None:
+                yield from station.submap.all_lines()
+
+
+def metro_map(pipeline: Pipeline) -> MetroMap:
+    """Lay out ``pipeline`` (loaded by ``load_pipeline``, so nested files are resolved) as a metro map."""
+    from ._layout import Layout  # the layout builds the classes above: imported when first needed
+
+    return Layout(pipeline, "", 0).build()[0]
+
+
+def badge(step: Step) -> str:
+    """How a step runs, in a few characters: ``x4``, ``each``, ``on data``, ``seq 3``, ``until <=20``."""
+    fan = {"once": "", "parallel": f"x{step.parallel}", "for_each": "each", "product": "each", "on_data": "on data"}
+    parts = [fan[step.fan_out]]
+    if step.sequence is not None:
+        parts.append(f"seq {step.sequence}")
+    if step.until is not None:
+        parts.append(f"until <={step.max_iterations}")
+    return ", ".join(p for p in parts if p)
+
+
+def frame_title(name: str, pipeline: str, how: str) -> str:
+    """The caption of a nested pipeline's frame: ``count: count-words-in``."""
+    return f"{name}: {pipeline}" + (f" ({how})" if how else "")
+
+
+def runs(step: Step) -> int | None:
+    """How many runs (jobs) a step makes, when the file says so; None when only running it tells."""
+    if step.pipeline is not None or step.until is not None or step.fan_out == "on_data":
+        return None
+    count: int | None = 1
+    if step.parallel is not None:
+        count = step.parallel
+    elif step.for_each is not None:
+        count = step.for_each.size()
+    elif step.product is not None:
+        sizes = [source.size() for source in step.product.values()]
+        count = None if None in sizes else math.prod(s for s in sizes if s is not None)
+    if count is not None and step.sequence is not None:
+        count *= step.sequence
+    return count
+
+
+_STEP = r"[A-Za-z_][A-Za-z0-9_\-]{0,63}"
+_REST = (
+    rf"(?P<path>{_STEP}(?:/{_STEP})*)"
+    r"(?:\[(?P<run>[^\[\]\x00-\x1f\x7f]{1,64})\])?(?:@(?P<iteration>0|[1-9][0-9]{0,8}))?"
+)
+_JOB_NAME = re.compile(rf"(?P<pipeline>[A-Za-z0-9_\-:@+=~^]{{1,128}}):{_REST}")
+_STEP_PART = re.compile(_REST)
+
+
+class JobName(NamedTuple):
+    """What a pipeline runner puts in a job's name: ``book-report:count/count[2]@1``."""
+
+    pipeline: str
+    step: str  # the step path: nested steps after their parent step, joined by '/'
+    run: str | None  # the fan-out run ("[...]"): a number, or a short label of the item
+    iteration: int | None  # the run of a sequence or loop ("@N")
+
+
+def parse_job_name(name: str | None) -> JobName | None:
+    """Split ``<pipeline>:<step-path>[<run>]@<iteration>`` (both suffixes optional); None if it is not one.
+
+    A pipeline name may itself contain ``:`` and ``@`` (it is a token); a step path cannot, so the
+    path is what follows the last ``:`` that leaves a well-formed rest.
+    """
+    m = _JOB_NAME.fullmatch(name) if name else None
+    if m is None:
+        return None
+    iteration = m["iteration"]
+    return JobName(m["pipeline"], m["path"], m["run"], int(iteration) if iteration is not None else None)
+
+
+def step_path_of(job_name: str | None, pipeline: str | None = None) -> str | None:
+    """The step path a pipeline job ran for (``"count/count"``), or None for any other job -- including,
+    when ``pipeline`` is given, a job of another pipeline (matched exactly, so ``a`` never claims the
+    jobs of a pipeline named ``a:b``)."""
+    if pipeline is None:
+        parsed = parse_job_name(job_name)
+        return parsed.step if parsed is not None else None
+    if not job_name or not job_name.startswith(pipeline + ":"):
+        return None
+    m = _STEP_PART.fullmatch(job_name, len(pipeline) + 1)
+    return m["path"] if m is not None else None

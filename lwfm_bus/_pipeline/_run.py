@@ -1,0 +1,225 @@
+"""``lwfm-bus run``: put a compiled pipeline on the bus and follow it to the end.
+
+The runner registers one trigger per conditional job, submits the jobs that wait for
+nothing, and then only *watches*: the engine starts everything else.  It follows the
+workflow's own events (replayed from the start, so nothing published before the
+subscription is missed), prints each job's progress, and decides the outcome: done
+when every step's final jobs completed; failed as soon as one job failed or one
+trigger could not start its job.  On failure it withdraws the triggers that have not
+fired, so nothing more of this run starts, waits for the jobs still running and
+reports.  Triggers left over by a loop that stopped early are withdrawn the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._client import Bus
+from .._errors import LwfmBusError, WorkspaceError
+from .._events import JobStatusEvent, TriggerExpiredEvent, TriggerFailedEvent
+from .._query import DataQuery, DataRecord
+from .._states import JobState
+from .._subjects import workflow_filter
+from .._triggers import DataTrigger, Downstream, JobTrigger, JoinTrigger, Trigger, Upstream
+from ._model import Pipeline
+from ._plan import AfterJobs, OnData, Plan, PlannedJob, Root, compile_plan
+from ._stepexec import UP_TO_DATE
+
+__all__ = ["RunReport", "run_pipeline"]
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class RunReport:
+    """How a run ended: per step, the final runs done out of planned; the failures."""
+
+    workflow_id: str
+    ok: bool
+    steps: dict[str, tuple[int, int]] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    up_to_date: int = 0  # runs whose outputs were already recorded for the same inputs
+
+
+def _trigger_id(job: PlannedJob) -> str:
+    return f"t-{job.job_id}"
+
+
+def _trigger_for(job: PlannedJob, workflow_id: str) -> Trigger:
+    each = isinstance(job.start, OnData) and job.start.each  # one job per arrival: ids derived by the engine
+    target = Downstream(job=job.defn, site=job.site, job_id=None if each else job.job_id, workflow_id=workflow_id)
+    common: dict[str, Any] = {"trigger_id": _trigger_id(job), "workflow_id": workflow_id, "downstream": target}
+    start = job.start
+    if isinstance(start, AfterJobs):
+        if len(start.job_ids) == 1:
+            return JobTrigger(upstream=Upstream(job_id=start.job_ids[0]), **common)
+        return JoinTrigger(upstreams=tuple(Upstream(job_id=j) for j in start.job_ids), **common)
+    assert isinstance(start, OnData)
+    return DataTrigger.model_validate(
+        {
+            "signature": dict(start.signature),
+            "source_site": start.site,
+            "source_workflow": workflow_id if start.workflow else None,
+            "fire": "each" if start.each else "once",
+            "existing": start.existing,
+            **common,
+        }
+    )
+
+
+class _Follower:
+    def __init__(self, plan: Plan, echo: Echo) -> None:
+        self.plan = plan
+        self.echo = echo
+        self.jobs = {j.job_id: j for j in plan.jobs}
+        self.triggers = {_trigger_id(j): j for j in plan.jobs if not isinstance(j.start, Root)}
+        self.state: dict[str, JobState] = {}
+        self.finals = {j for ids in plan.finals.values() for j in ids}
+        self.failures: list[str] = []
+        self.up_to_date: set[str] = set()
+        self.started = time.monotonic()
+
+    def _say(self, text: str) -> None:
+        self.echo(f"{time.monotonic() - self.started:7.1f}s  {text}")
+
+    def on_job(self, event: JobStatusEvent) -> None:
+        d = event.data
+        job = self.jobs.get(d.job_id)
+        if job is None:
+            return
+        if d.state is JobState.INFO:
+            if d.info == UP_TO_DATE:
+                self.up_to_date.add(d.job_id)
+                self._say(f"{job.name:<40} up to date (not run again)")
+            return
+        before = self.state.get(d.job_id)
+        if before is not None and not d.state.at_or_after(before):
+            return  # the state order, not arrival order, says what a job is in
+        self.state[d.job_id] = d.state
+        if d.state is JobState.RUNNING or d.state.is_terminal:
+            extra = f" (exit {d.exit_code})" if d.state is JobState.FAILED and d.exit_code is not None else ""
+            finals = self.plan.finals.get(job.step, [])
+            if d.state.is_terminal and finals:  # the step's progress: its finished runs out of all
+                done = sum(self.state.get(j) is JobState.COMPLETE for j in finals)
+                extra += f"   [{job.step}: {done}/{len(finals)}]"
+            self._say(f"{job.name:<40} {d.state.value}{extra}")
+        if d.state.is_terminal and d.state is not JobState.COMPLETE:
+            self.failures.append(f"{job.name}: {d.state.value}" + (f" ({d.info})" if d.info else ""))
+
+    def on_trigger_failed(self, trigger_id: str, reason: str) -> None:
+        job = self.triggers.get(trigger_id)
+        if job is not None:
+            self._say(f"{job.name:<40} NOT STARTED: {reason}")
+            self.failures.append(f"{job.name}: could not be started: {reason}")
+
+    @property
+    def done(self) -> bool:
+        return all(self.state.get(j) is JobState.COMPLETE for j in self.finals)
+
+    @property
+    def active(self) -> bool:
+        return any(not s.is_terminal for s in self.state.values())
+
+    def report(self, ok: bool) -> RunReport:
+        steps = {
+            path: (sum(self.state.get(j) is JobState.COMPLETE for j in ids), len(ids))
+            for path, ids in self.plan.finals.items()
+        }
+        return RunReport(self.plan.workflow_id, ok, steps, list(self.failures), len(self.up_to_date))
+
+
+def _workspaces(pipeline: Pipeline) -> dict[str, str]:
+    """Every workspace the pipeline and its nested files declare, with the site it is made on."""
+    found = {pipeline.workspace: pipeline.site} if pipeline.workspace else {}
+    for name, step in pipeline.steps.items():
+        if step.pipeline is not None:
+            found.update(_workspaces(pipeline.nested(name)))
+    return found
+
+
+async def _ensure_workspaces(bus: Bus, pipeline: Pipeline, echo: Echo) -> None:
+    """A pipeline's own workspace is made for it on first use, under ``<home>/workspaces`` here.
+
+    Each nested file names its own (validation refuses one that names or refers to an
+    ancestor's), so a nested pipeline never writes into its parent's workspace.
+    """
+    for name, site in _workspaces(pipeline).items():
+        with contextlib.suppress(WorkspaceError):
+            await bus.workspaces.get(name)
+            continue
+        if not bus.is_local_site(site):
+            echo(f"workspace {name!r} is not defined for site {site!r}: define it (lwfm-bus workspace define)")
+            continue
+        root = bus.config.home / "workspaces" / name
+        await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
+        await bus.workspaces.define(name, {site: str(root)})
+
+
+async def run_pipeline(bus: Bus, pipeline: Pipeline, echo: Echo = print) -> RunReport:
+    """Compile ``pipeline`` onto the bus, follow it, and report how it ended."""
+    await _ensure_workspaces(bus, pipeline, echo)
+    wf = await bus.define_workflow(pipeline.name, {"pipeline": str(pipeline.source or "")})
+
+    async def finder(query: DataQuery) -> list[DataRecord]:
+        records: list[DataRecord] = []
+        page = await bus.find(query)
+        records += page.records
+        while page.next_offset is not None:
+            page = await bus.find(query.model_copy(update={"offset": page.next_offset}))
+            records += page.records
+        return records
+
+    def python(site: str) -> str:
+        import sys
+
+        return sys.executable if bus.is_local_site(site) else "python3"
+
+    plan = await compile_plan(pipeline, wf.workflow_id, finder, python=python, home=bus.config.home)
+    follower = _Follower(plan, echo)
+    roots = [j for j in plan.jobs if isinstance(j.start, Root)]
+    counts = Counter(type(j.start).__name__ for j in plan.jobs)
+    echo(f"run {wf.workflow_id} of {pipeline.name}: {len(plan.jobs)} jobs ({counts['Root']} now, the rest by trigger)")
+    async with bus.subscribe(workflow_filter(wf.workflow_id), from_start=True) as events:
+        for job in plan.jobs:
+            if not isinstance(job.start, Root):
+                await bus.add_trigger(_trigger_for(job, wf.workflow_id))
+        for job in roots:
+            await bus.submit(job.defn, site=job.site, workflow=wf.workflow_id, job_id=job.job_id)
+        failed_at: float | None = None
+        async for event in events:
+            if isinstance(event, JobStatusEvent):
+                follower.on_job(event)
+            elif isinstance(event, TriggerFailedEvent):
+                follower.on_trigger_failed(event.data.trigger_id, event.data.reason)
+            elif isinstance(event, TriggerExpiredEvent):
+                pass  # an upstream failed: its failure is already counted
+            if follower.failures and failed_at is None:
+                failed_at = time.monotonic()
+                await _withdraw(bus, follower, "an earlier step of this run failed")
+            if failed_at is not None and not follower.active:
+                break
+            if failed_at is None and follower.done:
+                break
+    ok = not follower.failures
+    if ok:
+        await _withdraw(bus, follower, "the run is complete", keep=set(plan.standing))  # unneeded loop iterations
+        for job in plan.jobs:
+            if job.step in plan.standing:
+                echo(f"{job.name} keeps running once per matching data: trigger {_trigger_id(job)} "
+                     f"(stop it with: lwfm-bus trigger rm {_trigger_id(job)})")  # fmt: skip
+    return follower.report(ok)
+
+
+async def _withdraw(bus: Bus, follower: _Follower, reason: str, keep: set[str] | None = None) -> None:
+    for trigger_id, job in follower.triggers.items():
+        if job.job_id in follower.state or job.step in (keep or ()):
+            continue  # fired, or meant to stay
+        # Not indexed yet, or already settled: either way it can no longer start anything of ours.
+        with contextlib.suppress(LwfmBusError):
+            await bus.cancel_trigger(trigger_id, reason=reason)
