@@ -344,3 +344,16 @@ async def _events_made_during_a_partition_arrive_after_healing_and_fire_once(fed
     assert len(fired) == 1
     runs = await _stored(beta, f"lwfm.beta.job.*.{downstream_id}.RUNNING")
     assert len(runs) == 1
+
+
+def test_the_compose_file_describes_the_tested_topology() -> None:
+    import yaml
+
+    compose = yaml.safe_load((Path(__file__).parent.parent / "docker" / "federation.compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"hub", "alpha", "beta"}
+    for name, service in services.items():
+        assert service["command"] == ["--site", name, "up"]
+        assert f"./fed/secrets/{name}.secret:/etc/lwfm-bus/site.secret:ro" in service["volumes"]
+        assert service["environment"]["LWFM_BUS_FEDERATION"] == "/etc/lwfm-bus/federation.toml"
+    assert services["hub"]["ports"] == ["7422:7422"]
