@@ -17,6 +17,7 @@ from .._client import connect
 from .._config import BusConfig
 from .._errors import PipelineError
 from .._pipeline import load_pipeline, metro_map, parse_override, status_from_jobs, to_mermaid, to_svg
+from ._pipeline import add_set_option
 
 __all__ = ["register"]
 
@@ -34,14 +35,7 @@ def register(sub: Any) -> None:
         help="output format (default: from the -o suffix: .mmd/.mermaid -> mermaid; otherwise svg)",
     )
     p.add_argument("-o", "--output", type=Path, metavar="OUT", help="write here instead of to standard output")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="override a param (value read as YAML: 3, 1.5, true, text); repeatable",
-    )
+    add_set_option(p)
     p.add_argument("--workflow", metavar="W", help="colour the stations by the status of workflow W's jobs")
     p.set_defaults(func=graph)
 

@@ -17,7 +17,7 @@ from .._config import BusConfig
 from .._errors import PipelineError
 from .._pipeline import Pipeline, load_pipeline, parse_override
 
-__all__ = ["register"]
+__all__ = ["add_set_option", "register"]
 
 _FAN = {"once": "", "parallel": "parallel", "for_each": "for each", "product": "product", "on_data": "each arrival"}
 
@@ -25,7 +25,14 @@ _FAN = {"once": "", "parallel": "parallel", "for_each": "for each", "product": "
 def register(sub: Any) -> None:
     p = sub.add_parser("validate", help="check pipeline files (no bus needed)")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="pipeline files (.yaml)")
-    p.add_argument(
+    add_set_option(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per file on stdout")
+    p.set_defaults(func=validate)
+
+
+def add_set_option(parser: argparse.ArgumentParser) -> None:
+    """``--set NAME=VALUE``, the same for every command that reads a pipeline."""
+    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -33,8 +40,6 @@ def register(sub: Any) -> None:
         metavar="NAME=VALUE",
         help="override a param (value read as YAML: 3, 1.5, true, text); repeatable",
     )
-    p.add_argument("--json", action="store_true", help="one JSON object per file on stdout")
-    p.set_defaults(func=validate)
 
 
 def _step_label(pipeline: Pipeline, name: str) -> str:

@@ -16,6 +16,7 @@ from .._config import BusConfig
 from .._errors import PipelineError
 from .._pipeline import load_pipeline, parse_override
 from .._pipeline._run import run_pipeline
+from ._pipeline import add_set_option
 
 __all__ = ["register"]
 
@@ -23,10 +24,7 @@ __all__ = ["register"]
 def register(sub: Any) -> None:
     p = sub.add_parser("run", help="run a pipeline file: its steps become jobs and triggers on the bus")
     p.add_argument("file", type=Path, metavar="FILE", help="the pipeline (.yaml)")
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
-        help="override a param (value read as YAML); repeatable",
-    )  # fmt: skip
+    add_set_option(p)
     p.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
     p.set_defaults(func=run)
 

@@ -23,10 +23,8 @@ import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pydantic import GetCoreSchemaHandler
-from pydantic_core import PydanticCustomError, core_schema
-
 from .._errors import PipelineError, PipelineIssue
+from ._parsed import ParsedText
 
 __all__ = ["FUNCTIONS", "MAX_EXPR", "MAX_NODES", "MAX_STRING", "Expr", "ExprError", "compile_expr"]
 
@@ -85,10 +83,11 @@ class ExprError(PipelineError):
         self.offset = offset
 
 
-class Expr:
+class Expr(ParsedText):
     """A compiled expression: evaluate it with :meth:`evaluate`; ``names`` are the names it needs bound."""
 
-    __slots__ = ("_tree", "names", "text")
+    __slots__ = ("_tree", "names")
+    MAX_LENGTH = MAX_EXPR
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -98,32 +97,6 @@ class Expr:
     def evaluate(self, variables: Mapping[str, Any]) -> Any:
         """The value of the expression with ``variables`` bound (plain data: mappings, lists, scalars)."""
         return _Eval(self.text, variables).run(self._tree.body)
-
-    def __repr__(self) -> str:
-        return f"Expr({self.text!r})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Expr) and other.text == self.text
-
-    def __hash__(self) -> int:
-        return hash(("Expr", self.text))
-
-    @classmethod
-    def _coerce(cls, value: Any) -> Expr:
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, str):
-            return cls(value)
-        raise PydanticCustomError("string_type", "Input should be a valid string")
-
-    @classmethod
-    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
-        # In files and schemas it is a plain string; in Python, a parsed object (or a string to parse).
-        return core_schema.json_or_python_schema(
-            json_schema=core_schema.no_info_after_validator_function(cls, core_schema.str_schema(max_length=MAX_EXPR)),
-            python_schema=core_schema.no_info_plain_validator_function(cls._coerce),
-            serialization=core_schema.plain_serializer_function_ser_schema(lambda v: v.text),
-        )
 
 
 def compile_expr(text: str) -> Expr:

@@ -16,10 +16,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import GetCoreSchemaHandler
-from pydantic_core import PydanticCustomError, core_schema
-
 from .._errors import PipelineError, PipelineIssue
+from ._parsed import ParsedText
 
 __all__ = ["MAX_RENDERED", "MAX_TEMPLATE", "Template", "TemplateError"]
 
@@ -47,13 +45,14 @@ class TemplateError(PipelineError):
         self.offset = offset
 
 
-class Template:
+class Template(ParsedText):
     """A parsed template: literal text and placeholders, in order.
 
     Compare and hash by text; render with :meth:`render`.
     """
 
-    __slots__ = ("_parts", "text")
+    __slots__ = ("_parts",)
+    MAX_LENGTH = MAX_TEMPLATE
 
     def __init__(self, text: str) -> None:
         if not isinstance(text, str):
@@ -91,36 +90,8 @@ class Template:
             out.append(piece)
         return "".join(out)
 
-    def __repr__(self) -> str:
-        return f"Template({self.text!r})"
-
     def __str__(self) -> str:
         return self.text
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Template) and other.text == self.text
-
-    def __hash__(self) -> int:
-        return hash(("Template", self.text))
-
-    @classmethod
-    def _coerce(cls, value: Any) -> Template:
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, str):
-            return cls(value)
-        raise PydanticCustomError("string_type", "Input should be a valid string")
-
-    @classmethod
-    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
-        # In files and schemas it is a plain string; in Python, a parsed object (or a string to parse).
-        return core_schema.json_or_python_schema(
-            json_schema=core_schema.no_info_after_validator_function(
-                cls, core_schema.str_schema(max_length=MAX_TEMPLATE)
-            ),
-            python_schema=core_schema.no_info_plain_validator_function(cls._coerce),
-            serialization=core_schema.plain_serializer_function_ser_schema(lambda v: v.text),
-        )
 
 
 class _Ref:
