@@ -401,3 +401,47 @@ async def test_a_step_runs_once_per_arriving_data_after_the_run_returns(tmp_path
         await _until_complete(bus, report.workflow_id, "per-arrival:each", count=2)
     assert [Path(f"{s}.seen").read_text() for s in scans] == ["10", "11"]
     assert not (tmp_path / "other.dat.seen").exists()
+
+
+UNTIL_FILE = """
+    pipeline: 1
+    name: until-file
+    steps:
+      work:
+        run: [python3, -c, "import sys; k = int(sys.argv[1]); k >= 1 and open('done.flag', 'w').close()", "{iteration}"]
+        until: {file: done.flag}
+        max_iterations: 4
+"""
+
+FIT = """
+import subprocess, sys
+k = int(sys.argv[1])
+loss = 2 / 2**k  # halves each iteration: below 0.5 first at k = 3
+subprocess.run([sys.executable, "-m", "lwfm_bus", "notate", f"fit-{k}.json", "-m", f"loss={loss}"], check=True)
+"""
+
+UNTIL_METADATA = """
+    pipeline: 1
+    name: until-metadata
+    steps:
+      fit:
+        run: ["PYTHON", fit.py, "{iteration}"]  # an interpreter that has lwfm_bus: the test's
+        until: {metadata: {where: {loss: {op: range, lt: 0.5}}}}
+        max_iterations: 6
+"""
+
+
+async def test_a_loop_can_stop_on_a_file_or_on_notated_metadata(tmp_path: Path) -> None:
+    file_loop = _pipeline(tmp_path, UNTIL_FILE, "file.yaml")
+    meta_loop = _pipeline(tmp_path, UNTIL_METADATA.replace("PYTHON", sys.executable), "meta.yaml")
+    (tmp_path / "fit.py").write_text(FIT)
+    async with bus_at(tmp_path / "home") as bus:
+        report = await _run(bus, file_loop)
+        assert report.ok, report.failures
+        done = [n for n in await _names(bus, report.workflow_id, JobState.COMPLETE) if "@" in n]
+        assert done == ["until-file:work@0", "until-file:work@1"]
+
+        report = await _run(bus, meta_loop)
+        assert report.ok, report.failures
+        done = [n for n in await _names(bus, report.workflow_id, JobState.COMPLETE) if "@" in n]
+        assert done == [f"until-metadata:fit@{k}" for k in range(4)]

@@ -204,8 +204,8 @@ async def run_pipeline(bus: Bus, pipeline: Pipeline, echo: Echo = print) -> RunR
                 await _withdraw(bus, follower, "an earlier step of this run failed")
             if failed_at is not None and not follower.active:
                 break
-            if failed_at is None and follower.done:
-                break
+            if failed_at is None and follower.done and not follower.active:
+                break  # a loop's gate may complete while its last iteration's job is still exiting
     ok = not follower.failures
     if ok:
         await _withdraw(bus, follower, "the run is complete", keep=set(plan.standing))  # unneeded loop iterations
