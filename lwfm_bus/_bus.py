@@ -115,7 +115,6 @@ class EventBus:
         """
         subjects, sources = [f"{ROOT}.>"], None
         if self.federation is not None:
-            await self._await_hub()
             layout = self.federation.federation.stream_layout(self.federation.site)
             subjects = list(layout.subjects)
             sources = [
@@ -175,6 +174,8 @@ class EventBus:
         try:
             info = await self._js.stream_info(wanted.name)
         except nats.js.errors.NotFoundError:
+            if wanted.sources:
+                await self._await_hub()
             await self._js.add_stream(wanted)
             return
         have = info.config
@@ -187,6 +188,8 @@ class EventBus:
             or (wanted.max_age is not None and have.max_age != wanted.max_age)
         ):
             log.info("updating stream %s to the current settings", wanted.name)
+            if _sources(have) != _sources(wanted):
+                await self._await_hub()  # new sources: ask for them once the link works
             await self._js.update_stream(wanted)
 
     # ------------------------------------------------------------------ publish
@@ -408,7 +411,7 @@ class Subscription:
             if not self._follow and meta.num_pending == 0:
                 self._done = True
             try:
-                event = decode_event(msg.data, self._bus.config.max_event_bytes)
+                event = decode_event(msg.data, self._bus.config.max_event_bytes, msg.subject)
             except EventDecodeError as err:
                 self.dead_lettered += 1
                 await self._bus.dead_letter(msg, err)

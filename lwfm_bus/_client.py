@@ -164,6 +164,12 @@ class Bus(EventBus):
         env = {
             "LWFM_BUS_URL": self.connected_url or ",".join(cfg.servers),
             "LWFM_BUS_HOME": str(cfg.home),
+            # A job speaks for the site that launched it (its triggers are judged there),
+            # and reaches that site's server by URL: it neither reads the federation file
+            # (a relative path would not even resolve in its directory) nor holds its secret.
+            "LWFM_BUS_SITE": cfg.site,
+            "LWFM_BUS_FEDERATION": "",
+            "LWFM_BUS_FEDERATION_SECRET": "",
         }
         if cfg.user:
             env["LWFM_BUS_USER"] = cfg.user

@@ -69,6 +69,7 @@ from ._events import (
     decode_event,
     make_event,
 )
+from ._fedkeeper import keep_sources
 from ._jobs import JobDefn
 from ._matcher import JobWatch, TriggerIndex, satisfies
 from ._states import JobState
@@ -205,6 +206,8 @@ class Engine:
         await self._store.open()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._keep_sites)
+            if self._bus.federation is not None:
+                tg.start_soon(keep_sources, self._bus)
             target = await self._last_trigger_seq()
             tg.start_soon(self._feed_loop)
             await self._feed_reached(target)
@@ -252,7 +255,7 @@ class Engine:
                 msg = await sub.next_msg(timeout=None)
                 seq = msg.metadata.sequence.stream
                 try:
-                    event = decode_event(msg.data, self._bus.config.max_event_bytes)
+                    event = decode_event(msg.data, self._bus.config.max_event_bytes, msg.subject)
                 except EventDecodeError as err:
                     await self._bus.dead_letter(msg, err)
                     event = None
@@ -317,7 +320,7 @@ class Engine:
         if found is not None:
             return found
         raw = await self._bus.jetstream.get_msg(STREAM, seq=reg_seq)
-        event = decode_event(raw.data or b"", self._bus.config.max_event_bytes)
+        event = decode_event(raw.data or b"", self._bus.config.max_event_bytes, raw.subject)
         if not isinstance(event, TriggerRegisteredEvent) or event.data.trigger_id != trigger_id:
             raise RuntimeError(f"stream sequence {reg_seq} is not the registration of trigger {trigger_id}")
         self._remember(event.data.definition)
@@ -369,7 +372,7 @@ class Engine:
         try:
             self.stats.events += 1
             try:
-                event = decode_event(msg.data, self._bus.config.max_event_bytes)
+                event = decode_event(msg.data, self._bus.config.max_event_bytes, msg.subject)
             except EventDecodeError as err:
                 self.stats.dead_lettered += 1
                 await self._bus.dead_letter(msg, err)
@@ -533,7 +536,7 @@ class Engine:
             if int(raw.seq or 0) >= before:
                 return None
             try:
-                event = decode_event(raw.data or b"", self._bus.config.max_event_bytes)
+                event = decode_event(raw.data or b"", self._bus.config.max_event_bytes, raw.subject)
             except EventDecodeError:
                 return None
             return event if isinstance(event, JobStatusEvent) else None

@@ -469,6 +469,7 @@ class DecodeFailure(StrEnum):
     NOT_JSON = "not-json"
     UNKNOWN_TYPE = "unknown-type"
     INVALID = "invalid"
+    WRONG_SUBJECT = "wrong-subject"
 
 
 class EventDecodeError(InvalidEventError):
@@ -487,12 +488,18 @@ def encode_event(event: Event, max_bytes: int | None = None) -> bytes:
     return raw
 
 
-def decode_event(raw: bytes, max_bytes: int | None = None) -> Event:
-    """Parse and validate bytes from the wire, or raise :class:`EventDecodeError`."""
+def decode_event(raw: bytes, max_bytes: int | None = None, subject: str | None = None) -> Event:
+    """Parse and validate bytes from the wire, or raise :class:`EventDecodeError`.
+
+    With ``subject`` (where the message was found), the event must be the one that
+    subject names: its site, kind, workflow and entity.  Permissions are granted per
+    subject, so an event claiming another site than its subject is a forgery (a site
+    allowed to publish only ``lwfm.beta.>`` saying "alpha's job completed").
+    """
     if max_bytes is not None and len(raw) > max_bytes:
         raise EventDecodeError(DecodeFailure.TOO_LARGE, f"{len(raw)} bytes exceeds the limit of {max_bytes}")
     try:
-        return _EVENT_ADAPTER.validate_json(raw)
+        event: Event = _EVENT_ADAPTER.validate_json(raw)
     except ValidationError as exc:
         kinds = {e["type"] for e in exc.errors()}
         if "json_invalid" in kinds or "json_type" in kinds:
@@ -502,6 +509,9 @@ def decode_event(raw: bytes, max_bytes: int | None = None) -> Event:
         else:
             reason = DecodeFailure.INVALID
         raise EventDecodeError(reason, _summarise(exc)) from None
+    if subject is not None and subject != (expected := event.nats_subject()):
+        raise EventDecodeError(DecodeFailure.WRONG_SUBJECT, f"found on {subject}, but the event belongs on {expected}")
+    return event
 
 
 def _summarise(exc: ValidationError, limit: int = 5) -> str:

@@ -61,18 +61,17 @@ __all__ = [
 
 PRIVATE_NAME = "local"
 STREAM_NAME = "LWFM"
-_ACCOUNT = "LWFM"
 # JetStream plumbing a site needs to source another site's stream through the hub, and
-# nothing more: consumer create/delete on the LWFM stream, their replies, deliveries
-# and flow control.  Stream administration of other sites is not among them.
+# nothing more: creating a consumer on the LWFM stream, its replies, deliveries and flow
+# control.  Not consumer deletion, not stream administration, not other clients' inboxes.
+# (Subject permissions cannot tell a source's consumer from any other by name; only NATS
+# accounts per site could -- see the README's limits.)
 _SOURCING_OUT = (
     "$JS.*.API.INFO",
     f"$JS.*.API.CONSUMER.CREATE.{STREAM_NAME}.>",
-    f"$JS.*.API.CONSUMER.DELETE.{STREAM_NAME}.>",
     "$JS.S.>",
     "$JS.FC.>",
     "$JSC.R.>",
-    "_INBOX.>",
 )
 
 
@@ -206,16 +205,18 @@ class FederationMember:
 
 
 def _q(value: str) -> str:
-    return json.dumps(value)  # NATS config strings accept JSON quoting
+    from ._server import _quote  # one quoting rule for every line of a server's configuration
+
+    return _quote(value)
 
 
 def render_federation(member: FederationMember) -> tuple[list[str], tuple[str, str] | None]:
     """nats-server configuration lines for a member, and the hub's local client login.
 
     Both kinds of member get a JetStream domain named after the site, which keeps each
-    site's streams and KV buckets its own.  The hub binds everyone to one account whose
-    users are the leaves (bcrypt-checked, with :meth:`Federation.leaf_permissions`) and
-    the hub's own processes; a leaf adds a remote to the hub.  Returns the lines that
+    site's streams and KV buckets its own.  The hub's users are the leaves (bcrypt-checked,
+    with :meth:`Federation.leaf_permissions`) and the hub's own processes, all in the
+    global account like a singleton's; a leaf adds a remote to the hub.  Returns the lines that
     go after the ``jetstream`` block (whose domain the caller sets) and, for the hub,
     the (user, password) its local clients must use.
     """
@@ -230,7 +231,8 @@ def render_federation(member: FederationMember) -> tuple[list[str], tuple[str, s
             continue
         perms = json.dumps(fed.leaf_permissions(name))
         users.append(f"{{ user: {_q(name)}, password: {_q(site.secret_hash)}, permissions: {perms} }}")
-    lines.append(f"accounts {{ {_ACCOUNT}: {{ jetstream: enabled, users: [ {', '.join(users)} ] }} }}")
+    # The global account, as a singleton's: a home that becomes the hub keeps its streams and buckets.
+    lines.append(f"authorization {{ users: [ {', '.join(users)} ] }}")
     lines.append(f"leafnodes {{ listen: {_q(member.hub_listen())} }}")
     return lines, (member.site, member.secret)
 

@@ -58,8 +58,10 @@ def find_server_binary(explicit: Path | None = None) -> Path:
 
 
 def _quote(value: str) -> str:
-    # NATS config strings accept JSON-style quoting.
-    return json.dumps(value)
+    """A NATS config string: JSON-style quoting, but UTF-8 as is (nats-server rejects ``\\uXXXX``)."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ConfigError(f"{value!r}: control characters cannot go into the nats-server configuration")
+    return json.dumps(value, ensure_ascii=False)
 
 
 def render_config(

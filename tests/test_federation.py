@@ -198,19 +198,26 @@ async def test_a_join_over_jobs_on_two_sites_fires_a_job_on_a_third(tmp_path: Pa
 
 
 async def _a_join_over_jobs_on_two_sites_fires_a_job_on_a_third(federation: Federation) -> None:
-    # A = the hub, B = alpha, C = beta.  (The hub as C works too, but a leaf's very
-    # first start leaves the hub's source of it waiting for nats-server's ~30 s retry:
-    # the leaf's stream does not exist yet when its link comes up.  See the README.)
+    # Both ways round: A = alpha, B = beta, C = the hub (whose sources of the leaves start
+    # when each leaf announces its new stream); then A = the hub, B = alpha, C = beta.
     hub, alpha, beta = federation["hub"], federation["alpha"], federation["beta"]
-    a_id, b_id, c_id = lb.new_id(), lb.new_id(), lb.new_id()
-    await beta.set_job_trigger(_true("c"), [a_id, b_id], site="beta", job_id=c_id)
-    await hub.submit(_true("a"), site="hub", job_id=a_id)
-    await alpha.submit(_true("b"), site="alpha", job_id=b_id)
+    for (a_bus, a_site), (b_bus, b_site), (c_bus, c_site) in (
+        ((alpha, "alpha"), (beta, "beta"), (hub, "hub")),
+        ((hub, "hub"), (alpha, "alpha"), (beta, "beta")),
+    ):
+        a_id, b_id, c_id = lb.new_id(), lb.new_id(), lb.new_id()
+        await c_bus.set_job_trigger(_true("c"), [a_id, b_id], site=c_site, job_id=c_id, trigger_id=f"t-{c_id}")
+        await a_bus.submit(_true("a"), site=a_site, job_id=a_id)
+        await b_bus.submit(_true("b"), site=b_site, job_id=b_id)
 
-    await wait_state(beta, c_id, JobState.COMPLETE, timeout=60)
-    fired = [e for e in await _stored(beta, "lwfm.beta.trigger.>") if isinstance(e, lb.TriggerFiredEvent)]
-    assert len(fired) == 1
-    assert {e.data.job_id for e in await _stored(beta, "lwfm.*.job.*.*.COMPLETE")} >= {a_id, b_id, c_id}
+        await wait_state(c_bus, c_id, JobState.COMPLETE, timeout=60)
+        fired = [
+            e
+            for e in await _stored(c_bus, f"lwfm.{c_site}.trigger.*.t-{c_id}.*")
+            if isinstance(e, lb.TriggerFiredEvent)
+        ]
+        assert len(fired) == 1
+        assert {e.data.job_id for e in await _stored(c_bus, "lwfm.*.job.*.*.COMPLETE")} >= {a_id, b_id, c_id}
 
 
 # --------------------------------------------------------------------------- permissions
@@ -357,3 +364,71 @@ def test_the_compose_file_describes_the_tested_topology() -> None:
         assert f"./fed/secrets/{name}.secret:/etc/lwfm-bus/site.secret:ro" in service["volumes"]
         assert service["environment"]["LWFM_BUS_FEDERATION"] == "/etc/lwfm-bus/federation.toml"
     assert services["hub"]["ports"] == ["7422:7422"]
+
+
+async def test_an_event_that_claims_another_site_than_its_subject_is_parked_not_judged(tmp_path: Path) -> None:
+    async with running_federation(tmp_path) as federation:
+        alpha, beta = federation["alpha"], federation["beta"]
+        victim, downstream = lb.new_id(), lb.new_id()
+        await alpha.set_job_trigger(_true("b"), victim, site="alpha", job_id=downstream, trigger_id=f"t-{victim}")
+        # beta may publish under lwfm.beta.> only; it says "alpha's job completed" there.
+        claim = lb.make_event(lb.JobStatus(job_id=victim, site="alpha", state=JobState.COMPLETE), source="/rogue")
+        forged_subject = f"lwfm.beta.job._.{victim}.COMPLETE"
+        await beta.jetstream.publish(forged_subject, lb.encode_event(claim, 1 << 20), stream="LWFM")
+
+        async def parked() -> lb.DeadLetter:
+            async for letter in alpha.dead_letters(follow=True):
+                if letter.subject == forged_subject:
+                    return letter
+            raise AssertionError("a followed iteration ended")  # pragma: no cover
+
+        letter = await asyncio.wait_for(parked(), 60)  # sourced to alpha, and refused there
+        assert letter.reason == "wrong-subject"
+        record = await alpha.trigger(f"t-{victim}")
+        assert record is not None and record.state == "active"  # not fired by the forgery
+
+
+async def test_a_pipeline_runs_on_a_federated_site_and_its_jobs_speak_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lwfm_bus._pipeline import load_pipeline
+    from lwfm_bus._pipeline._run import run_pipeline
+
+    # As after `LWFM_BUS_FEDERATION=federation.toml lwfm-bus --site alpha up`: jobs inherit the
+    # environment of the process that launches them.
+    monkeypatch.setenv("LWFM_BUS_FEDERATION", "federation.toml")
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "pipeline: 1\nname: fed\nsite: alpha\nsteps:\n"
+        "  make:\n    run: [python3, -c, \"open('made.txt', 'w').write('x')\"]\n    outputs: {out: made.txt}\n"
+        '  use:\n    after: make\n    run: [python3, -c, "pass"]\n'
+    )
+    async with running_federation(tmp_path) as federation:
+        alpha, beta = federation["alpha"], federation["beta"]
+        report = await run_pipeline(alpha, load_pipeline(path), lambda _: None)
+        assert report.ok, report.failures
+        # The step runner's notation is alpha's, and beta sees it: sourced like alpha's jobs.
+        made = await alpha.find({"lwfm_step": "make"})
+        assert [r.site for r in made.records] == ["alpha"]
+        await _arrival(beta, f"lwfm.alpha.data.{report.workflow_id}.>")
+
+
+async def test_a_singleton_home_that_becomes_the_hub_keeps_its_history(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    async with lb.connect(BusConfig(home=home)) as alone:
+        job = await alone.submit(_true("before"))
+        await job.wait(timeout=60)
+    root = tmp_path / "fed"
+    await asyncio.to_thread(_init, root)
+    async with lb.connect(_config(root, root / "federation.toml", "hub", home)) as hub:
+        assert (await hub.status(job.job_id)).state is JobState.COMPLETE
+        assert await _stored(hub, f"lwfm.local.job.*.{job.job_id}.COMPLETE")
+
+
+def test_server_configuration_keeps_non_ascii_text_and_refuses_control_characters(tmp_path: Path) -> None:
+    from lwfm_bus._server import render_config
+
+    text = render_config(lb.EmbeddedServerConfig(), tmp_path / "Jürgen" / "js", "lwfm-ü")
+    assert "Jürgen" in text and "\\u00fc" not in text  # nats-server rejects \\u escapes
+    with pytest.raises(lb.ConfigError, match="control characters"):
+        render_config(lb.EmbeddedServerConfig(), tmp_path / "a\tb", "lwfm")

@@ -9,6 +9,8 @@ runner (``lwfm-bus step-exec``) around the step's command.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -128,9 +130,11 @@ async def test_a_failing_step_fails_the_run_and_nothing_after_it_starts(tmp_path
 RESUMABLE = """
     pipeline: 1
     name: resumable
+    params: {greeting: hello}
     steps:
       make:
         run: [python3, make.py, "{inputs.src}", "{outputs.out}"]
+        env: {GREETING: "{params.greeting}"}
         inputs: {src: in.txt}
         outputs: {out: out/made.txt}
       use:
@@ -163,6 +167,14 @@ async def test_a_rerun_skips_a_step_whose_outputs_are_recorded_for_the_same_inpu
         assert (await _run(bus, path)).ok
         assert (tmp_path / "made.log").read_text() == "xxx"
         assert (tmp_path / "out/made.txt").read_text() == "CHANGED"
+
+        (tmp_path / "make.py").write_text(MAKE + "# edited\n")  # the script the command names changed
+        assert (await _run(bus, path)).ok
+        assert (tmp_path / "made.log").read_text() == "xxxx"
+
+        changed_env = await run_pipeline(bus, load_pipeline(path, {"greeting": "bye"}), lambda _: None)
+        assert changed_env.ok and changed_env.up_to_date == 0  # the step's environment changed
+        assert (tmp_path / "made.log").read_text() == "xxxxx"
 
 
 # --------------------------------------------------------------------------- loops
@@ -357,13 +369,19 @@ async def _workflow_of(bus: lb.Bus, name: str, timeout: float = 30) -> str:
 
 
 async def _until_complete(bus: lb.Bus, workflow_id: str, job_name: str, timeout: float = 60, count: int = 1) -> None:
+    await _until_state(bus, workflow_id, job_name, JobState.COMPLETE, timeout, count)
+
+
+async def _until_state(
+    bus: lb.Bus, workflow_id: str, job_name: str, state: JobState, timeout: float = 60, count: int = 1
+) -> None:
     async def wait() -> None:
         seen = 0
         async with bus.subscribe(lb.workflow_filter(workflow_id), from_start=True) as events:
             async for event in events:
                 if not isinstance(event, lb.JobStatusEvent):
                     continue
-                if event.data.state is JobState.COMPLETE and event.data.name == job_name:
+                if event.data.state is state and event.data.name == job_name:
                     seen += 1
                     if seen == count:
                         return
@@ -399,6 +417,11 @@ async def test_a_step_runs_once_per_arriving_data_after_the_run_returns(tmp_path
             await bus.notate(scan, {"kind": "scan", "tag": tag, "energy": 10 + i})
         await bus.notate(tmp_path / "other.dat", {"kind": "scan", "tag": "not-this-one"})
         await _until_complete(bus, report.workflow_id, "per-arrival:each", count=2)
+
+        again = await run_pipeline(bus, load_pipeline(path), lines.append)  # a new run replaces the old trigger
+        assert again.ok
+        active = [t for t in await bus.triggers(state="active") if t.kind == "data-flow"]
+        assert [t.workflow_id for t in active] == [again.workflow_id]
     assert [Path(f"{s}.seen").read_text() for s in scans] == ["10", "11"]
     assert not (tmp_path / "other.dat.seen").exists()
 
@@ -445,3 +468,34 @@ async def test_a_loop_can_stop_on_a_file_or_on_notated_metadata(tmp_path: Path) 
         assert report.ok, report.failures
         done = [n for n in await _names(bus, report.workflow_id, JobState.COMPLETE) if "@" in n]
         assert done == [f"until-metadata:fit@{k}" for k in range(4)]
+
+
+BLOCKING = """
+    pipeline: 1
+    name: interrupted
+    steps:
+      slow:
+        run: [python3, -c, "open('ran.log', 'a').write('x'); open('gate').read()"]
+      after:
+        after: slow
+        run: [python3, -c, "open('after.log', 'a').write('x')"]
+"""
+
+
+async def test_a_resumed_run_does_not_start_again_what_the_interrupted_one_started(tmp_path: Path) -> None:
+    path = _pipeline(tmp_path, BLOCKING)
+    os.mkfifo(tmp_path / "gate")
+    async with bus_at(tmp_path / "home") as bus:
+        first = asyncio.create_task(run_pipeline(bus, load_pipeline(path), lambda _: None))
+        wf = await _workflow_of(bus, "interrupted")
+        await _until_state(bus, wf, "interrupted:slow", JobState.RUNNING)
+        first.cancel()  # the runner dies; its job and its trigger live on the bus
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        resumed = asyncio.create_task(run_pipeline(bus, load_pipeline(path), lambda _: None, resume=wf))
+        await asyncio.to_thread((tmp_path / "gate").write_text, "go")
+        report = await asyncio.wait_for(resumed, 60)
+    assert report.ok, report.failures
+    assert report.workflow_id == wf
+    assert (tmp_path / "ran.log").read_text() == "x"  # started once, by the first run
+    assert (tmp_path / "after.log").read_text() == "x"

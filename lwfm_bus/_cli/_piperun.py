@@ -16,6 +16,7 @@ from .._config import BusConfig
 from .._errors import PipelineError
 from .._pipeline import load_pipeline, parse_override
 from .._pipeline._run import run_pipeline
+from .._subjects import check_token
 from ._pipeline import add_set_option
 
 __all__ = ["register"]
@@ -26,7 +27,18 @@ def register(sub: Any) -> None:
     p.add_argument("file", type=Path, metavar="FILE", help="the pipeline (.yaml)")
     add_set_option(p)
     p.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
+    p.add_argument(
+        "--resume", metavar="WORKFLOW", type=_token,
+        help="continue an earlier run (its workflow id, printed at its start) instead of starting a new one",
+    )  # fmt: skip
     p.set_defaults(func=run)
+
+
+def _token(text: str) -> str:
+    try:
+        return check_token(text, "workflow id")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 async def run(args: argparse.Namespace, config: BusConfig) -> int:
@@ -47,7 +59,7 @@ async def run(args: argparse.Namespace, config: BusConfig) -> int:
     refused: list[PipelineError] = []
     try:
         async with connect(config.model_copy(update={"engine": engine}), name=f"lwfm-bus run {pipeline.name}") as bus:
-            report = await run_pipeline(bus, pipeline, echo)
+            report = await run_pipeline(bus, pipeline, echo, resume=args.resume)
     except* PipelineError as group:  # a glob that matches nothing, a query that finds nothing...
         refused += [e for e in group.exceptions if isinstance(e, PipelineError)]
     if refused:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import glob as globlib
 import hashlib
 import itertools
+import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping
@@ -138,6 +139,16 @@ class _Compiler:
                     issues=[_issue(scope, name, f"step {a!r} runs once per arriving data and is never done: "
                                    "a step after it would wait forever")]
                 )  # fmt: skip
+        if step.pipeline is not None and step.repeat != "once":
+            raise PipelineError(
+                issues=[_issue(scope, name, "a nested pipeline runs once per run of its step: 'sequence' and "
+                               "'until' are for commands (put them on the nested file's own steps)")]
+            )  # fmt: skip
+        if step.after and not deps:
+            raise PipelineError(
+                issues=[_issue(scope, name, f"nothing in {list(step.after)} ever completes (every step there runs "
+                               "per arriving data): this step would never have anything to wait for")]
+            )  # fmt: skip
         site = scope.pipeline.site_for(name) if step.pipeline is None else scope.pipeline.site
         if step.on_data is not None and step.on_data.fire == "once":
             gate = self._gate(path, scope.label, "data", site, OnData(dict(step.on_data.where), step.on_data.site,
@@ -225,7 +236,8 @@ class _Compiler:
         values = self._values(scope, extras)
         inputs = {k: t.render(values) for k, t in step.inputs.items()}
         values.update({f"inputs.{k}": v for k, v in inputs.items()})
-        return {k: t.render(values) for k, t in step.outputs.items()}
+        cwd = Path(self._cwd(scope, step, extras))
+        return {k: _absolute(t.render(values), cwd) for k, t in step.outputs.items()}
 
     def _cwd(self, scope: _Scope, step: Step, extras: Mapping[str, Any]) -> str:
         if step.cwd is None:
@@ -252,12 +264,13 @@ class _Compiler:
             values = self._values(scope, {**extras, **({"iteration": k} if step.repeat != "once" else {})})
             inputs = {key: t.render(values) for key, t in step.inputs.items()}
             values.update({f"inputs.{key}": v for key, v in inputs.items()})
-            outputs = {key: t.render(values) for key, t in step.outputs.items()}
+            cwd = str(scope.base_dir / step.cwd.render(values)) if step.cwd else str(scope.base_dir)
+            # Outputs are absolute from here on: they may be read from another file's directory.
+            outputs = {key: _absolute(t.render(values), Path(cwd)) for key, t in step.outputs.items()}
             values.update({f"outputs.{key}": v for key, v in outputs.items()})
             assert step.run is not None
             argv = [t.render(values) for t in step.run]
             env = {key: t.render(values) for key, t in step.env.items()}
-            cwd = str(scope.base_dir / step.cwd.render(values)) if step.cwd else str(scope.base_dir)
             reqs = pipeline.requirements_for(name)
             py = self.python(site)
             if reqs:
@@ -275,6 +288,7 @@ class _Compiler:
                 until=_until_spec(step, values) if step.until is not None else None,
                 max_iterations=step.max_iterations,
                 per_arrival=step.fan_out == "on_data",
+                env_digest=_digest(env) if env else None,
             )
             wrapped = [
                 py,
@@ -341,6 +355,11 @@ class _Compiler:
         return [j for finals in inner.finals.values() for j in finals]
 
 
+def _digest(env: Mapping[str, str]) -> str:
+    """The step's environment enters the resume key as a digest: its values may be secrets."""
+    return hashlib.sha256(json.dumps(sorted(env.items())).encode()).hexdigest()
+
+
 def item_slot(ref: str) -> str:
     """A stand-in for ``{ref}`` that no user text contains (private-use code points)."""
     return f"\ue000{ref}\ue001"
@@ -349,6 +368,13 @@ def item_slot(ref: str) -> str:
 def _item_refs(step: Step) -> set[str]:
     templates = [*(step.run or ()), *step.env.values(), *step.inputs.values(), *step.outputs.values()]
     return {ref for t in templates for ref in t.refs if ref == "item" or ref.startswith("item.")}
+
+
+def _absolute(path: str, cwd: Path) -> str:
+    """A declared output as an absolute path (workspace references and URLs stay as they are)."""
+    if not path or os.path.isabs(path) or path.startswith("workspace:") or "://" in path:
+        return path
+    return os.path.normpath(cwd / path)
 
 
 def _crossing(value: str, base: Path) -> str:

@@ -22,7 +22,13 @@ from typing import Any
 
 from .._client import Bus
 from .._errors import LwfmBusError, WorkspaceError
-from .._events import JobStatusEvent, TriggerExpiredEvent, TriggerFailedEvent
+from .._events import (
+    JobStatusEvent,
+    TriggerCancelledEvent,
+    TriggerExpiredEvent,
+    TriggerFailedEvent,
+    TriggerFiredEvent,
+)
 from .._query import DataQuery, DataRecord
 from .._states import JobState
 from .._subjects import workflow_filter
@@ -34,6 +40,7 @@ from ._stepexec import UP_TO_DATE
 __all__ = ["RunReport", "run_pipeline"]
 
 Echo = Callable[[str], None]
+_SETTLED = (TriggerFiredEvent, TriggerExpiredEvent, TriggerFailedEvent, TriggerCancelledEvent)
 
 
 @dataclass
@@ -161,10 +168,31 @@ async def _ensure_workspaces(bus: Bus, pipeline: Pipeline, echo: Echo) -> None:
         await bus.workspaces.define(name, {site: str(root)})
 
 
-async def run_pipeline(bus: Bus, pipeline: Pipeline, echo: Echo = print) -> RunReport:
-    """Compile ``pipeline`` onto the bus, follow it, and report how it ended."""
+async def _retire_standing(bus: Bus, pipeline: Pipeline, echo: Echo) -> None:
+    """A new run replaces the per-arrival triggers an earlier run of this pipeline left standing.
+
+    Otherwise every run would add one more, and one arrival would start a job per run.
+    """
+    prefix = f"{pipeline.name}:"
+    for record in await bus.triggers(state="active"):
+        d = record.definition
+        if isinstance(d, DataTrigger) and d.fire == "each" and (d.downstream.job.name or "").startswith(prefix):
+            with contextlib.suppress(LwfmBusError):
+                await bus.cancel_trigger(record.trigger_id, reason="replaced by a new run of the pipeline")
+                echo(f"withdrew {record.trigger_id} of an earlier run ({record.workflow_id}): this run replaces it")
+
+
+async def run_pipeline(bus: Bus, pipeline: Pipeline, echo: Echo = print, *, resume: str | None = None) -> RunReport:
+    """Compile ``pipeline`` onto the bus, follow it, and report how it ended.
+
+    ``resume`` continues an earlier run (its workflow id) instead of starting a new one:
+    its jobs have the same ids, so what already ran or still runs is not started again,
+    and its triggers are the same triggers.
+    """
     await _ensure_workspaces(bus, pipeline, echo)
-    wf = await bus.define_workflow(pipeline.name, {"pipeline": str(pipeline.source or "")})
+    if resume is None:
+        await _retire_standing(bus, pipeline, echo)
+    wf = await bus.define_workflow(pipeline.name, {"pipeline": str(pipeline.source or "")}, workflow_id=resume)
 
     async def finder(query: DataQuery) -> list[DataRecord]:
         records: list[DataRecord] = []
@@ -192,18 +220,20 @@ async def run_pipeline(bus: Bus, pipeline: Pipeline, echo: Echo = print) -> RunR
         for job in roots:
             await bus.submit(job.defn, site=job.site, workflow=wf.workflow_id, job_id=job.job_id)
         failed_at: float | None = None
+        withdrawn: set[str] = set()  # after a failure: triggers to hear settle before exiting
+        settled: set[str] = set()
         async for event in events:
             if isinstance(event, JobStatusEvent):
                 follower.on_job(event)
             elif isinstance(event, TriggerFailedEvent):
                 follower.on_trigger_failed(event.data.trigger_id, event.data.reason)
-            elif isinstance(event, TriggerExpiredEvent):
-                pass  # an upstream failed: its failure is already counted
+            if isinstance(event, _SETTLED):
+                settled.add(event.data.trigger_id)
             if follower.failures and failed_at is None:
                 failed_at = time.monotonic()
-                await _withdraw(bus, follower, "an earlier step of this run failed")
-            if failed_at is not None and not follower.active:
-                break
+                withdrawn = await _withdraw(bus, follower, "an earlier step of this run failed")
+            if failed_at is not None and not follower.active and withdrawn <= settled:
+                break  # nothing of this run runs, and nothing can start any more
             if failed_at is None and follower.done and not follower.active:
                 break  # a loop's gate may complete while its last iteration's job is still exiting
     ok = not follower.failures
@@ -216,10 +246,18 @@ async def run_pipeline(bus: Bus, pipeline: Pipeline, echo: Echo = print) -> RunR
     return follower.report(ok)
 
 
-async def _withdraw(bus: Bus, follower: _Follower, reason: str, keep: set[str] | None = None) -> None:
+async def _withdraw(bus: Bus, follower: _Follower, reason: str, keep: set[str] | None = None) -> set[str]:
+    """Cancel the triggers that have not started their job; the ids of those cancelled.
+
+    A trigger may fire while it is being cancelled: its Fired (or Cancelled) event says
+    which, and the caller waits for it, so a job started at the last moment is followed.
+    """
+    cancelled = set()
     for trigger_id, job in follower.triggers.items():
         if job.job_id in follower.state or job.step in (keep or ()):
             continue  # fired, or meant to stay
         # Not indexed yet, or already settled: either way it can no longer start anything of ours.
         with contextlib.suppress(LwfmBusError):
             await bus.cancel_trigger(trigger_id, reason=reason)
+            cancelled.add(trigger_id)
+    return cancelled

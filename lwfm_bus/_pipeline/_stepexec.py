@@ -63,8 +63,33 @@ def _digest_path(path: Path) -> str | None:
     return None
 
 
+_ARGV_FILE_LIMIT = 64 * 1024 * 1024
+
+
+def _argv_files(argv: list[str], cwd: Path, outputs: set[str]) -> dict[str, str]:
+    """Digests of the command's words that name files here (its script, an ``{item}`` file...).
+
+    Not its outputs: they exist only after a first run, and they are checked on their own.
+    """
+    out = {}
+    for word in argv:
+        if not word or len(word) > 4096 or "\0" in word or word in outputs:
+            continue
+        path = cwd / word
+        with contextlib.suppress(OSError, ValueError):
+            if path.is_file() and path.stat().st_size <= _ARGV_FILE_LIMIT:
+                out[word] = file_checksum(path)[0]
+    return out
+
+
 def run_key(spec: StepSpec, argv: list[str], cwd: Path) -> str:
-    """What this run's outputs depend on, as one digest (computed in the job, when inputs exist)."""
+    """What this run's outputs depend on, as one digest (computed in the job, when inputs exist).
+
+    The command line, the step's environment, the inputs (with the content of those
+    that are files or directories here), the content of files the command names (its
+    script), and how the step repeats.  Anything else a command reads is not seen:
+    declare it as an input.
+    """
     inputs = {}
     for name, value in sorted(spec.inputs.items()):
         path = cwd / value
@@ -75,7 +100,11 @@ def run_key(spec: StepSpec, argv: list[str], cwd: Path) -> str:
         "label": spec.label,
         "iteration": spec.iteration,
         "argv": argv,
+        "argv_files": _argv_files(argv, cwd, set(spec.outputs.values())),
+        "env": spec.env_digest,
         "inputs": inputs,
+        "until": spec.until.model_dump(mode="json") if spec.until else None,
+        "max_iterations": spec.max_iterations,
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 

@@ -44,3 +44,4 @@ class StepSpec(_Model):
     until: UntilSpec | None = None
     max_iterations: int | None = Field(default=None, ge=1)
     per_arrival: bool = Field(default=False, description="Run per arriving data: {item...} slots to fill in.")
+    env_digest: str | None = Field(default=None, max_length=128, description="Digest of the step's environment.")

@@ -1,0 +1,82 @@
+"""Getting a federation's sources going as soon as a site appears, not ~30 s later.
+
+A site's stream sources every other site's.  When a site starts for the first time
+its stream does not exist yet as its link comes up, so the other sites' first
+requests for it fail, and nats-server then waits about 30 s before it asks again.
+To cut that short, each site announces itself once its stream exists (a heartbeat on
+``lwfm.<site>.site._._.heartbeat``, which also crosses the links as a plain message),
+and every site that hears it restarts its sources *of that site* that have never been
+active.  Only never-active sources are touched: nothing was copied from them, so
+starting them afresh loses and duplicates nothing.  Sources that were active resume
+by themselves (nats-server resyncs them when a link comes back).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from typing import TYPE_CHECKING
+
+import nats.errors
+import nats.js.errors
+
+from ._bus import STREAM
+from ._events import SiteHeartbeat, make_event
+from ._subjects import ROOT
+
+if TYPE_CHECKING:
+    from ._bus import EventBus
+
+__all__ = ["keep_sources"]
+
+log = logging.getLogger("lwfm_bus.federation")
+
+
+async def _never_active(bus: EventBus, site: str) -> bool:
+    """Whether any source of ``site`` in our stream has never been active."""
+    reply = await bus.nats.request(f"$JS.API.STREAM.INFO.{STREAM}", b"", timeout=bus.config.request_timeout_s)
+    info = json.loads(reply.data)
+    api = f"$JS.{site}.API"
+    return any(
+        (s.get("external") or {}).get("api") == api and s.get("active", -1) < 0 for s in info.get("sources") or []
+    )
+
+
+async def _restart_sources_of(bus: EventBus, site: str) -> None:
+    js = bus.jetstream
+    config = (await js.stream_info(STREAM)).config
+    api = f"$JS.{site}.API"
+    keep = [s for s in config.sources or [] if not (s.external and s.external.api == api)]
+    if len(keep) == len(config.sources or []):
+        return
+    full = config.sources
+    config.sources = keep
+    await js.update_stream(config)
+    config.sources = full
+    await js.update_stream(config)
+    log.info("restarted the sources of site %s, which had never answered", site)
+
+
+async def keep_sources(bus: EventBus) -> None:
+    """Announce this site, then restart never-active sources of each site heard from (until cancelled)."""
+    member = bus.federation
+    if member is None:
+        return
+    owner = {name: site for site in member.federation.sites for name in member.federation.names_of(site)}
+    sub = await bus.nats.subscribe(f"{ROOT}.*.site._._.heartbeat")
+    try:
+        hello = SiteHeartbeat(site=member.site, adapter="federation", info="stream ready")
+        await bus.publish(make_event(hello, source=f"/sites/{member.site}/federation"))
+        async for msg in sub.messages:
+            site = owner.get(msg.subject.split(".")[1])
+            if site is None or site == member.site:
+                continue
+            try:
+                if await _never_active(bus, site):
+                    await _restart_sources_of(bus, site)
+            except (nats.errors.Error, nats.js.errors.Error, TimeoutError, ValueError) as exc:
+                log.warning("could not restart the sources of site %s: %r", site, exc)
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
