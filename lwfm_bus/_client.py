@@ -311,9 +311,10 @@ class Bus(EventBus):
             raise UnknownJobError(f"no job {job_id!r} is known to this bus")
         return record
 
-    async def jobs(self, *, workflow: Workflow | str | None = None) -> list[JobRecord]:
+    async def jobs(self, *, workflow: Workflow | str | None = None, limit: int | None = 1000) -> list[JobRecord]:
+        """Jobs in creation order (of one workflow, or all); ``limit=None`` for every one."""
         wf_id = workflow.workflow_id if isinstance(workflow, Workflow) else workflow
-        return await (await self.index()).jobs(workflow_id=wf_id)
+        return await (await self.index()).jobs(workflow_id=wf_id, limit=-1 if limit is None else limit)
 
     async def _context(self, job_id: str) -> JobContext:
         r = await self.status(job_id)

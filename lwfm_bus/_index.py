@@ -339,6 +339,7 @@ class JobIndex:
         return _job(row) if row else None
 
     async def jobs(self, *, workflow_id: str | None = None, limit: int = 1000) -> list[JobRecord]:
+        """``limit`` -1: no limit (SQLite's convention)."""
         await self.catch_up()
         if workflow_id is None:
             sql, args = "SELECT * FROM jobs ORDER BY created_at LIMIT ?", (limit,)

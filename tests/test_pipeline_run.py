@@ -80,6 +80,9 @@ async def test_every_example_runs_to_the_end(tmp_path: Path, example: str) -> No
         assert report.ok, report.failures
         assert report.steps and all(done == total > 0 for done, total in report.steps.values()), report.steps
         completed = await _names(bus, report.workflow_id, JobState.COMPLETE)
+        everything = await bus.jobs(workflow=report.workflow_id, limit=None)
+        assert len(await bus.jobs(workflow=report.workflow_id, limit=1)) == 1
+        assert len(everything) == len({r.job_id for r in everything}) >= len(completed)
     if example == "06-sequence.yaml":  # N times in sequence: one after another, in order
         assert completed == [f"random-walk:walk@{k}" for k in range(10)]
     if example == "08-loop-until.yaml":  # until: more than one iteration, and the answer converged

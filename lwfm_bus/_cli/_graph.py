@@ -53,7 +53,7 @@ async def graph(args: argparse.Namespace, config: BusConfig) -> int:
     if args.workflow is not None:
         # Reading job records needs no trigger engine; starting one would also make this a writer.
         async with connect(config.model_copy(update={"engine": "off"}), name="lwfm-bus graph") as bus:
-            records = await bus.jobs(workflow=args.workflow)
+            records = await bus.jobs(workflow=args.workflow, limit=None)
         status = status_from_jobs(m, ((r.name, r.state) for r in records))
     fmt = args.format or (_SUFFIXES.get(args.output.suffix.lower(), "svg") if args.output is not None else "svg")
     text = to_mermaid(m, status) if fmt == "mermaid" else to_svg(m, status)
