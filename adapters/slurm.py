@@ -113,6 +113,11 @@ class SlurmSite:
             store=self._store,
         )
 
+    @property
+    def python(self) -> str:
+        """The Python with lwfm-bus on the site: what runs pipeline steps' step runner there."""
+        return self._opts.python
+
     # ------------------------------------------------------------------ lifecycle
 
     async def open(self) -> None:

@@ -77,6 +77,11 @@ class SshSite:
         )
 
     @property
+    def python(self) -> str:
+        """The Python with lwfm-bus on the site: what runs pipeline steps' step runner there."""
+        return self._opts.python
+
+    @property
     def pool(self) -> SshPool:
         if self._pool is None:
             raise SiteError(f"ssh site {self._rt.site!r} is not open")

@@ -165,6 +165,31 @@ async def test_a_on_slurm_then_b_on_local_fired_by_the_trigger_engine(sbus: lb.B
         assert await sbus.logs(a_id) == b"A\n"
 
 
+async def test_a_pipeline_runs_its_steps_on_slurm_through_the_step_runner(sbus: lb.Bus, tmp_path: Path) -> None:
+    from lwfm_bus._pipeline import load_pipeline
+    from lwfm_bus._pipeline._run import run_pipeline
+
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "pipeline: 1\nname: on-slurm\nsite: hpc\nsteps:\n"
+        "  make:\n    parallel: 2\n    run: [python3, -c, \"import sys; open(sys.argv[1], 'w').write('x')\","
+        ' "{outputs.out}"]\n    outputs: {out: "made-{index}.txt"}\n'
+        "  use:\n    after: make\n    run: [cat, made-0.txt, made-1.txt]\n"
+    )
+    async with lb.serve_engine(sbus, _ENGINE):
+        report = await run_pipeline(sbus, load_pipeline(path), lambda _: None)
+        if not report.ok:
+            logs = [await sbus.logs(r.job_id, "stderr") for r in await sbus.jobs(workflow=report.workflow_id)]
+            raise AssertionError(f"{report.failures}: {logs}")
+        jobs = {r.name: r for r in await sbus.jobs(workflow=report.workflow_id)}
+        assert {j.site for j in jobs.values()} == {"hpc"}
+        assert {j.native_state for j in jobs.values()} == {"COMPLETED"}  # Slurm's own word: they ran there
+        assert await sbus.logs(jobs["on-slurm:use"].job_id) == b"xx"
+        made = await sbus.find({"lwfm_step": "make"})  # the step runner notated the outputs, on the site
+        assert sorted(r.location for r in made.records) == [str(tmp_path / f"made-{i}.txt") for i in range(2)]
+        assert {r.site for r in made.records} == {"hpc"}
+
+
 # --------------------------------------------------------------------- arrays
 
 

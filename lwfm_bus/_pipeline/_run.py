@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -141,6 +142,30 @@ class _Follower:
         return RunReport(self.plan.workflow_id, ok, steps, list(self.failures), len(self.up_to_date))
 
 
+def _sites(pipeline: Pipeline) -> set[str]:
+    found = {pipeline.site}
+    for name, step in pipeline.steps.items():
+        found |= _sites(pipeline.nested(name)) if step.pipeline is not None else {pipeline.site_for(name)}
+    return found
+
+
+async def _site_pythons(bus: Bus, pipeline: Pipeline) -> dict[str, str]:
+    """The interpreter with lwfm-bus on each site the pipeline uses: ours here, the adapter's elsewhere.
+
+    The step runner runs under it (``python -m lwfm_bus step-exec``); an adapter says
+    which through a ``python`` attribute (the ssh and slurm sites' option of that name).
+    """
+    out = {}
+    for site in _sites(pipeline):
+        if bus.is_local_site(site):
+            out[site] = sys.executable
+            continue
+        adapter = await bus.site(site)
+        configured = getattr(adapter, "python", None)
+        out[site] = configured if isinstance(configured, str) else "python3"
+    return out
+
+
 def _workspaces(pipeline: Pipeline) -> dict[str, str]:
     """Every workspace the pipeline and its nested files declare, with the site it is made on."""
     found = {pipeline.workspace: pipeline.site} if pipeline.workspace else {}
@@ -203,10 +228,10 @@ async def run_pipeline(bus: Bus, pipeline: Pipeline, echo: Echo = print, *, resu
             records += page.records
         return records
 
-    def python(site: str) -> str:
-        import sys
+    pythons = await _site_pythons(bus, pipeline)
 
-        return sys.executable if bus.is_local_site(site) else "python3"
+    def python(site: str) -> str:
+        return pythons.get(site, "python3")
 
     plan = await compile_plan(pipeline, wf.workflow_id, finder, python=python, home=bus.config.home)
     follower = _Follower(plan, echo)
