@@ -181,15 +181,16 @@ class EventBus:
         have = info.config
         if have.sources and not wanted.sources and self.federation is None:
             return  # a federation member's stream, seen by a process not told about the federation
+        new_sources = _sources(have) != _sources(wanted)
         if (
-            sorted(have.subjects or []) != sorted(wanted.subjects or [])
-            or _sources(have) != _sources(wanted)
+            new_sources
+            or sorted(have.subjects or []) != sorted(wanted.subjects or [])
             or have.duplicate_window != wanted.duplicate_window
             or (wanted.max_age is not None and have.max_age != wanted.max_age)
         ):
             log.info("updating stream %s to the current settings", wanted.name)
-            if _sources(have) != _sources(wanted):
-                await self._await_hub()  # new sources: ask for them once the link works
+            if new_sources:
+                await self._await_hub()  # ask for them once the link works
             await self._js.update_stream(wanted)
 
     # ------------------------------------------------------------------ publish
@@ -205,16 +206,12 @@ class EventBus:
         payload = encode_event(event, self.config.max_event_bytes)
         try:
             ack = await self._js.publish(subject, payload, headers={"Nats-Msg-Id": event.id}, stream=STREAM)
-        except nats.js.errors.NoStreamResponseError as exc:
-            if self.federation is None:
-                raise PublishError(f"event {event.id} on {subject} was not acknowledged: {exc!r}") from exc
-            own = ", ".join(self.federation.federation.names_of(self.federation.site))
-            raise PublishError(
-                f"event {event.id} on {subject}: site {self.federation.site!r} publishes events only for "
-                f"its own site names ({own}) and 'local' in this federation"
-            ) from exc
         except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
-            raise PublishError(f"event {event.id} on {subject} was not acknowledged: {exc!r}") from exc
+            why = f"{exc!r}"
+            if isinstance(exc, nats.js.errors.NoStreamResponseError) and self.federation is not None:
+                own = ", ".join(self.federation.federation.names_of(self.federation.site))
+                why = f"site {self.federation.site!r} publishes events only for its own site names ({own}) and 'local'"
+            raise PublishError(f"event {event.id} on {subject} was not acknowledged: {why}") from exc
         duplicate = bool(ack.duplicate)
         self.stats.published += 1
         self.stats.duplicates += duplicate

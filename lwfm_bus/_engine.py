@@ -74,7 +74,16 @@ from ._jobs import JobDefn
 from ._matcher import JobWatch, TriggerIndex, satisfies
 from ._states import JobState
 from ._subjects import ROOT
-from ._triggers import DataTrigger, Downstream, JobTrigger, JoinTrigger, Trigger, downstream_job_id, firing_key
+from ._triggers import (
+    DataTrigger,
+    Downstream,
+    JobTrigger,
+    JoinTrigger,
+    Trigger,
+    arrival_of,
+    downstream_job_id,
+    firing_key,
+)
 
 if TYPE_CHECKING:
     from ._client import Bus
@@ -100,12 +109,12 @@ TRIGGER_DATA_ENV = "LWFM_TRIGGER_DATA_ID"
 def _with_arrival(trigger: Trigger, record: FiringRecord, job: JobDefn) -> JobDefn:
     """A per-arrival job is told which arrival started it (``LWFM_TRIGGER_DATA_ID``).
 
-    Its firing key is ``<trigger>/<data id>``; the job looks the record up on the bus
-    (``lwfm-bus data show``, ``bus.data(id)``) rather than trusting a copy in its argv.
+    The job looks the record up on the bus (``lwfm-bus data show``, ``bus.data(id)``)
+    rather than trusting a copy in its argv.
     """
-    if not isinstance(trigger, DataTrigger) or trigger.fires_once():
+    data_id = arrival_of(trigger, record.firing_key)
+    if data_id is None:
         return job
-    data_id = record.firing_key.rpartition("/")[2]
     return job.model_copy(update={"env": {**job.env, TRIGGER_DATA_ENV: data_id}})
 
 
@@ -165,6 +174,9 @@ class Engine:
 
     def __init__(self, bus: Bus, config: EngineConfig | None = None) -> None:
         self._bus = bus
+        # Whose triggers this engine judges: everyone's, or in a federation its own site's.
+        self._trigger_site = bus.config.site if bus.federation is not None else "*"
+        self._trigger_events = f"{ROOT}.{self._trigger_site}.trigger.>"
         self.config = config or EngineConfig()
         self.index = TriggerIndex()
         self.stats = EngineStats()
@@ -189,15 +201,6 @@ class Engine:
     @property
     def _site(self) -> str:
         return self._bus.config.site
-
-    @property
-    def _trigger_site(self) -> str:
-        """Whose triggers this engine judges: everyone's, or in a federation its site's."""
-        return self._site if self._bus.federation is not None else "*"
-
-    @property
-    def _trigger_events(self) -> str:
-        return f"{ROOT}.{self._trigger_site}.trigger.>"
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import nats.errors
@@ -28,19 +29,46 @@ from ._subjects import ROOT
 if TYPE_CHECKING:
     from ._bus import EventBus
 
-__all__ = ["keep_sources"]
+__all__ = ["SourceState", "keep_sources", "source_states"]
 
 log = logging.getLogger("lwfm_bus.federation")
 
 
-async def _never_active(bus: EventBus, site: str) -> bool:
-    """Whether any source of ``site`` in our stream has never been active."""
+@dataclass(frozen=True)
+class SourceState:
+    """How far one source of this site's stream has come."""
+
+    site: str  # the domain it comes from
+    filter: str | None
+    lag: int
+    active_s: float | None  # seconds since the last contact; None: never
+    error: str | None
+
+
+async def source_states(bus: EventBus) -> tuple[int, list[SourceState]]:
+    """Events stored here, and each source's state, from the server's raw answer.
+
+    Raw, because nats-py's ``StreamSourceInfo`` drops a source's filter and domain.
+    """
     reply = await bus.nats.request(f"$JS.API.STREAM.INFO.{STREAM}", b"", timeout=bus.config.request_timeout_s)
     info = json.loads(reply.data)
-    api = f"$JS.{site}.API"
-    return any(
-        (s.get("external") or {}).get("api") == api and s.get("active", -1) < 0 for s in info.get("sources") or []
-    )
+    states = [
+        SourceState(
+            site=str((s.get("external") or {}).get("api", "$JS.?.API")).split(".")[1],
+            filter=s.get("filter_subject"),
+            lag=int(s.get("lag", 0)),
+            active_s=s["active"] / 1e9 if s.get("active", -1) >= 0 else None,
+            error=(s.get("error") or {}).get("description"),
+        )
+        for s in info.get("sources") or []
+    ]
+    return int(info.get("state", {}).get("messages", 0)), sorted(states, key=lambda s: (s.site, s.filter or ""))
+
+
+async def _never_active(bus: EventBus, site: str) -> bool:
+    """Whether any source of ``site`` in our stream has never been active."""
+    _, states = await source_states(bus)
+    return any(s.site == site and s.active_s is None for s in states)
 
 
 async def _restart_sources_of(bus: EventBus, site: str) -> None:

@@ -54,6 +54,7 @@ __all__ = [
     "Range",
     "Trigger",
     "Upstream",
+    "arrival_of",
     "firing_key",
     "trigger_adapter",
 ]
@@ -341,6 +342,13 @@ def firing_key(trigger: JobTrigger | JoinTrigger | DataTrigger, data_id: str | N
             raise ValueError("a per-arrival trigger fires once per data id")
         return f"{trigger.trigger_id}/{data_id}"
     return trigger.trigger_id
+
+
+def arrival_of(trigger: JobTrigger | JoinTrigger | DataTrigger, key: str) -> str | None:
+    """The data id a per-arrival firing is for (the inverse of :func:`firing_key`); None otherwise."""
+    if isinstance(trigger, DataTrigger) and trigger.fire == "each":
+        return key.rpartition("/")[2]
+    return None
 
 
 def downstream_job_id(trigger: JobTrigger | JoinTrigger | DataTrigger, key: str, *, fallback: bool = False) -> str:

@@ -20,6 +20,7 @@ from .._config import BusConfig
 from .._connect import federation_member
 from .._errors import ConfigError
 from .._federation import Federation, FederationSite, hash_secret, new_secret
+from .._fedkeeper import source_states
 from .._server import render_config
 from .._subjects import check_token
 
@@ -124,27 +125,15 @@ async def status_cmd(args: argparse.Namespace, config: BusConfig) -> int:
     if config.federation_file is None:
         raise ConfigError("no federation file: pass --federation FILE or set LWFM_BUS_FEDERATION")
     async with connect(config.model_copy(update={"engine": "off"}), name="lwfm-bus federation status") as bus:
-        # The raw answer: nats-py's StreamSourceInfo drops the source's filter and domain.
-        reply = await bus.nats.request("$JS.API.STREAM.INFO.LWFM", b"", timeout=config.request_timeout_s)
-    info = json.loads(reply.data)
-    rows = [
-        {
-            "source": str((s.get("external") or {}).get("api", "$JS.?.API")).split(".")[1],
-            "filter": s.get("filter_subject"),
-            "lag": s.get("lag", 0),
-            "active_s": s.get("active", -1) / 1e9 if s.get("active", -1) >= 0 else None,
-            "error": (s.get("error") or {}).get("description"),
-        }
-        for s in info.get("sources") or []
-    ]
-    rows.sort(key=lambda r: (str(r["source"]), str(r["filter"])))
-    messages = info.get("state", {}).get("messages", 0)
+        messages, states = await source_states(bus)
     if args.json:
+        rows = [{"source": s.site, "filter": s.filter, "lag": s.lag, "active_s": s.active_s, "error": s.error}
+                for s in states]  # fmt: skip
         print(json.dumps({"site": config.site, "messages": messages, "sources": rows}))
         return 0
     print(f"site {config.site}: {messages} events stored")
-    for row in rows:
-        seen = "never" if row["active_s"] is None else f"{row['active_s']:.1f}s ago"
-        error = f", error: {row['error']}" if row["error"] else ""
-        print(f"  {row['filter']} from {row['source']}: lag {row['lag']}, last contact {seen}{error}")
+    for s in states:
+        seen = "never" if s.active_s is None else f"{s.active_s:.1f}s ago"
+        error = f", error: {s.error}" if s.error else ""
+        print(f"  {s.filter} from {s.site}: lag {s.lag}, last contact {seen}{error}")
     return 0

@@ -15,9 +15,8 @@ from typing import Any
 
 from .._client import connect
 from .._config import BusConfig
-from .._errors import PipelineError
-from .._pipeline import load_pipeline, metro_map, parse_override, status_from_jobs, to_mermaid, to_svg
-from ._pipeline import add_set_option
+from .._pipeline import metro_map, status_from_jobs, to_mermaid, to_svg
+from ._pipeline import add_set_option, load_or_report
 
 __all__ = ["register"]
 
@@ -41,12 +40,8 @@ def register(sub: Any) -> None:
 
 
 async def graph(args: argparse.Namespace, config: BusConfig) -> int:
-    overrides = dict(parse_override(text) for text in args.overrides)
-    try:
-        pipeline = load_pipeline(args.file, overrides)
-    except PipelineError as exc:
-        for issue in exc.issues:
-            print(issue, file=sys.stderr)
+    pipeline = load_or_report(args.file, args.overrides)
+    if pipeline is None:
         return 2
     m = metro_map(pipeline)
     status = None

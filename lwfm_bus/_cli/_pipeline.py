@@ -17,7 +17,7 @@ from .._config import BusConfig
 from .._errors import PipelineError
 from .._pipeline import Pipeline, load_pipeline, parse_override
 
-__all__ = ["add_set_option", "register"]
+__all__ = ["add_set_option", "load_or_report", "print_issues", "register"]
 
 _FAN = {"once": "", "parallel": "parallel", "for_each": "for each", "product": "product", "on_data": "each arrival"}
 
@@ -40,6 +40,21 @@ def add_set_option(parser: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE",
         help="override a param (value read as YAML: 3, 1.5, true, text); repeatable",
     )
+
+
+def print_issues(error: PipelineError) -> None:
+    """Every problem, one ``FILE:LINE:COL: field: message`` line each, on stderr."""
+    for issue in error.issues:
+        print(issue, file=sys.stderr)
+
+
+def load_or_report(file: Path, overrides: list[str]) -> Pipeline | None:
+    """The pipeline with ``--set`` applied, or None once its problems are printed (the caller exits 2)."""
+    try:
+        return load_pipeline(file, dict(parse_override(text) for text in overrides))
+    except PipelineError as exc:
+        print_issues(exc)
+        return None
 
 
 def _step_label(pipeline: Pipeline, name: str) -> str:
@@ -97,8 +112,7 @@ async def validate(args: argparse.Namespace, config: BusConfig) -> int:
             pipeline = load_pipeline(file, overrides)
         except PipelineError as exc:
             error, status = exc, 2
-            for issue in exc.issues:
-                print(issue, file=sys.stderr)
+            print_issues(exc)
         if args.json:
             print(json.dumps(_as_json(file, pipeline, error)))
         elif pipeline is not None:

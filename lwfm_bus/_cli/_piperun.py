@@ -14,10 +14,9 @@ from typing import Any
 from .._client import connect
 from .._config import BusConfig
 from .._errors import PipelineError
-from .._pipeline import load_pipeline, parse_override
 from .._pipeline._run import run_pipeline
 from .._subjects import check_token
-from ._pipeline import add_set_option
+from ._pipeline import add_set_option, load_or_report, print_issues
 
 __all__ = ["register"]
 
@@ -42,11 +41,8 @@ def _token(text: str) -> str:
 
 
 async def run(args: argparse.Namespace, config: BusConfig) -> int:
-    try:
-        pipeline = load_pipeline(args.file, dict(parse_override(t) for t in args.overrides))
-    except PipelineError as exc:
-        for issue in exc.issues:
-            print(issue, file=sys.stderr)
+    pipeline = load_or_report(args.file, args.overrides)
+    if pipeline is None:
         return 2
 
     def echo(line: str) -> None:
@@ -64,8 +60,7 @@ async def run(args: argparse.Namespace, config: BusConfig) -> int:
         refused += [e for e in group.exceptions if isinstance(e, PipelineError)]
     if refused:
         for err in refused:
-            for issue in err.issues:
-                print(issue, file=sys.stderr)
+            print_issues(err)
         return 2
     width = max((len(s) for s in report.steps), default=4)
     skipped = f", {report.up_to_date} runs up to date (not run again)" if report.up_to_date else ""

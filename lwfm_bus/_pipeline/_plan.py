@@ -240,9 +240,7 @@ class _Compiler:
         return {k: _absolute(t.render(values), cwd) for k, t in step.outputs.items()}
 
     def _cwd(self, scope: _Scope, step: Step, extras: Mapping[str, Any]) -> str:
-        if step.cwd is None:
-            return str(scope.base_dir)
-        return str(scope.base_dir / step.cwd.render(self._values(scope, extras)))
+        return _cwd_of(scope, step, self._values(scope, extras))
 
     def _unit(
         self,
@@ -264,7 +262,7 @@ class _Compiler:
             values = self._values(scope, {**extras, **({"iteration": k} if step.repeat != "once" else {})})
             inputs = {key: t.render(values) for key, t in step.inputs.items()}
             values.update({f"inputs.{key}": v for key, v in inputs.items()})
-            cwd = str(scope.base_dir / step.cwd.render(values)) if step.cwd else str(scope.base_dir)
+            cwd = _cwd_of(scope, step, values)
             # Outputs are absolute from here on: they may be read from another file's directory.
             outputs = {key: _absolute(t.render(values), Path(cwd)) for key, t in step.outputs.items()}
             values.update({f"outputs.{key}": v for key, v in outputs.items()})
@@ -368,6 +366,11 @@ def item_slot(ref: str) -> str:
 def _item_refs(step: Step) -> set[str]:
     templates = [*(step.run or ()), *step.env.values(), *step.inputs.values(), *step.outputs.values()]
     return {ref for t in templates for ref in t.refs if ref == "item" or ref.startswith("item.")}
+
+
+def _cwd_of(scope: _Scope, step: Step, values: Mapping[str, Any]) -> str:
+    """The step's working directory: its ``cwd`` (relative to its file), else its file's directory."""
+    return str(scope.base_dir / step.cwd.render(values)) if step.cwd else str(scope.base_dir)
 
 
 def _absolute(path: str, cwd: Path) -> str:

@@ -166,21 +166,26 @@ async def _verdict(bus: Bus, spec: StepSpec, code: int, output: str, cwd: Path) 
     if until.kind == "file":
         return (cwd / (until.file or "")).exists()
     job = calling_job()
-    notated = (await bus.find({}, job_id=job.job_id, limit=1000)).records if job else []
+    if job is None:  # outside a job nothing was notated by "this run"
+        return False if until.kind == "metadata" else _evaluate(spec, code, output, {})
     if until.kind == "metadata":
-        where = until.where or {}
-        mine = await bus.find(where, job_id=job.job_id, site=until.site, limit=1) if job else None
-        return bool(mine and mine.records)
+        mine = await bus.find(until.where or {}, job_id=job.job_id, site=until.site, limit=1)
+        return bool(mine.records)
     metadata: dict[str, Any] = {}
-    for record in notated:
+    for record in (await bus.find({}, job_id=job.job_id, limit=1000)).records:
         metadata.update(record.metadata)
+    return _evaluate(spec, code, output, metadata)
+
+
+def _evaluate(spec: StepSpec, code: int, output: str, metadata: Mapping[str, Any]) -> bool:
+    assert spec.until is not None
     variables: Mapping[str, Any] = {
         "exit_code": code,
         "iteration": spec.iteration or 0,
         "metadata": metadata,
         "output": output,
     }
-    return bool(compile_expr(until.expr or "False").evaluate(variables))
+    return bool(compile_expr(spec.until.expr or "False").evaluate(variables))
 
 
 async def _resolved(bus: Bus, spec: StepSpec) -> StepSpec:
