@@ -141,7 +141,8 @@ class SlurmSite:
         except BaseException:
             await self._release()
             raise
-        await self.watcher.start()  # adopts unfinished jobs; those that ended meanwhile are reported now
+        if self._rt.role == "agent":  # a client (logs, put, get) neither adopts nor watches
+            await self.watcher.start()  # adopts unfinished jobs; those that ended meanwhile are reported now
 
     async def close(self) -> None:
         """Stop watching; Slurm keeps the jobs, and the next open adopts them."""

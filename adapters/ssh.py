@@ -106,7 +106,8 @@ class SshSite:
             await release_pool(self._pool)
             self._pool = self._host = None
             raise
-        await self.watcher.start()  # adopts unfinished jobs; those that ended meanwhile are reported now
+        if self._rt.role == "agent":  # a client (logs, put, get) neither adopts nor watches
+            await self.watcher.start()  # adopts unfinished jobs; those that ended meanwhile are reported now
 
     async def close(self) -> None:
         """Stop watching; jobs keep running on the host and are adopted by the next open."""

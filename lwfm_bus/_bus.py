@@ -38,15 +38,28 @@ from ._config import BusConfig
 from ._errors import BusClosedError, PublishError
 from ._events import Event, EventDecodeError, decode_event, encode_event
 from ._federation import FederationMember
-from ._subjects import DLQ_ROOT, ROOT, dead_letter_subject
+from ._subjects import CANCEL_ROOT, DLQ_ROOT, ROOT, SUBMIT_ROOT, dead_letter_subject
 
-__all__ = ["DLQ_STREAM", "STREAM", "BusStats", "DeadLetter", "EventBus", "PublishAck", "Subscription"]
+__all__ = [
+    "DLQ_STREAM",
+    "STREAM",
+    "SUBMIT_STREAM",
+    "BusStats",
+    "DeadLetter",
+    "EventBus",
+    "PublishAck",
+    "Subscription",
+]
 
 log = logging.getLogger("lwfm_bus.bus")
 
 STREAM = "LWFM"
 DLQ_STREAM = "LWFM_DLQ"
+SUBMIT_STREAM = "LWFM_SUBMIT"
 _DLQ_MAX_AGE_S = 30 * 24 * 3600.0
+# A submission is kept this long: an agent takes it long before, and after it the job's
+# own events (in the main stream) still tell an agent that it ran.
+_SUBMIT_MAX_AGE_S = 30 * 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +147,28 @@ class EventBus:
                 allow_direct=True,
             )
         )
+        # Submissions: one message per job (a second is refused by the server, see
+        # _sites/_submit.py), kept apart from the events so that replaying, exporting or
+        # sourcing history never hands a job to an agent again.  A federation member's
+        # captures only its own names: a submission to another site goes to that site.
+        names = ["*"]
+        if self.federation is not None:
+            names = [*self.federation.federation.names_of(self.federation.site), "local"]
+        await self._ensure(
+            StreamConfig(
+                name=SUBMIT_STREAM,
+                description="lwfm-bus submissions and cancel requests: what site agents must do",
+                subjects=[f"{root}.{name}.>" for root in (SUBMIT_ROOT, CANCEL_ROOT) for name in names],
+                storage=StorageType.FILE,
+                retention=RetentionPolicy.LIMITS,
+                discard=DiscardPolicy.OLD,
+                max_age=_SUBMIT_MAX_AGE_S,
+                duplicate_window=self.config.dedup_window_s,
+                allow_direct=True,
+            ),
+            # A process not told about a federation (a job, a tool) leaves a member's captures be.
+            create_only=self.federation is None,
+        )
         await self._ensure(
             StreamConfig(
                 name=DLQ_STREAM,
@@ -169,7 +204,7 @@ class EventBus:
                 await asyncio.sleep(0.05)  # the link is not up yet: a start-up wait, bounded
         log.warning("the hub %s did not answer within %.0fs; its events will follow when it does", subject, timeout)
 
-    async def _ensure(self, wanted: StreamConfig) -> None:
+    async def _ensure(self, wanted: StreamConfig, *, create_only: bool = False) -> None:
         assert wanted.name is not None
         try:
             info = await self._js.stream_info(wanted.name)
@@ -177,6 +212,8 @@ class EventBus:
             if wanted.sources:
                 await self._await_hub()
             await self._js.add_stream(wanted)
+            return
+        if create_only:
             return
         have = info.config
         if have.sources and not wanted.sources and self.federation is None:

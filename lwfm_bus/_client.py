@@ -1,10 +1,13 @@
 """``connect()`` and :class:`Bus`: the Python API for events, workflows and jobs.
 
-The bus owns what a process needs to act on jobs: the site adapters it has opened
-(opened lazily, each taking over orphaned jobs as it opens), and the SQLite index
-that answers status queries.  Waiting on a job never polls: it subscribes to the
-job's subject from the start of the stream, so a job that already finished answers
-at once and one still running wakes the waiter with its terminal event.
+Submitting a job stores it on the bus (:mod:`._sites._submit`); the site's agents run
+it, whether or not this process is still alive.  A process that is asked to serve
+sites (``BusConfig.agents``) runs their agents itself, as ``lwfm-bus up`` does.  The
+bus also keeps the SQLite index that answers status queries, and opens site adapters
+as a *client* only (to read logs, copy data): it never runs or adopts jobs that way.
+Waiting on a job never polls: it subscribes to the job's subject from the start of
+the stream, so a job that already finished answers at once and one still running
+wakes the waiter with its terminal event.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from ._bus import EventBus
 from ._config import BusConfig, load_config
 from ._connect import open_event_bus
 from ._engine_store import FiringRecord
-from ._errors import ConfigError, JobTimeoutError, SiteError, TriggerError, UnknownJobError
+from ._errors import ConfigError, JobTimeoutError, LwfmBusError, SiteError, TriggerError, UnknownJobError
 from ._events import (
     JobStatus,
     JobStatusEvent,
@@ -40,6 +43,9 @@ from ._query import DataPage, DataQuery, DataRecord
 from ._registry import SiteSpec, discover_adapters, load_sites
 from ._repo import DataRepo, Provenance
 from ._sites import LogStream, SiteAdapter, SiteRuntime
+from ._sites._agent import AgentConfig, SiteAgent, serve_agents
+from ._sites._report import Reporter
+from ._sites._submit import Submission, agent_present, request_cancel, store_submission
 from ._states import JobState
 from ._subjects import ROOT, check_token
 from ._triggers import DataTrigger, Downstream, JobTrigger, JoinTrigger, Match, Trigger, Upstream
@@ -49,53 +55,8 @@ __all__ = ["Bus", "Job", "connect"]
 
 log = logging.getLogger("lwfm_bus.client")
 
-_LIFECYCLE = frozenset(s for s in JobState if s is not JobState.INFO)
-
-
-class _Reporter:
-    """Publishes what adapters observe as canonical job events.
-
-    Lifecycle states get a deterministic event id (``<job>:<STATE>``), so two processes
-    that both observe the same transition -- a launcher and an adopter -- store it once.
-    """
-
-    def __init__(self, bus: Bus) -> None:
-        self._bus = bus
-
-    async def report(
-        self,
-        ctx: JobContext,
-        state: JobState,
-        *,
-        native_state: str | None = None,
-        native_info: str | None = None,
-        exit_code: int | None = None,
-        info: str | None = None,
-    ) -> None:
-        payload = JobStatus(
-            job_id=ctx.job_id,
-            site=ctx.site,
-            state=state,
-            workflow_id=ctx.workflow_id,
-            name=ctx.name,
-            native_id=ctx.native_id,
-            native_state=native_state,
-            native_info=native_info,
-            exit_code=exit_code,
-            info=info,
-            parent_ids=ctx.parent_ids,
-        )
-        envelope: dict[str, Any] = {}
-        if state in _LIFECYCLE:
-            envelope["id"] = f"{ctx.job_id}:{state.value}"
-        await self._bus.publish(make_event(payload, source=f"/sites/{ctx.site}/adapter", **envelope))
-
-
-class _AdapterRefused(Exception):
-    def __init__(self, ctx: JobContext, cause: Exception) -> None:
-        super().__init__(str(cause))
-        self.ctx = ctx
-        self.cause = cause
+# An agent seen this recently is not asked again before the next submission to its site.
+_AGENT_SEEN_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -130,7 +91,9 @@ class Bus(EventBus):
         self._adapter_lock = asyncio.Lock()
         self._index: JobIndex | None = None
         self._index_lock = asyncio.Lock()
-        self._reporter = _Reporter(self)
+        self._agent_seen: dict[str, tuple[float, bool]] = {}
+        self._no_agent_said: dict[str, float] = {}
+        self._agents: dict[str, SiteAgent] = {}
         self._repo = DataRepo(self)
         self.workspaces = Workspaces(self)
         """The shared map of logical file names (see :class:`~lwfm_bus.Workspaces`)."""
@@ -153,6 +116,20 @@ class Bus(EventBus):
             self._specs = load_sites(self.config.sites_path(), discover_adapters(), home_site=self.config.site)
         return self._specs
 
+    def served_sites(self) -> list[SiteSpec]:
+        """The sites whose agents this process runs (``BusConfig.agents``; ``*``: every site served by ``up``)."""
+        specs = self.site_specs()
+        wanted: list[str] = []
+        for name in self.config.agents:
+            if name == "*":
+                wanted += [n for n, spec in specs.items() if spec.served_by_up]
+            elif name not in specs:
+                known = ", ".join(sorted(specs))
+                raise ConfigError(f"unknown site {name!r} (configured: {known}; see {self.config.sites_path()})")
+            else:
+                wanted.append(name)
+        return [specs[name] for name in dict.fromkeys(wanted)]
+
     def is_local_site(self, site: str) -> bool:
         """Whether ``site`` is this machine (its adapter is ``local``): its paths can be read here."""
         spec = self.site_specs().get(site)
@@ -170,6 +147,10 @@ class Bus(EventBus):
             "LWFM_BUS_SITE": cfg.site,
             "LWFM_BUS_FEDERATION": "",
             "LWFM_BUS_FEDERATION_SECRET": "",
+            # A tool inside a job is a client: it runs no agent or engine of its own.
+            "LWFM_BUS_AGENTS": "",
+            "LWFM_BUS_ENGINE": "",
+            "LWFM_BUS_AUTOSTART": "off",
         }
         if cfg.user:
             env["LWFM_BUS_USER"] = cfg.user
@@ -188,7 +169,11 @@ class Bus(EventBus):
         return env
 
     async def site(self, name: str) -> SiteAdapter:
-        """The opened adapter of a configured site (opening it adopts orphaned jobs)."""
+        """A configured site's adapter, opened as a client: to read logs and copy data.
+
+        Jobs run only through the site's agents; an adapter opened here never runs,
+        adopts or watches one.
+        """
         async with self._adapter_lock:
             if name in self._adapters:
                 return self._adapters[name]
@@ -201,8 +186,9 @@ class Bus(EventBus):
             runtime = SiteRuntime(
                 site=name,
                 state_dir=self.config.home / "sites" / name,
-                reporter=self._reporter,
+                reporter=Reporter(self, source="client"),
                 job_env=self.job_env(),
+                role="client",
             )
             try:
                 adapter: SiteAdapter = spec.adapter_class(spec.options, runtime)
@@ -213,6 +199,11 @@ class Bus(EventBus):
                 raise SiteError(f"site {name!r} ({spec.adapter}) failed to open: {exc}") from exc
             self._adapters[name] = adapter
             return adapter
+
+    async def _agent_adapter(self, name: str) -> SiteAdapter | None:
+        """The adapter this process's own agent of ``name`` drives (once open), if it runs one."""
+        agent = self._agents.get(name)
+        return None if agent is None else await agent.opened()
 
     # ------------------------------------------------------------------ index
 
@@ -247,47 +238,111 @@ class Bus(EventBus):
         parents: Iterable[str] = (),
         job_id: str | None = None,
     ) -> Job:
-        """Submit a job to a site and return at once; its states arrive as events."""
-        wf_id = workflow.workflow_id if isinstance(workflow, Workflow) else workflow
-        job_id = job_id or new_id()
-        try:
-            await self._dispatch(defn, site=site, workflow=wf_id, parents=tuple(parents), job_id=job_id)
-        except _AdapterRefused as refused:
-            await self._reporter.report(refused.ctx, JobState.FAILED, native_info=f"submit failed: {refused.cause}")
-            raise SiteError(f"site {site!r} refused job {job_id}: {refused.cause}") from refused.cause
-        return Job(job_id=job_id, site=site, workflow_id=wf_id, bus=self)
+        """Store the job on the bus for its site's agents and return; its states arrive as events.
 
-    async def _dispatch(
-        self, defn: JobDefn, *, site: str, workflow: str | None, parents: tuple[str, ...], job_id: str
-    ) -> None:
-        """READY, then hand the job to its site.  Submitting one job id twice starts it once."""
+        The job runs whether or not this process lives on.  Submitting one job id
+        again is a no-op.  When no agent serves the site, a warning says how to start
+        one; the job waits PENDING until one does.
+        """
+        wf_id = workflow.workflow_id if isinstance(workflow, Workflow) else workflow
         ctx = JobContext(
-            job_id=check_token(job_id, "job id"),
+            job_id=check_token(job_id or new_id(), "job id"),
             site=check_token(site, "site name"),
-            workflow_id=workflow,
+            workflow_id=wf_id,
             name=defn.label(),
-            parent_ids=parents,
+            parent_ids=tuple(parents),
         )
-        adapter = await self.site(site)
-        defn = await self.workspaces.resolve_job(defn, site)  # before READY: a bad reference starts nothing
-        await self._reporter.report(ctx, JobState.READY)
-        try:
-            await adapter.submit(ctx, defn)
-        except Exception as exc:
-            raise _AdapterRefused(ctx, exc) from exc
+        await self._submit_job(ctx, defn, always_warn=True)
+        return Job(job_id=ctx.job_id, site=site, workflow_id=wf_id, bus=self)
+
+    async def _agent_present(self, site: str) -> bool:
+        """Whether an agent serves ``site``; an answer is reused for a moment (the engine submits in bursts)."""
+        loop = asyncio.get_running_loop()
+        seen = self._agent_seen.get(site)
+        if seen is not None and loop.time() - seen[0] < _AGENT_SEEN_S:
+            return seen[1]
+        present = await agent_present(self, site)
+        self._agent_seen[site] = (loop.time(), present)
+        return present
+
+    async def _submit_job(
+        self, ctx: JobContext, defn: JobDefn, *, agent: bool | None = None, always_warn: bool = False
+    ) -> bool:
+        """Resolve workspace names, store the submission, say READY and PENDING; False if known already.
+
+        The engine dispatches through this too: a firing is one stored submission.  "No
+        agent" is said for every job a user submits, and once a minute per site otherwise.
+        """
+        member = self.federation
+        if member is not None and not member.federation.may_submit(member.site, ctx.site):
+            # The hub's server would refuse it too; said here at once, and clearly.
+            fed = member.federation
+            names = {n for other in fed.sites for n in fed.names_of(other)}
+            why = "no member speaks for it" if ctx.site not in names else "not in its submit_to"
+            raise ConfigError(
+                f"site {member.site!r} may not submit jobs to site {ctx.site!r} ({why}; see the federation file)"
+            )
+        if agent is None:
+            agent = await self._agent_present(ctx.site)
+        if not agent and member is None and ctx.site not in self.site_specs():
+            # Agents of a site this bus does not configure may run anywhere; but with none
+            # answering either, the name is most likely a typo: refused, nothing stored.
+            known = ", ".join(sorted(self.site_specs()))
+            raise ConfigError(
+                f"unknown site {ctx.site!r} (configured: {known}; see {self.config.sites_path()}), "
+                "and no agent serves it"
+            )
+        defn = await self.workspaces.resolve_job(defn, ctx.site)  # before anything: a bad reference starts nothing
+        if not await store_submission(self, Submission(ctx=ctx, defn=defn, submitted_by=self.config.site)):
+            log.info("job %s was already submitted; not submitting it again", ctx.job_id)
+            return False
+        if not self._speaks_for(ctx.site):
+            return True  # another federation member's job: its own agents report its states there
+        reporter = Reporter(self, source="api", deadline_s=3 * self.config.request_timeout_s)
+        await reporter.report(ctx, JobState.READY)
+        if agent:
+            # Its own id: the site's PENDING (a scheduler's queue, with its native id) is news after it.
+            await reporter.report(ctx, JobState.PENDING, native_state="queued", variant="queued")
+        else:
+            hint = (
+                f"no agent serves site {ctx.site!r}; start one with 'lwfm-bus agent --site {ctx.site}' or 'lwfm-bus up'"
+            )
+            now = asyncio.get_running_loop().time()
+            if always_warn or now - self._no_agent_said.get(ctx.site, -60.0) >= 60.0:
+                self._no_agent_said[ctx.site] = now
+                log.warning("job %s waits: %s", ctx.job_id, hint)
+            await reporter.report(ctx, JobState.PENDING, native_state="no agent", native_info=hint, variant="no-agent")
+        return True
+
+    def _speaks_for(self, site: str) -> bool:
+        """Whether this process may publish events of ``site`` (in a federation: its own names and local)."""
+        member = self.federation
+        return member is None or site in (*member.federation.names_of(member.site), "local")
 
     async def _report_failed_dispatch(self, target: Downstream, record: FiringRecord, reason: str) -> None:
-        """A triggered job that could not be started ends FAILED, so whoever waits on it learns why."""
+        """A triggered job that could not be submitted ends FAILED, so whoever waits on it learns why.
+
+        Reported at the site that owns the trigger when that is not the job's site (a
+        federation member cannot speak for another), and never raised: the trigger must
+        end ``failed`` whatever happens to this report.
+        """
         if record.job_id is None:
             return
+        site = target.site if self._speaks_for(target.site) else self.config.site
+        if site != target.site:
+            reason = f"to site {target.site!r}: {reason}"
         ctx = JobContext(
             job_id=record.job_id,
-            site=target.site,
+            site=site,
             workflow_id=record.workflow_id,
             name=target.job.label(),
             parent_ids=record.parent_ids,
         )
-        await self._reporter.report(ctx, JobState.FAILED, native_info=f"dispatch failed: {reason}"[:4000])
+        reporter = Reporter(self, source="engine", deadline_s=3 * self.config.request_timeout_s)
+        try:
+            await reporter.report(ctx, JobState.FAILED, native_info=f"dispatch failed: {reason}"[:4000])
+        except LwfmBusError as exc:
+            log.error("job %s: its failed dispatch could not be reported: %s", record.job_id, exc)
 
     async def wait(self, job_id: str, *, timeout: float | None = None) -> JobStatus:
         """The job's terminal status, woken by its event (it may have ended already)."""
@@ -327,13 +382,32 @@ class Bus(EventBus):
             parent_ids=r.parent_ids,
         )
 
-    async def cancel(self, job_id: str) -> None:
-        """Stop a job and everything it started; its CANCELLED event follows."""
+    async def cancel(self, job_id: str, *, wait_s: float | None = 30.0) -> JobStatus | None:
+        """Stop a job and everything it started, through its site's agents.
+
+        The request is stored on the bus, so an agent that takes the job later (or
+        adopts it) still stops it.  A job that has not started is CANCELLED at once.
+        Then waits up to ``wait_s`` seconds for the job's end and returns it (``None``
+        if it has not ended by then; ``wait_s=None`` does not wait).
+        """
         record = await self.status(job_id)
         if record.state.is_terminal:
-            return  # nothing to stop; a late cancel must not relabel a finished job
+            return None  # nothing to stop; a late cancel must not relabel a finished job
         ctx = await self._context(job_id)
-        await (await self.site(ctx.site)).cancel(ctx)
+        await request_cancel(self, ctx)
+        if not record.state.at_or_after(JobState.RUNNING):
+            # Nobody runs it yet: an agent that takes it sees the request and never starts it
+            # (and an agent starting it this instant hears the request and stops it).
+            reporter = Reporter(self, source="api", deadline_s=3 * self.config.request_timeout_s)
+            await reporter.report(
+                ctx, JobState.CANCELLED, native_state="cancelled", native_info="cancelled before it started"
+            )
+        if wait_s is None:
+            return None
+        try:
+            return await self.wait(job_id, timeout=wait_s)
+        except JobTimeoutError:
+            return None
 
     async def logs(self, job_id: str, stream: LogStream = "stdout") -> bytes:
         ctx = await self._context(job_id)
@@ -534,14 +608,23 @@ async def connect(config: BusConfig | None = None, *, name: str = "lwfm-bus") ->
     async with open_event_bus(cfg, name=name, bus_class=Bus) as bus:
         assert isinstance(bus, Bus)
         try:
-            if cfg.engine == "on" or (cfg.engine == "auto" and bus.serves_embedded):
-                # Alone on a laptop, nobody else would judge triggers: this process does,
-                # as one more replica (replicas never fire one firing twice).
-                from ._engine import serve_engine
+            async with contextlib.AsyncExitStack() as stack:
+                if cfg.engine == "on" or (cfg.engine == "auto" and bus.serves_embedded):
+                    # Serving the embedded server itself, nobody else would judge triggers:
+                    # this process does, as one more replica (replicas never fire one
+                    # firing twice).
+                    from ._engine import serve_engine
 
-                async with serve_engine(bus):
-                    yield bus
-            else:
+                    await stack.enter_async_context(serve_engine(bus))
+                if bus.serves_embedded and not cfg.agents:
+                    bus.config = cfg = cfg.model_copy(update={"agents": ("*",)})  # the whole singleton here
+                specs = bus.served_sites()
+                if specs:
+                    agent_config = AgentConfig(ack_wait_s=cfg.agent_ack_wait_s)
+                    agents = await stack.enter_async_context(
+                        serve_agents(bus, specs, home=cfg.home, job_env=bus.job_env(), config=agent_config)
+                    )
+                    bus._agents = {agent.site: agent for agent in agents}
                 yield bus
         finally:
             await bus._aclose()

@@ -92,6 +92,20 @@ class BusConfig(_Frozen):
         default="auto",
         description="Run a trigger engine replica in this process: auto = when it serves the embedded server.",
     )
+    agents: tuple[Token | Literal["*"], ...] = Field(
+        default=(),
+        description="Sites whose agent this process runs ('*': every site served by `up`); a process that "
+        "serves the embedded server runs them all.",
+    )
+    agent_ack_wait_s: PositiveFloat = Field(
+        default=30.0, description="How soon a dead agent's jobs are taken over by another agent of the site."
+    )
+    autostart: Literal["background", "process", "off"] = Field(
+        default="background",
+        description="With no server running for an embedded home: start `lwfm-bus up` in the background "
+        "(it outlives this process; `lwfm-bus down` stops it), serve it within this process for its lifetime, "
+        "or fail.",
+    )
 
     @field_validator("servers")
     @classmethod
@@ -124,7 +138,10 @@ def load_config(env: Mapping[str, str] | None = None, overrides: Mapping[str, ob
     ``LWFM_BUS_URL`` (comma-separated), ``_USER``, ``_PASSWORD``, ``_TOKEN``, ``_CREDS``,
     ``_TLS_CA``, ``_TLS_CERT``, ``_TLS_KEY``, ``_HOME``, ``_SITE``, ``_SITES``, ``_NATS_SERVER``
     (the embedded binary), ``_PORT`` (the embedded port), ``_ENGINE`` (auto, on, off),
-    ``_FEDERATION`` (federation file), ``_FEDERATION_SECRET`` (this site's secret file).
+    ``_AGENTS`` (comma-separated sites whose agents to run here), ``_AGENT_ACK_WAIT``
+    (seconds before a dead agent's jobs are taken over), ``_AUTOSTART``
+    (background, process, off), ``_FEDERATION`` (federation file), ``_FEDERATION_SECRET``
+    (this site's secret file).
     """
     env = os.environ if env is None else env
     values: dict[str, object] = {}
@@ -148,10 +165,14 @@ def load_config(env: Mapping[str, str] | None = None, overrides: Mapping[str, ob
         ("SITE", "site"),
         ("SITES", "sites_file"),
         ("ENGINE", "engine"),
+        ("AUTOSTART", "autostart"),
+        ("AGENT_ACK_WAIT", "agent_ack_wait_s"),
         ("FEDERATION", "federation_file"),
         ("FEDERATION_SECRET", "federation_secret_file"),
     ):
         take(var, key)
+    if env.get(_ENV + "AGENTS"):
+        values["agents"] = tuple(a.strip() for a in env[_ENV + "AGENTS"].split(",") if a.strip())
     embedded: dict[str, object] = {}
     if env.get(_ENV + "NATS_SERVER"):
         embedded["binary"] = env[_ENV + "NATS_SERVER"]

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import ssl
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, Any
@@ -24,6 +25,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from pydantic import SecretStr
 
+from ._autostart import start_background
 from ._bus import EventBus
 from ._config import BusConfig
 from ._errors import ConfigError, LwfmBusError
@@ -195,12 +197,32 @@ async def open_event_bus(
 
 
 async def _embedded_servers(config: BusConfig, stack: contextlib.AsyncExitStack) -> tuple[list[str], bool]:
+    """The running server of this home; or, per ``config.autostart``, one started now.
+
+    ``background`` starts ``lwfm-bus up`` detached (it outlives this process, so what
+    was submitted runs); ``process`` serves it from this process for its lifetime;
+    ``off`` refuses.
+    """
     home = config.home
     home.mkdir(parents=True, exist_ok=True)
     with open(home / "start.lock", "a+") as start:  # noqa: ASYNC230 - a lock file, never read
         await anyio.to_thread.run_sync(_try_lock, start, True)
         url = running_server_url(home)
         if url is not None:
+            return [url], False
+        if config.autostart == "off":
+            raise ConfigError(f"no bus is running for {home}: start one with 'lwfm-bus --home {home} up'")
+        if config.autostart == "background":
+            pid = await anyio.to_thread.run_sync(start_background, config)
+            url = running_server_url(home)
+            if url is None:
+                raise ConfigError(f"the background bus for {home} (pid {pid}) is ready but left no server record")
+            print(
+                f"lwfm-bus: nothing was running for {home}; started the bus in the background "
+                f"(pid {pid}, log {home / 'up.log'}). 'lwfm-bus down' stops it.",
+                file=sys.stderr,
+                flush=True,
+            )
             return [url], False
         server = await stack.enter_async_context(serve_embedded(config))
         return [server.url], True

@@ -20,8 +20,10 @@ the index.  So no firing is missed, whichever replica sees what first.
 
 Exactly once.  A firing is claimed by creating its key in the ``lwfm_firings``
 bucket; only one replica wins.  The downstream job id is derived from the firing
-key, and sites treat a second submit of one job id as a no-op, so a replica that
-finishes a dead replica's claim (on redelivery) never starts a second job.
+key, and dispatching is storing one submission for the target site's agents, which
+the server refuses a second time for one job id; so a replica that finishes a dead
+replica's claim (on redelivery) never starts a second job.  The engine never opens a
+site itself: it works the same for every site, here or federated.
 """
 
 from __future__ import annotations
@@ -50,7 +52,6 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from ._bus import STREAM
 from ._engine_store import EngineStore, FiringRecord, FiringState, JoinProgress
-from ._errors import LwfmBusError
 from ._events import (
     DataEvent,
     Event,
@@ -70,7 +71,7 @@ from ._events import (
     make_event,
 )
 from ._fedkeeper import keep_sources
-from ._jobs import JobDefn
+from ._jobs import JobContext, JobDefn
 from ._matcher import JobWatch, TriggerIndex, satisfies
 from ._states import JobState
 from ._subjects import ROOT
@@ -208,7 +209,6 @@ class Engine:
         """Open the store, rebuild the index, then judge events until cancelled."""
         await self._store.open()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._keep_sites)
             if self._bus.federation is not None:
                 tg.start_soon(keep_sources, self._bus)
             target = await self._last_trigger_seq()
@@ -218,23 +218,6 @@ class Engine:
             await tg.start(self._deadline_loop)
             await tg.start(self._work_loop)
             task_status.started()
-
-    async def _keep_sites(self) -> None:
-        """Open every site this installation has used, so that it adopts what a dead process left.
-
-        A replica killed just after a submit may leave a job queued or half-launched; the
-        firing is settled, so nothing would dispatch it again, and only a process that
-        opens the site adopts it.  Failures are logged: one unreachable site must not
-        stop the engine.
-        """
-        used = self._bus.config.home / "sites"
-        for name, spec in self._bus.site_specs().items():
-            if spec.broken is not None or not (used / name).is_dir():
-                continue
-            try:
-                await self._bus.site(name)
-            except LwfmBusError as exc:
-                log.warning("engine: site %s could not be opened to adopt its jobs: %s", name, exc)
 
     # ------------------------------------------------------------------ the feed
 
@@ -674,10 +657,12 @@ class Engine:
             try:
                 for hook in self._dispatch_hooks:
                     await hook(record.job_id)
-                await self._bus._dispatch(
-                    _with_arrival(trigger, record, target.job), site=target.site, workflow=record.workflow_id,
-                    parents=record.parent_ids, job_id=record.job_id,
+                job = _with_arrival(trigger, record, target.job)
+                ctx = JobContext(
+                    job_id=record.job_id, site=target.site, workflow_id=record.workflow_id, name=job.label(),
+                    parent_ids=record.parent_ids,
                 )  # fmt: skip
+                await self._bus._submit_job(ctx, job)  # one stored submission; the site's agents run it
                 return None
             except Exception as exc:  # noqa: BLE001 - every failure is retried, then reported
                 last = f"{type(exc).__name__}: {exc}"

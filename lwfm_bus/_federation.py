@@ -14,11 +14,13 @@ Everything a site needs is derived from one short file shared by all sites::
     [sites.alpha]
     secret_hash = "$2b$12$..."
     names = ["hpc1"]                # further site names alpha speaks for (its Slurm cluster)
+    submit_to = ["*"]               # site names alpha may submit jobs to ("*": every member's)
 
 From it follow (a) each server's configuration, rendered by :func:`render_federation`
 so nobody hand-writes NATS configuration; (b) what a site may publish: a leaf's
-credentials let it publish events only under its own names (``lwfm.<name>.>``), and the
-hub's server refuses anything else; (c) each site's stream layout
+credentials let it publish events only under its own names (``lwfm.<name>.>``), and
+submissions only to the sites its ``submit_to`` names, and the hub's server refuses
+anything else; (c) each site's stream layout
 (:meth:`Federation.stream_layout`): the stream captures the site's own names and
 sources every other site's names from that site's domain.  Sourcing is what makes
 cross-site triggers durable: the source position is kept by JetStream across restarts
@@ -45,7 +47,7 @@ from urllib.parse import quote, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ._errors import ConfigError
-from ._subjects import DLQ_ROOT, ROOT, Token
+from ._subjects import AGENT_ROOT, CANCEL_ROOT, DLQ_ROOT, ROOT, SUBMIT_ROOT, Token
 
 __all__ = [
     "Federation",
@@ -90,6 +92,11 @@ class FederationSite(_Frozen):
     names: tuple[Token, ...] = Field(
         default=(), description="Further site names this member publishes events for (e.g. its clusters)."
     )
+    submit_to: tuple[Token | Literal["*"], ...] = Field(
+        default=(),
+        description="Site names of other members this member may submit jobs to ('*': all of them); "
+        "the hub's server refuses any other submission.",
+    )
 
 
 class Federation(_Frozen):
@@ -127,6 +134,10 @@ class Federation(_Frozen):
                 if spoken in owner:
                     raise ValueError(f"site name {spoken!r} is claimed by both {owner[spoken]!r} and {name!r}")
                 owner[spoken] = name
+        for name, site in self.sites.items():
+            for target in site.submit_to:
+                if target != "*" and target not in owner:
+                    raise ValueError(f"site {name!r}: submit_to names {target!r}, which no member speaks for")
         return self
 
     @property
@@ -144,6 +155,16 @@ class Federation(_Frozen):
         """Every site name ``site`` publishes events under: its own first."""
         return (site, *self.member(site).names)
 
+    def submit_targets(self, site: str) -> tuple[str, ...]:
+        """The other members' site names ``site`` may submit jobs to."""
+        wanted = self.member(site).submit_to
+        others = [name for other in self.sites if other != site for name in self.names_of(other)]
+        return tuple(name for name in others if "*" in wanted or name in wanted)
+
+    def may_submit(self, site: str, target: str) -> bool:
+        """Whether a process of ``site`` may submit a job to site name ``target``."""
+        return target in (*self.names_of(site), PRIVATE_NAME) or target in self.submit_targets(site)
+
     def stream_layout(self, site: str) -> StreamLayout:
         """What ``site``'s event stream captures itself, and what it sources from whom."""
         own = [f"{ROOT}.{name}.>" for name in (*self.names_of(site), PRIVATE_NAME)]
@@ -152,21 +173,45 @@ class Federation(_Frozen):
         )
         return StreamLayout(subjects=tuple(own), sources=sources)
 
-    def leaf_permissions(self, site: str) -> dict[str, dict[str, list[str]]]:
+    def leaf_permissions(self, site: str) -> dict[str, object]:
         """What the hub lets a leaf's connection carry.
 
-        ``publish``: what the leaf may send into the federation -- its own events and the
-        sourcing plumbing, nothing else.  ``subscribe``: what the hub passes to it (and,
-        as nats-server propagates interest along the same rule, what the leaf learns the
-        hub wants): everything but each site's private traffic -- ``lwfm.local``, dead
-        letters and KV/object-store writes -- which would otherwise land in the other
-        side's same-named stream or bucket.
+        ``publish``: what the leaf may send into the federation -- its own events, the
+        sourcing plumbing, submissions, cancel requests and agent pings to the sites it
+        may submit to (``submit_to``), and replies (a submission's acknowledgement from
+        its stream, its agents' answers to pings), nothing else.  Replies need
+        ``_INBOX.>``: nats-server's ``allow_responses`` does not pass a leaf connection
+        (nats-server issue 2949), so a leaf could also answer requests it was not asked;
+        accounts per site would close that (see the README's limits).  ``subscribe``: what the hub passes
+        to it (and, as nats-server propagates interest along the same rule, what the leaf
+        learns the hub wants): everything but each site's private traffic --
+        ``lwfm.local``, dead letters, KV/object-store writes, and agents' submission
+        deliveries, which would otherwise reach the other side's same-named stream,
+        bucket or agents.
         """
         own = self.names_of(site)
+        targets = self.submit_targets(site)
+        submissions = [
+            subject
+            for name in targets
+            for subject in (f"{SUBMIT_ROOT}.{name}.>", f"{CANCEL_ROOT}.{name}.>", f"{AGENT_ROOT}.{name}.ping")
+        ]
+        replies = ["_INBOX.>"] if any(site.submit_to for site in self.sites.values()) else []
         return {
-            "publish": {"allow": [*(f"{ROOT}.{n}.>" for n in own), *_SOURCING_OUT]},
-            "subscribe": {"deny": [f"{ROOT}.{PRIVATE_NAME}.>", f"{DLQ_ROOT}.>", "$KV.>", "$O.>"]},
+            "publish": {"allow": [*(f"{ROOT}.{n}.>" for n in own), *_SOURCING_OUT, *submissions, *replies]},
+            "subscribe": {
+                "deny": [f"{ROOT}.{PRIVATE_NAME}.>", f"{DLQ_ROOT}.>", "$KV.>", "$O.>", f"{AGENT_ROOT}.*.deliver"]
+            },
         }
+
+    def hub_permissions(self) -> dict[str, object]:
+        """The hub's own processes: anything, but submissions only where the hub may submit."""
+        hub = self.hub
+        allowed = set(self.submit_targets(hub))
+        refused = [name for other in self.sites if other != hub for name in self.names_of(other) if name not in allowed]
+        deny = [f"{root}.{name}.>" for name in refused for root in (SUBMIT_ROOT, CANCEL_ROOT)]
+        deny += [f"{AGENT_ROOT}.{name}.ping" for name in refused]
+        return {"publish": {"deny": deny}} if deny else {}
 
 
 @dataclass(frozen=True)
@@ -225,7 +270,9 @@ def render_federation(member: FederationMember) -> tuple[list[str], tuple[str, s
     if not member.is_hub:
         lines.append(f"leafnodes {{ remotes: [ {{ url: {_q(member.leaf_remote_url())} }} ] }}")
         return lines, None
-    users = [f"{{ user: {_q(member.site)}, password: {_q(member.secret)} }}"]
+    own = fed.hub_permissions()
+    own_perms = f", permissions: {json.dumps(own)}" if own else ""
+    users = [f"{{ user: {_q(member.site)}, password: {_q(member.secret)}{own_perms} }}"]
     for name, site in fed.sites.items():
         if site.hub:
             continue

@@ -132,6 +132,8 @@ class LocalSite:
     async def open(self) -> None:
         for d in (self._jobs, self._active, self._owners, self._staging):
             d.mkdir(parents=True, exist_ok=True)
+        if self._rt.role != "agent":
+            return  # a client reads logs and copies files: it owns, adopts and runs nothing
         # Held for this process's life: it tells others our jobs have a live owner.
         self._owner_lock = open(self._owner_file, "a+")  # noqa: SIM115, ASYNC230
         _try_lock(self._owner_lock)
@@ -170,18 +172,15 @@ class LocalSite:
         return self._jobs / job_id
 
     async def submit(self, ctx: JobContext, defn: JobDefn) -> str:
+        if self._rt.role != "agent":
+            raise SiteError(f"site {self._rt.site!r} runs jobs through its agents only (submit them on the bus)")
         # File creation costs about a millisecond here: done off the event loop, so that
         # an engine sharing this loop is not held up by jobs being started.
         if not await anyio.to_thread.run_sync(self._prepare, ctx, defn):
             await self._resubmitted(ctx.job_id)
             return ctx.job_id
-        try:
-            await self._rt.reporter.report(ctx, JobState.PENDING, native_state="queued")
-        except BaseException:
-            # Nothing started: undo, so that a retry of this submit is not taken for a duplicate.
-            self._mark_done(ctx.job_id)
-            shutil.rmtree(self._dir(ctx.job_id), ignore_errors=True)
-            raise
+        # No PENDING of its own: the submitter said it (queued), and the agent hands a job
+        # over only when the site has a free slot, so it starts at once.
         self._spawn(self._run(ctx, defn), ctx)
         return ctx.job_id
 

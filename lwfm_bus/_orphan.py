@@ -14,10 +14,11 @@ import os
 import sys
 from pathlib import Path
 
-from ._client import _Reporter, connect
+from ._client import connect
 from ._config import load_config
 from ._jobs import JobContext
 from ._local import conclude
+from ._sites._report import Reporter
 
 
 async def _main(jobdir: Path) -> int:
@@ -26,7 +27,7 @@ async def _main(jobdir: Path) -> int:
         pid = json.loads((jobdir / "pid").read_text())["pid"]
         ctx = ctx.model_copy(update={"native_id": str(pid)})
     async with connect(load_config(), name="lwfm-bus orphan") as bus:
-        await conclude(jobdir, ctx, _Reporter(bus), None)
+        await conclude(jobdir, ctx, Reporter(bus, source="orphan", deadline_s=60.0), None)
     with contextlib.suppress(OSError):
         (jobdir.parent.parent / "active" / ctx.job_id).unlink()
     return 0

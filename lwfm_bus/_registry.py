@@ -8,6 +8,7 @@ The sites file is TOML, one table per site::
 
     [sites.hpc1]
     adapter = "slurm"        # entry-point name
+    served_by_up = true      # `lwfm-bus up` runs its agent (the default); false: one runs elsewhere
     host = "login.hpc1"      # everything else: the adapter's options
 
 Errors name the file and the key (``sites.toml: sites.hpc1.max_jobs: ...``).
@@ -83,6 +84,8 @@ class SiteSpec:
     adapter_class: type[Any] | None
     options: BaseModel | None
     broken: str | None = None
+    served_by_up: bool = True
+    """Whether ``lwfm-bus up`` runs this site's agent (false: it runs elsewhere, e.g. on a login node)."""
 
 
 def _spec(name: str, table: dict[str, Any], catalog: AdapterCatalog, where: str) -> SiteSpec:
@@ -91,6 +94,9 @@ def _spec(name: str, table: dict[str, Any], catalog: AdapterCatalog, where: str)
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     raw = dict(table)
+    served = raw.pop("served_by_up", True)
+    if not isinstance(served, bool):
+        raise ConfigError(f"{where}.served_by_up: expected true or false")
     adapter = raw.pop("adapter", "local" if name == "local" else None)
     if adapter is None:
         raise ConfigError(f'{where}.adapter: missing (name the adapter, e.g. adapter = "local")')
@@ -98,7 +104,7 @@ def _spec(name: str, table: dict[str, Any], catalog: AdapterCatalog, where: str)
         raise ConfigError(f'{where}.adapter: expected the adapter\'s name as a string, e.g. adapter = "local"')
     if adapter in catalog.broken:
         why = f"{where}.adapter: adapter {adapter!r} is installed but broken: {catalog.broken[adapter]}"
-        return SiteSpec(name=name, adapter=adapter, adapter_class=None, options=None, broken=why)
+        return SiteSpec(name=name, adapter=adapter, adapter_class=None, options=None, broken=why, served_by_up=served)
     cls = catalog.get(adapter, f"{where}.adapter")
     try:
         options = cls.Options.model_validate(raw)
@@ -107,7 +113,7 @@ def _spec(name: str, table: dict[str, Any], catalog: AdapterCatalog, where: str)
         key = ".".join(str(p) for p in first["loc"])
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise ConfigError(f"{where}.{key}: {first['msg']}{more}") from None
-    return SiteSpec(name=name, adapter=adapter, adapter_class=cls, options=options)
+    return SiteSpec(name=name, adapter=adapter, adapter_class=cls, options=options, served_by_up=served)
 
 
 def load_sites(

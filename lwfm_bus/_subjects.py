@@ -19,6 +19,12 @@ token and the entity the 5th, ``lwfm.*.*.wf1.>`` is every event of workflow ``wf
 
 Dead letters live outside the stream's ``lwfm.>`` capture, under ``lwfm-dlq.<reason>``,
 so a poisoned message can never be consumed twice by the engine.
+
+What must *happen* lives beside what happened, in its own stream (``LWFM_SUBMIT``):
+``lwfm-submit.<site>.<job>`` holds one job's submission for a site's agents, and
+``lwfm-cancel.<site>.<job>`` a request to stop it.  Agents answer
+``lwfm-agent.<site>.ping`` (request/reply, so "no agent" is known at once) and take
+their submissions through ``lwfm-agent.<site>.deliver``.
 """
 
 from __future__ import annotations
@@ -31,20 +37,29 @@ from pydantic import StringConstraints
 from ._errors import InvalidTokenError
 
 __all__ = [
+    "AGENT_ROOT",
+    "CANCEL_ROOT",
     "DLQ_ROOT",
     "NONE_TOKEN",
     "ROOT",
+    "SUBMIT_ROOT",
     "Token",
+    "agent_subject",
+    "cancel_subject",
     "check_token",
     "data_filter",
     "dead_letter_subject",
     "job_filter",
     "subject_for",
+    "submission_subject",
     "workflow_filter",
 ]
 
 ROOT = "lwfm"
 DLQ_ROOT = "lwfm-dlq"
+SUBMIT_ROOT = "lwfm-submit"
+CANCEL_ROOT = "lwfm-cancel"
+AGENT_ROOT = "lwfm-agent"
 NONE_TOKEN = "_"  # noqa: S105 - a placeholder token, not a secret
 
 # Tokens are a conservative character set: any tool, in any language, can put them
@@ -104,3 +119,18 @@ def data_filter(site: str = "*") -> str:
 def dead_letter_subject(reason: str) -> str:
     """Where a message that could not be decoded is parked, by reason."""
     return f"{DLQ_ROOT}.{check_token(reason, 'reason')}"
+
+
+def submission_subject(site: str, job_id: str) -> str:
+    """Where one job's submission to a site is stored (one message per job, ever)."""
+    return f"{SUBMIT_ROOT}.{check_token(site, 'site name')}.{check_token(job_id, 'job id')}"
+
+
+def cancel_subject(site: str, job_id: str) -> str:
+    """Where a request to stop one job is stored for its site's agents."""
+    return f"{CANCEL_ROOT}.{check_token(site, 'site name')}.{check_token(job_id, 'job id')}"
+
+
+def agent_subject(site: str, what: str) -> str:
+    """A site's agents' own subjects: ``ping`` (are you there?) and ``deliver`` (submissions)."""
+    return f"{AGENT_ROOT}.{check_token(site, 'site name')}.{check_token(what, 'agent subject')}"

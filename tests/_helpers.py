@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import lwfm_bus as lb
@@ -41,8 +41,14 @@ def write_sites(path: Path, sites: Mapping[str, Mapping[str, object]]) -> Path:
     return path
 
 
-async def wait_state(bus: lb.Bus, job_id: str, state: JobState, timeout: float = 30) -> lb.JobStatus:
-    """The job's first event in ``state``; fails at once if the job ends otherwise."""
+async def wait_state(
+    bus: lb.Bus,
+    job_id: str,
+    state: JobState,
+    timeout: float = 30,
+    where: Callable[[lb.JobStatus], bool] = lambda _: True,
+) -> lb.JobStatus:
+    """The job's first event in ``state`` (for which ``where`` holds); fails at once if the job ends otherwise."""
 
     async def scan() -> lb.JobStatus:
         seen: list[str] = []
@@ -53,7 +59,7 @@ async def wait_state(bus: lb.Bus, job_id: str, state: JobState, timeout: float =
                 seen.append(
                     f"{event.data.state}({event.data.native_state}: {event.data.native_info or event.data.info})"
                 )
-                if event.data.state is state:
+                if event.data.state is state and where(event.data):
                     return event.data
                 if event.data.state.is_terminal:
                     raise AssertionError(f"job {job_id} ended {event.data} before reaching {state}; saw {seen}")

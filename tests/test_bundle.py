@@ -14,7 +14,7 @@ import pytest_asyncio
 
 import lwfm_bus as lb
 from lwfm_bus import JobState
-from lwfm_bus.testing import bus_config_for, start_test_server
+from lwfm_bus.testing import bus_config_for, hold_connection, start_test_server
 
 CLI = [sys.executable, "-m", "lwfm_bus"]
 
@@ -23,7 +23,7 @@ CLI = [sys.executable, "-m", "lwfm_bus"]
 async def far(tmp_path: Path) -> AsyncIterator[lb.Bus]:
     """A second bus on its own server: the site with no live link to the first."""
     async with start_test_server(tmp_path / "far-nats") as server:
-        async with lb.connect(bus_config_for(server, tmp_path / "far-home")) as bus:
+        async with hold_connection(bus_config_for(server, tmp_path / "far-home")) as bus:
             yield bus
 
 

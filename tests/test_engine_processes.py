@@ -32,6 +32,7 @@ from lwfm_bus import JobState
 from lwfm_bus._bus import STREAM
 from lwfm_bus._engine import DURABLE
 from lwfm_bus._engine_store import FIRINGS_BUCKET, EngineStore, FiringRecord, FiringState
+from lwfm_bus.testing import hold_connection
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="signals and process groups")
 
@@ -45,7 +46,7 @@ _APPEND = "import sys; open(sys.argv[1], 'a').write('ran\\n')"
 @pytest_asyncio.fixture
 async def client(bus_config: lb.BusConfig) -> AsyncIterator[lb.Bus]:
     """The test's own connection; it never judges triggers (only the engine processes do)."""
-    async with lb.connect(bus_config.model_copy(update={"engine": "off"}), name="test") as bus:
+    async with hold_connection(bus_config.model_copy(update={"engine": "off"})) as bus:
         assert not bus.serves_embedded
         yield bus
 
@@ -482,14 +483,14 @@ async def test_a_job_that_ran_before_its_launcher_died_is_not_started_again(clie
     site_dir = client.config.home / "sites" / "local"
     jobdir = site_dir / "jobs" / job_id
     jobdir.mkdir(parents=True)
-    (site_dir / "active").mkdir()
+    (site_dir / "active").mkdir(exist_ok=True)
     (jobdir / "defn.json").write_text(_counting_job(counter).model_dump_json())
     (jobdir / "context.json").write_text(lb.JobContext(job_id=job_id, site="local").model_dump_json())
     (site_dir / "active" / job_id).write_text("a-launcher-that-died")
     counter.write_text("ran\n")  # the job ran once ...
     (jobdir / "exit_code").write_text("0")  # ... and its wrapper recorded how it ended
 
-    await client.site("local")  # adopts what the dead launcher left
-    status = await client.wait(job_id, timeout=30)
+    async with lb.connect(client.config):  # another agent of the site: opening it adopts what was left
+        status = await client.wait(job_id, timeout=30)
     assert status.state is JobState.COMPLETE
     assert _runs(counter) == 1

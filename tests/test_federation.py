@@ -19,6 +19,7 @@ from pathlib import Path
 
 import nats
 import nats.errors
+import nats.js.errors
 import pytest
 from nats.aio.subscription import Subscription
 
@@ -54,6 +55,7 @@ def _init(root: Path) -> None:
 
 def _config(fed_root: Path, fed_file: Path, site: str, home: Path) -> BusConfig:
     return BusConfig(
+        autostart="process",  # each site serves its own server from the test process
         home=home,
         site=site,
         federation_file=fed_file,
@@ -69,15 +71,28 @@ def _leaf_file(fed_root: Path, site: str, hub_url: str) -> Path:
     return path
 
 
+def _restrict_submissions(path: Path, site: str, targets: list[str]) -> None:
+    """Edit the federation file: ``site`` may submit only to ``targets`` (init allows every member)."""
+    blocks = path.read_text().split("\n\n")
+    for i, block in enumerate(blocks):
+        if block.startswith(f"[sites.{site}]"):
+            blocks[i] = block.replace('submit_to = ["*"]', f"submit_to = {json.dumps(targets)}")
+    path.write_text("\n\n".join(blocks))
+
+
 @asynccontextmanager
-async def running_federation(tmp_path: Path) -> AsyncIterator[Federation]:
-    """Hub, alpha (through a relay) and beta, each with its engine.
+async def running_federation(
+    tmp_path: Path, submit_to: dict[str, list[str]] | None = None
+) -> AsyncIterator[Federation]:
+    """Hub, alpha (through a relay) and beta, each with its engine and its agents.
 
     Entered in the test's own task, not as a fixture: the engines' task groups must
-    be left by the task that entered them.
+    be left by the task that entered them.  ``submit_to`` narrows who may submit where.
     """
     root = tmp_path / "fed"
     await asyncio.to_thread(_init, root)
+    for site, targets in (submit_to or {}).items():
+        _restrict_submissions(root / "federation.toml", site, targets)
     fed = Federation(root)
     async with AsyncExitStack() as stack:
         hub_home = tmp_path / "hub-home"
@@ -190,6 +205,55 @@ async def _a_job_on_beta_fires_when_a_job_on_alpha_completes(federation: Federat
     # beta learned of alpha's job from its own stream (sourced), not by asking alpha.
     seen = await _stored(beta, f"lwfm.alpha.job.*.{upstream_id}.*")
     assert JobState.COMPLETE in {e.data.state for e in seen if isinstance(e, lb.JobStatusEvent)}
+
+
+async def test_a_trigger_at_alpha_starts_its_downstream_on_beta(tmp_path: Path) -> None:
+    async with running_federation(tmp_path) as federation:
+        alpha, beta = federation["alpha"], federation["beta"]
+        upstream_id, downstream_id = lb.new_id(), lb.new_id()
+        trigger = await alpha.set_job_trigger(_true("b"), upstream_id, site="beta", job_id=downstream_id)
+        await alpha.submit(_true("a"), site="alpha", job_id=upstream_id)
+
+        done = await wait_state(beta, downstream_id, JobState.COMPLETE, timeout=60)
+        assert done.site == "beta"  # run by beta's agent, reported by beta
+        assert (await wait_state(alpha, downstream_id, JobState.COMPLETE, timeout=60)).site == "beta"  # sourced
+        await _arrival(alpha, f"lwfm.alpha.trigger.*.{trigger.trigger_id}.fired")  # announced after the submit
+        fired = await _stored(alpha, f"lwfm.alpha.trigger.*.{trigger.trigger_id}.fired")
+        assert len(fired) == 1
+        # The submission is in beta's submission stream, not alpha's.
+        stored = await beta.jetstream.get_msg("LWFM_SUBMIT", subject=f"lwfm-submit.beta.{downstream_id}")
+        assert stored.data is not None
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await alpha.jetstream.get_msg("LWFM_SUBMIT", subject=f"lwfm-submit.beta.{downstream_id}")
+
+
+async def test_a_submission_the_federation_does_not_allow_fails_its_trigger(tmp_path: Path) -> None:
+    async with running_federation(tmp_path, submit_to={"alpha": ["hub"]}) as federation:
+        alpha, beta = federation["alpha"], federation["beta"]
+        upstream_id, downstream_id = lb.new_id(), lb.new_id()
+        trigger = await alpha.set_job_trigger(_true("b"), upstream_id, site="beta", job_id=downstream_id)
+        await alpha.submit(_true("a"), site="alpha", job_id=upstream_id)
+
+        failed = await _arrival(alpha, f"lwfm.alpha.trigger.*.{trigger.trigger_id}.failed")
+        assert isinstance(failed, lb.TriggerFailedEvent)
+        assert "may not submit jobs to site 'beta'" in failed.data.reason
+        down = await alpha.wait(downstream_id, timeout=30)  # reported at alpha, which owns the trigger
+        assert (down.state, down.site) == (JobState.FAILED, "alpha")
+        assert down.native_info is not None and "site 'beta'" in down.native_info
+        record = await alpha.trigger(trigger.trigger_id)
+        assert record is not None and record.state == "failed"
+
+        # The hub's server refuses it too: a raw client of alpha's server that skips the check.
+        nc = await nats.connect(alpha.connected_url)
+        try:
+            with pytest.raises(
+                (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError)
+            ):
+                await nc.jetstream().publish("lwfm-submit.beta.forged", b"{}", timeout=2)
+        finally:
+            await nc.close()
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await beta.jetstream.get_msg("LWFM_SUBMIT", subject="lwfm-submit.beta.forged")
 
 
 async def test_a_join_over_jobs_on_two_sites_fires_a_job_on_a_third(tmp_path: Path) -> None:
@@ -415,7 +479,7 @@ async def test_a_pipeline_runs_on_a_federated_site_and_its_jobs_speak_for_it(
 
 async def test_a_singleton_home_that_becomes_the_hub_keeps_its_history(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    async with lb.connect(BusConfig(home=home)) as alone:
+    async with lb.connect(BusConfig(home=home, autostart="process")) as alone:
         job = await alone.submit(_true("before"))
         await job.wait(timeout=60)
     root = tmp_path / "fed"

@@ -283,7 +283,8 @@ import lwfm_bus as lb
 
 async def main():
     url, home, go = sys.argv[1:4]
-    async with lb.connect(lb.BusConfig(servers=(url,), home=home)) as bus:
+    # The local site's agent: it takes the submission and runs the job.
+    async with lb.connect(lb.BusConfig(servers=(url,), home=home, agents=("local",))) as bus:
         defn = lb.JobDefn.of(["/bin/sh", "-c", 'while [ ! -e "$1" ]; do sleep 0.05; done', "wait-for-go", go])
         job = await bus.submit(defn)
         print(job.job_id, flush=True)
@@ -295,7 +296,7 @@ asyncio.run(main())
 
 @contextlib.asynccontextmanager
 async def _launcher(bus_config: lb.BusConfig, go: Path):  # type: ignore[no-untyped-def]
-    """Another process, same home, that submits a job waiting for ``go`` and never returns."""
+    """Another process, same home, the site's only agent: it submits a job waiting for ``go`` and runs it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_")}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -324,71 +325,77 @@ async def _kill_launcher(proc: asyncio.subprocess.Process) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
+def _client(bus_config: lb.BusConfig) -> lb.BusConfig:
+    """The same bus, as a process that runs no agent."""
+    return bus_config.model_copy(update={"agents": ()})
+
+
 @linux_only
-async def test_restart_adopts_a_job_still_running(bus: lb.Bus, bus_config: lb.BusConfig, tmp_path: Path) -> None:
+async def test_a_restarted_agent_adopts_a_job_still_running(bus_config: lb.BusConfig, tmp_path: Path) -> None:
     go = tmp_path / "GO"
-    async with _launcher(bus_config, go) as (launcher, job_id):
-        running = await wait_state(bus, job_id, JobState.RUNNING)
-        assert running.native_id is not None
-        await _kill_launcher(launcher)
-    pid = int(running.native_id)
-    assert not is_gone(pid), "the job must outlive its launcher"
+    async with lb.connect(_client(bus_config)) as bus:
+        async with _launcher(bus_config, go) as (launcher, job_id):
+            running = await wait_state(bus, job_id, JobState.RUNNING)
+            assert running.native_id is not None
+            await _kill_launcher(launcher)
+        pid = int(running.native_id)
+        assert not is_gone(pid), "the job must outlive its agent"
 
-    await bus.site("local")  # opening the site adopts the orphan
-    go.touch()
-    status = await bus.wait(job_id, timeout=30)
-    assert (status.state, status.exit_code) == (JobState.COMPLETE, 0)
-    assert status.native_id == str(pid)
-    record = await bus.status(job_id)
-    assert (record.state, record.exit_code) == (JobState.COMPLETE, 0)
-    terminal = [s.state for s in await job_events(bus, job_id) if s.state.is_terminal]
-    assert terminal == [JobState.COMPLETE]
+        async with lb.connect(bus_config):  # the agent again: opening the site adopts the orphan
+            go.touch()
+            status = await bus.wait(job_id, timeout=30)
+        assert (status.state, status.exit_code) == (JobState.COMPLETE, 0)
+        assert status.native_id == str(pid)
+        record = await bus.status(job_id)
+        assert (record.state, record.exit_code) == (JobState.COMPLETE, 0)
+        terminal = [s.state for s in await job_events(bus, job_id) if s.state.is_terminal]
+        assert terminal == [JobState.COMPLETE]
 
 
 @linux_only
-async def test_restart_reports_a_job_killed_while_nobody_watched(
-    bus: lb.Bus, bus_config: lb.BusConfig, tmp_path: Path
+async def test_a_restarted_agent_reports_a_job_killed_while_nobody_watched(
+    bus_config: lb.BusConfig, tmp_path: Path
 ) -> None:
     go = tmp_path / "GO"  # never created
-    async with _launcher(bus_config, go) as (launcher, job_id):
-        await wait_state(bus, job_id, JobState.RUNNING)
-        await _kill_launcher(launcher)
-    native_id = (await bus.status(job_id)).native_id
-    assert native_id is not None
-    pid = int(native_id)
-    pidfd = os.pidfd_open(pid)
-    try:
-        os.killpg(pid, signal.SIGKILL)  # the job runs in its own session: pgid == pid
-        await _wait_pidfd(pidfd)
-    finally:
-        os.close(pidfd)
+    async with lb.connect(_client(bus_config)) as bus:
+        async with _launcher(bus_config, go) as (launcher, job_id):
+            await wait_state(bus, job_id, JobState.RUNNING)
+            await _kill_launcher(launcher)
+        native_id = (await bus.status(job_id)).native_id
+        assert native_id is not None
+        pid = int(native_id)
+        pidfd = os.pidfd_open(pid)
+        try:
+            os.killpg(pid, signal.SIGKILL)  # the job runs in its own session: pgid == pid
+            await _wait_pidfd(pidfd)
+        finally:
+            os.close(pidfd)
 
-    await bus.site("local")
-    status = await bus.wait(job_id, timeout=30)
-    assert status.state is JobState.FAILED
-    assert status.exit_code is None
-    assert status.native_info is not None
-    assert "exit code" in status.native_info or "signal" in status.native_info
-    assert (await bus.status(job_id)).state is JobState.FAILED
+        async with lb.connect(bus_config):  # the agent again
+            status = await bus.wait(job_id, timeout=30)
+        assert status.state is JobState.FAILED
+        assert status.exit_code is None
+        assert status.native_info is not None
+        assert "exit code" in status.native_info or "signal" in status.native_info
+        assert (await bus.status(job_id)).state is JobState.FAILED
 
 
 @linux_only
-async def test_a_later_bus_in_the_same_process_adopts_a_job_left_running(
+async def test_a_later_agent_in_the_same_process_adopts_a_job_left_running(
     bus_config: lb.BusConfig, tmp_path: Path
 ) -> None:
     go = tmp_path / "GO"
     async with lb.connect(bus_config) as first:
         job = await first.submit(_blocker(go))
         await wait_state(first, job.job_id, JobState.RUNNING)
-    # ``first`` closed: it stopped watching, the job runs on ("will be adopted later").
+    # ``first`` closed: its agent stopped watching, the job runs on ("will be adopted later").
     async with lb.connect(bus_config) as second:
-        await second.site("local")
         go.touch()
         status = await second.wait(job.job_id, timeout=5)
         assert status.state is JobState.COMPLETE
 
 
-# --------------------------------------------------------------------- a submitter killed half-way
+# --------------------------------------------------------------------- an agent killed half-way
 
 _HALF_SUBMITTER = """
 import asyncio, os, signal, sys
@@ -400,11 +407,13 @@ url, home, job_id, counter, point = sys.argv[1:6]
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
-setattr(LocalSite, point, die)  # the real submit path, killed at this step
+setattr(LocalSite, point, die)  # the real submit path of the agent, killed at this step
 
 async def main():
-    async with lb.connect(lb.BusConfig(servers=(url,), home=home)) as bus:
+    config = lb.BusConfig(servers=(url,), home=home, agents=("local",), agent_ack_wait_s=2.0)
+    async with lb.connect(config) as bus:
         await bus.submit(lb.JobDefn.of(["/bin/sh", "-c", 'echo ran >> "$1"', "count", counter]), job_id=job_id)
+        await asyncio.Event().wait()  # until its agent dies taking the job
 
 asyncio.run(main())
 """
@@ -417,22 +426,25 @@ asyncio.run(main())
         "_spawn",  # marked as ours, PENDING reported, never launched
     ],
 )
-async def test_a_job_whose_submitter_died_half_way_runs_once_when_submitted_again(
-    bus: lb.Bus, bus_config: lb.BusConfig, tmp_path: Path, point: str
+async def test_a_job_whose_agent_died_half_way_runs_once_on_another_agent(
+    bus_config: lb.BusConfig, tmp_path: Path, point: str
 ) -> None:
     job_id, counter = lb.new_id(), tmp_path / "runs"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _HALF_SUBMITTER, bus_config.servers[0], str(bus_config.home), job_id, str(counter),
-        point, env=env,
-    )  # fmt: skip
-    assert await asyncio.wait_for(proc.wait(), 30) == -signal.SIGKILL
-    assert (bus_config.home / "sites" / "local" / "jobs" / job_id / "defn.json").exists()
+    async with lb.connect(_client(bus_config)) as bus:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _HALF_SUBMITTER, bus_config.servers[0], str(bus_config.home), job_id, str(counter),
+            point, env=env,
+        )  # fmt: skip
+        assert await asyncio.wait_for(proc.wait(), 30) == -signal.SIGKILL
+        assert (bus_config.home / "sites" / "local" / "jobs" / job_id / "defn.json").exists()
 
-    # What an engine does when it takes over the unsettled firing: submit the same id again.
-    job = await bus.submit(lb.JobDefn.of(["/bin/sh", "-c", 'echo ran >> "$1"', "count", str(counter)]), job_id=job_id)
-    status = await job.wait(timeout=30)
-    assert status.state is JobState.COMPLETE
-    assert counter.read_text() == "ran\n"
-    terminal = [s.state for s in await job_events(bus, job_id) if s.state.is_terminal]
-    assert terminal == [JobState.COMPLETE]
+        # Submitting the same id again is a no-op; the submission the dead agent held is
+        # redelivered (after its 2 s ack wait) to the next agent, which adopts the job.
+        await bus.submit(lb.JobDefn.of(["/bin/sh", "-c", "echo never"]), job_id=job_id)
+        async with lb.connect(bus_config.model_copy(update={"agent_ack_wait_s": 2.0})):
+            status = await bus.wait(job_id, timeout=30)
+        assert status.state is JobState.COMPLETE
+        assert counter.read_text() == "ran\n"
+        terminal = [s.state for s in await job_events(bus, job_id) if s.state.is_terminal]
+        assert terminal == [JobState.COMPLETE]

@@ -63,7 +63,7 @@ def test_binary_lookup_order(tmp_path: Path) -> None:
 
 
 async def test_connect_starts_one_shared_embedded_server(tmp_path: Path) -> None:
-    cfg = lb.BusConfig(home=tmp_path / "home")
+    cfg = lb.BusConfig(home=tmp_path / "home", autostart="process")  # served by this process, for its life
     assert running_server_url(cfg.home) is None
     async with lb.connect(cfg) as first:
         url = running_server_url(cfg.home)

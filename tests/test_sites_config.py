@@ -239,30 +239,31 @@ async def test_a_third_party_adapter_is_a_first_class_site(
 ) -> None:
     path = _sites(tmp_path, '[sites.mygood]\nadapter = "goodsite"\ngreeting = "bonjour"\n')
     good_site = plugin.GoodSite
-    async with lb.connect(bus_config.model_copy(update={"sites_file": path})) as bus:
+    async with lb.connect(bus_config.model_copy(update={"sites_file": path, "agents": ("*",)})) as bus:
         with pytest.raises(lb.ConfigError, match=re.escape("(configured: local, mygood;")):
             await bus.site("other")
 
-        adapter = await bus.site("mygood")
-        assert isinstance(adapter, lb.SiteAdapter)  # the plugin satisfies the Protocol at run time
-        assert good_site.opened == [adapter]
-        plugged = good_site.opened[0]  # the same object, seen as the plugin class
-        assert type(plugged) is good_site
-        assert plugged.options.greeting == "bonjour"
-        assert plugged.runtime.site == "mygood"
-        assert plugged.runtime.state_dir == bus_config.home / "sites" / "mygood"
-        assert await bus.site("mygood") is adapter  # opened once, then reused
+        served = await bus._agent_adapter("mygood")  # the site's agent, in this process, runs its jobs
+        assert isinstance(served, lb.SiteAdapter)  # the plugin satisfies the Protocol at run time
+        assert type(served) is good_site
+        assert served.options.greeting == "bonjour"
+        assert (served.runtime.site, served.runtime.role) == ("mygood", "agent")
+        assert served.runtime.state_dir == bus_config.home / "sites" / "mygood"
+        client = await bus.site("mygood")  # opened as a client: for logs and data, never to run jobs
+        assert client is not served and client.runtime.role == "client"
+        assert await bus.site("mygood") is client  # opened once, then reused
+        assert good_site.opened == [served, client]
 
         job = await bus.submit(lb.JobDefn.of(["true"]), site="mygood")
-        assert good_site.submitted == [(job.job_id, ["true"])]
         status = await job.wait(timeout=30)
+        assert good_site.submitted == [(job.job_id, ["true"])]
         assert (status.state, status.exit_code, status.site) == (lb.JobState.COMPLETE, 0, "mygood")
         assert status.native_id == "good-0"
 
         record = await job.status()
         assert (record.state, record.site, record.native_id) == (lb.JobState.COMPLETE, "mygood", "good-0")
         assert good_site.closed == []
-    assert good_site.closed == [adapter]  # closing the bus closes the sites it opened
+    assert sorted(map(id, good_site.closed)) == sorted(map(id, [served, client]))  # closing the bus closes both
 
 
 async def test_a_site_on_a_broken_plugin_does_not_stop_local_jobs(

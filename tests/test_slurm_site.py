@@ -9,6 +9,8 @@ scheduler has no events), the tests never do.
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,6 +30,7 @@ from adapters._slurm_parse import (
 )
 from adapters.slurm import SlurmOptions, SlurmSite
 from lwfm_bus import JobState
+from lwfm_bus.testing import hold_connection
 from tests._helpers import job_events, wait_info, wait_state, write_sites
 from tests._slurm import SlurmCluster, running_slurm
 from tests._sshd import SshServer, sshd
@@ -44,19 +47,21 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
 
 
 def _config(bus_config: lb.BusConfig, tmp_path: Path, sites: dict[str, dict[str, object]]) -> lb.BusConfig:
-    return bus_config.model_copy(update={"sites_file": write_sites(tmp_path / "sites.toml", sites)})
+    """Every site of ``sites`` (and local) served by this process's agents."""
+    return bus_config.model_copy(update={"sites_file": write_sites(tmp_path / "sites.toml", sites), "agents": ("*",)})
 
 
 @pytest_asyncio.fixture
 async def sbus(bus_config: lb.BusConfig, slurm: SlurmCluster, tmp_path: Path) -> AsyncIterator[lb.Bus]:
     """A bus with the site ``hpc``: Slurm commands run here."""
     config = _config(bus_config, tmp_path, {"hpc": {"adapter": "slurm", **slurm.site_options()}})
-    async with lb.connect(config) as bus:
+    async with hold_connection(config) as bus:
         yield bus
 
 
 async def _slurm_site(bus: lb.Bus, name: str = "hpc") -> SlurmSite:
-    site = await bus.site(name)
+    """The adapter this process's agent drives (its watcher), else a client's."""
+    site = await bus._agent_adapter(name) or await bus.site(name)
     assert isinstance(site, SlurmSite)
     return site
 
@@ -88,7 +93,8 @@ async def test_completed_failed_cancelled_and_timeout(sbus: lb.Bus, slurm: Slurm
     slurm.run("scontrol", "update", f"JobId={running.native_id}", "EndTime=now")
 
     # COMPLETED, with the resource hints turned into sbatch options.
-    pending = await wait_state(sbus, ok.job_id, JobState.PENDING)
+    # The site's own PENDING, after sbatch (the submitter's, "queued", comes first and has no Slurm id).
+    pending = await wait_state(sbus, ok.job_id, JobState.PENDING, where=lambda e: e.native_id is not None)
     assert pending.native_id is not None and pending.native_id.isdigit()
     fields = _scontrol_fields(slurm, pending.native_id)
     assert (fields["NumNodes"], fields["Partition"], fields["TimeLimit"]) == ("1", "debug", "00:10:00")
@@ -124,13 +130,17 @@ async def test_completed_failed_cancelled_and_timeout(sbus: lb.Bus, slurm: Slurm
     assert timed_out.native_info is not None and timed_out.native_info.startswith("time limit reached")
     # A poll may catch Slurm's COMPLETING while it kills the job: FINISHING, just before the end.
     seen = [e.state for e in await job_events(sbus, late.job_id)]
-    assert [s for s in seen if s is not JobState.FINISHING] == [
+    # (Two PENDINGs: the submitter's, "queued", and Slurm's, with its job id.)
+    assert sorted((s for s in seen if s is not JobState.FINISHING), key=lambda s: s.rank) == [
         JobState.READY,
+        JobState.PENDING,
         JobState.PENDING,
         JobState.RUNNING,
         JobState.FAILED,
     ]
-    assert seen.count(JobState.FINISHING) <= 1 and seen[:3] == [JobState.READY, JobState.PENDING, JobState.RUNNING]
+    assert seen.count(JobState.FINISHING) <= 1 and sorted(seen[:4], key=lambda s: s.rank) == [
+        JobState.READY, JobState.PENDING, JobState.PENDING, JobState.RUNNING
+    ]  # fmt: skip
     site = await _slurm_site(sbus)
     assert await site.status(lb.JobContext(job_id=ok.job_id, site="hpc", native_id=pending.native_id)) is (
         JobState.COMPLETE
@@ -233,14 +243,17 @@ async def test_a_job_that_reaches_the_bus_reports_itself(
         status = await job.wait(timeout=60)
         assert (status.state, status.exit_code, status.native_state) == (JobState.COMPLETE, 0, "exited")
         events = await job_events(bus, job.job_id)
-        # (PENDING comes from the adapter after sbatch, RUNNING from the job: either may be first.)
+        # (PENDING from the submitter, "queued", and from the adapter after sbatch, "SUBMITTED";
+        # RUNNING from the job: the adapter's PENDING and RUNNING may come in either order.)
         assert sorted((e.state.rank, e.state, e.native_state or "") for e in events) == [
             (0, JobState.READY, ""),
             (1, JobState.PENDING, "SUBMITTED"),
+            (1, JobState.PENDING, "queued"),
             (2, JobState.RUNNING, "running"),
             (4, JobState.COMPLETE, "exited"),
         ]
-        assert {e.native_id for e in events[1:]} == {events[1].native_id}
+        from_job = [e for e in events if e.state in (JobState.RUNNING, JobState.COMPLETE)]
+        assert len({e.native_id for e in from_job}) == 1 and from_job[0].native_id is not None
         assert (await _slurm_site(bus)).watcher.polls == 0
 
 
@@ -265,6 +278,41 @@ async def test_a_job_that_ended_while_nobody_watched_is_reported_on_open(
         await bus.site("hpc")  # opening the site adopts its unfinished jobs and looks at them at once
         status = await bus.wait(job.job_id, timeout=10)
         assert (status.state, status.exit_code, status.native_state) == (JobState.FAILED, 4, "FAILED")
+
+
+# --------------------------------------------------------------------- an agent on the login node
+
+
+async def test_an_agent_on_the_login_node_runs_the_sites_jobs(
+    bus_config: lb.BusConfig, slurm: SlurmCluster, tmp_path: Path
+) -> None:
+    """The laptop's `up` does not serve ``hpc`` (``served_by_up = false``): an agent on the cluster does."""
+    options = {"adapter": "slurm", **slurm.site_options()}
+    laptop = bus_config.model_copy(
+        update={"sites_file": write_sites(tmp_path / "laptop.toml", {"hpc": {**options, "served_by_up": False}}),
+                "agents": ("*",)}
+    )  # fmt: skip
+    login_sites = write_sites(tmp_path / "login.toml", {"hpc": options})  # as the login node configures it
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_")}
+    env.update(LWFM_BUS_URL=bus_config.servers[0], LWFM_BUS_SITES=str(login_sites))
+    async with lb.connect(laptop) as bus:
+        assert [spec.name for spec in bus.served_sites()] == ["local"]  # up here serves local only
+        agent = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "lwfm_bus", "--home", str(tmp_path / "login-home"), "agent", "--site", "hpc",
+            stderr=asyncio.subprocess.PIPE, env=env,
+        )  # fmt: skip
+        try:
+            assert agent.stderr is not None
+            ready = await asyncio.wait_for(agent.stderr.readline(), 60)
+            assert b"agent for hpc" in ready, ready
+            job = await bus.submit(lb.JobDefn.of('echo "on $(hostname -s) as $LWFM_SITE"'), site="hpc")
+            status = await job.wait(timeout=60)
+            assert (status.state, status.native_state) == (JobState.COMPLETE, "COMPLETED")
+            assert status.native_id is not None and status.native_id.isdigit()  # a real Slurm job
+            assert (tmp_path / "login-home" / "sites" / "hpc" / "work").exists()  # run from the login node's home
+        finally:
+            agent.terminate()
+            await asyncio.wait_for(agent.wait(), 60)
 
 
 # --------------------------------------------------------------------- over SSH
@@ -327,8 +375,11 @@ async def test_unexpected_squeue_output_is_an_error_event_and_the_watcher_goes_o
 
 
 async def test_submit_refused_by_sbatch_names_the_command(sbus: lb.Bus) -> None:
-    with pytest.raises(lb.SiteError, match=r"sbatch exited 1 .*invalid partition"):
-        await sbus.submit(lb.JobDefn.of(["true"], resources=lb.Resources(partition="nosuch")), site="hpc")
+    job = await sbus.submit(lb.JobDefn.of(["true"], resources=lb.Resources(partition="nosuch")), site="hpc")
+    failed = await job.wait(timeout=60)  # the agent tried (a few times), then reported why
+    assert failed.state is JobState.FAILED
+    assert failed.native_info is not None
+    assert re.search(r"submit failed: .*sbatch exited 1 .*invalid partition", failed.native_info), failed.native_info
 
 
 async def test_put_and_get_on_a_local_slurm_site_verify_checksums(sbus: lb.Bus, tmp_path: Path) -> None:

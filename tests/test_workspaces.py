@@ -21,7 +21,7 @@ from lwfm_bus import JobState
 def two_sites(bus_config: lb.BusConfig, tmp_path: Path) -> lb.BusConfig:
     sites = tmp_path / "sites.toml"
     sites.write_text('[sites.local]\n\n[sites.cluster]\nadapter = "local"\n')
-    return bus_config.model_copy(update={"sites_file": sites})
+    return bus_config.model_copy(update={"sites_file": sites, "agents": ("*",)})  # both sites served here
 
 
 @pytest.fixture

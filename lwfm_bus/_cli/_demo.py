@@ -19,6 +19,10 @@ def register(sub: Any) -> None:
 
 
 async def run(args: argparse.Namespace, config: BusConfig) -> int:
+    if config.autostart == "background":
+        # A demo cleans up after itself: with nothing running it serves the bus (server,
+        # engine, local agent) from this process, and stops it when it ends.
+        config = config.model_copy(update={"autostart": "process"})
     async with connect(config, name="lwfm-bus demo") as bus:
         wf = await bus.define_workflow("demo A->B->C", {"example": True})
         print(f"bus at {bus.connected_url}; workflow {wf.workflow_id}", file=sys.stderr)

@@ -78,6 +78,8 @@ def _toml(fed: Federation) -> str:
         lines.append(f"secret_hash = {q(site.secret_hash)}")
         if site.names:
             lines.append(f"names = [{', '.join(q(n) for n in site.names)}]")
+        if site.submit_to:
+            lines.append(f"submit_to = [{', '.join(q(n) for n in site.submit_to)}]")
     return "\n".join(lines) + "\n"
 
 
@@ -90,11 +92,17 @@ def _init(out: Path, args: argparse.Namespace) -> None:
     if out.exists():
         raise ConfigError(f"{out} exists: federation init never overwrites secrets")
     secrets = {name: new_secret() for name, _ in [args.hub, *args.leaves]}
-    sites = {args.hub[0]: FederationSite(hub=True, secret_hash=hash_secret(secrets[args.hub[0]]), names=args.hub[1])}
+    # By default every member may submit jobs to every other: a federation exists to run across sites.
+    anywhere = ("*",)
+    sites = {
+        args.hub[0]: FederationSite(
+            hub=True, secret_hash=hash_secret(secrets[args.hub[0]]), names=args.hub[1], submit_to=anywhere
+        )
+    }
     for name, names in args.leaves:
         if name in sites:
             raise ConfigError(f"site {name!r} is given twice")
-        sites[name] = FederationSite(secret_hash=hash_secret(secrets[name]), names=names)
+        sites[name] = FederationSite(secret_hash=hash_secret(secrets[name]), names=names, submit_to=anywhere)
     try:
         fed = Federation(hub_url=args.hub_url, hub_listen=args.hub_listen, sites=sites)
     except ValueError as exc:

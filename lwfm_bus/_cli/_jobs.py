@@ -11,6 +11,7 @@ from .._client import connect
 from .._config import BusConfig
 from .._index import JobRecord
 from .._jobs import JobDefn
+from .._states import JobState
 
 
 def register(sub: Any) -> None:
@@ -71,7 +72,10 @@ async def submit(args: argparse.Namespace, config: BusConfig) -> int:
 
 def _row(r: JobRecord) -> str:
     code = "" if r.exit_code is None else str(r.exit_code)
-    return f"{r.job_id}  {r.state.value:<9} {code:>4}  {r.site:<10} {r.name or ''}"
+    row = f"{r.job_id}  {r.state.value:<9} {code:>4}  {r.site:<10} {r.name or ''}"
+    if r.state is JobState.PENDING and r.native_state:
+        row += f"  ({r.native_state})"  # why it waits: queued, or no agent serves the site
+    return row
 
 
 def _json(r: JobRecord) -> str:

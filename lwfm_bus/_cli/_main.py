@@ -18,9 +18,11 @@ from pathlib import Path
 from .._config import BusConfig, load_config
 from .._errors import LwfmBusError
 from . import (
+    _agent,
     _bundle,
     _data,
     _demo,
+    _down,
     _emit,
     _events,
     _federation,
@@ -41,6 +43,8 @@ Command = Callable[[argparse.Namespace, BusConfig], Awaitable[int]]
 
 _MODULES = (
     _up,
+    _down,
+    _agent,
     _server,
     _demo,
     _jobs,

@@ -1,28 +1,49 @@
-"""``lwfm-bus up``: the whole singleton in one process tree -- server, trigger engine, local site."""
+"""``lwfm-bus up``: the whole singleton in one process tree -- server, trigger engine, site agents.
+
+``up`` runs the agents of every site configured to be served there (``served_by_up``,
+true by default; ``local`` always), so whatever is submitted to them runs.
+``--ready-fd`` is how a process that started ``up`` in the background learns, without
+guessing, that it is serving: one line on that descriptor.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from typing import Any
 
+from .._autostart import READY_LINE
 from .._client import connect
 from .._config import BusConfig
 from .._connect import serve_embedded
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("up", help="start the embedded server and every service; Ctrl-C stops them")
+    p = sub.add_parser(
+        "up",
+        help="start the embedded server, a trigger engine and the site agents; Ctrl-C (or 'lwfm-bus down') stops them",
+        description="Run the whole lwfm-bus singleton for this home in the foreground: the embedded NATS server, "
+        "a trigger engine replica, and an agent for every site served here (local, and each site of sites.toml "
+        "whose served_by_up is true). Jobs keep running when it stops; the next 'up' adopts them.",
+    )
+    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 
 async def run(args: argparse.Namespace, config: BusConfig) -> int:
     async with serve_embedded(config) as server:
-        local = config.model_copy(update={"servers": (server.url,), "engine": "on"})
-        async with connect(local, name="lwfm-bus up") as bus:  # with a trigger engine replica
-            for site in dict.fromkeys(("local", config.site)):  # a federation member runs jobs as itself too
-                await bus.site(site)  # adopts jobs a previous run left behind, and keeps watching them
-            print(f"lwfm-bus: up at {server.url} (home {config.home}); Ctrl-C stops it", file=sys.stderr, flush=True)
+        local = config.model_copy(update={"servers": (server.url,), "engine": "on", "agents": ("*",)})
+        async with connect(local, name="lwfm-bus up") as bus:
+            sites = ", ".join(spec.name for spec in bus.served_sites())
+            print(
+                f"lwfm-bus: up at {server.url} (home {config.home}; agents for: {sites}); Ctrl-C stops it",
+                file=sys.stderr,
+                flush=True,
+            )
+            if args.ready_fd is not None:
+                os.write(args.ready_fd, READY_LINE)
+                os.close(args.ready_fd)
             await asyncio.Event().wait()
     return 0

@@ -11,7 +11,7 @@ import pytest_asyncio
 from .. import _client
 from .._config import BusConfig
 from .._server import EmbeddedServer
-from . import bus_config_for, start_test_server
+from . import bus_config_for, hold_connection, start_test_server
 
 
 @pytest_asyncio.fixture
@@ -28,5 +28,6 @@ def bus_config(nats_server: EmbeddedServer, tmp_path: Path) -> BusConfig:
 
 @pytest_asyncio.fixture
 async def bus(bus_config: BusConfig) -> AsyncIterator[_client.Bus]:
-    async with _client.connect(bus_config) as connected:
+    """A connected bus that also runs the ``local`` site's agent, as ``lwfm-bus up`` would."""
+    async with hold_connection(bus_config) as connected:
         yield connected

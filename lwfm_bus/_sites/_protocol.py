@@ -15,10 +15,10 @@ from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
-from ._jobs import JobContext, JobDefn
-from ._states import JobState
+from .._jobs import JobContext, JobDefn
+from .._states import JobState
 
-__all__ = ["LogStream", "SiteAdapter", "SiteRuntime", "StatusReporter"]
+__all__ = ["LogStream", "SiteAdapter", "SiteRole", "SiteRuntime", "StatusReporter"]
 
 LogStream = Literal["stdout", "stderr"]
 
@@ -38,15 +38,25 @@ class StatusReporter(Protocol):
     ) -> None: ...
 
 
+SiteRole = Literal["agent", "client"]
+
+
 @dataclass(frozen=True)
 class SiteRuntime:
     """What the core lends an adapter: its name, a private state directory, a reporter,
-    and the environment that lets a launched job reach the bus by itself."""
+    and the environment that lets a launched job reach the bus by itself.
+
+    ``role`` says who opened the adapter.  Only a site's **agent** runs jobs: it adopts
+    what a dead agent left and watches jobs to their end.  A **client** (a process
+    reading logs, copying data, asking a status) must do neither: an adapter opened as
+    a client never adopts, never watches and refuses to submit.
+    """
 
     site: str
     state_dir: Path
     reporter: StatusReporter
     job_env: Mapping[str, str] = field(default_factory=dict)
+    role: SiteRole = "agent"
 
 
 @runtime_checkable

@@ -1,0 +1,42 @@
+"""``lwfm-bus agent --site NAME``: run a site's jobs from this machine.
+
+Any number of agents of one site, on any machines, share its submissions and its
+``max_concurrent``; an agent that dies leaves its jobs to the others.  Typical use: an
+agent on an HPC login node for a Slurm site, or more agents next to ``up``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from .._client import connect
+from .._config import BusConfig
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "agent",
+        help="run the agent of one or more sites in the foreground (Ctrl-C stops it; jobs keep running)",
+        description="Serve sites: take their submissions from the bus and run them through each site's adapter.",
+    )
+    p.add_argument(
+        "--site",
+        dest="agent_sites",
+        action="append",
+        required=True,
+        metavar="NAME",
+        help="a site to serve (repeatable)",
+    )
+    p.set_defaults(func=run)
+
+
+async def run(args: argparse.Namespace, config: BusConfig) -> int:
+    served = config.model_copy(update={"agents": tuple(dict.fromkeys(args.agent_sites))})
+    async with connect(served, name="lwfm-bus agent") as bus:
+        names = ", ".join(spec.name for spec in bus.served_sites())
+        print(f"lwfm-bus: agent for {names} at {bus.connected_url}; Ctrl-C stops it", file=sys.stderr, flush=True)
+        await asyncio.Event().wait()
+    return 0

@@ -1,0 +1,473 @@
+"""A site agent: takes the site's submissions from the bus and runs them through its adapter.
+
+Every agent of a site shares one durable consumer (``lwfm-agent-<site>``) of the
+site's submissions, so any number of agents, on any machines, share the work.
+
+Concurrency.  An agent holds a submission un-acked for as long as its job runs
+(telling the server so every ``ack_wait/3``) and acks it once the job's terminal
+state is on the bus.  The consumer's ``max_ack_pending`` is the site's
+``max_concurrent``: the server hands out no more submissions than that at once, across
+all agents and processes; the rest wait in the stream, PENDING.
+
+Crash safety.  A submission held by an agent that dies is redelivered after the ack
+wait to another agent of the site (or to the restarted one), which submits it to the
+adapter again.  Adapters treat a second submit of one job id as "adopt it": watch it
+if it still runs, report it if it ended, start it only if it never started.  So no
+job runs twice and every end is reported.  An agent that stops cleanly hands its
+submissions back at once (nak), so adoption does not wait for the ack wait.
+
+An agent that loses the server keeps its jobs running; their reports are retried
+until acknowledged (:mod:`._report`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import nats.errors
+import nats.js.errors
+from anyio.abc import TaskGroup, TaskStatus
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from pydantic import ValidationError
+
+from .._bus import STREAM, SUBMIT_STREAM, EventBus
+from .._errors import LwfmBusError
+from .._jobs import JobContext, JobDefn
+from .._registry import SiteSpec
+from .._states import JobState
+from .._subjects import CANCEL_ROOT, ROOT, SUBMIT_ROOT, agent_subject
+from ._protocol import SiteAdapter, SiteRuntime
+from ._report import Reporter
+from ._submit import CancelRequest, Submission, cancel_requested
+
+__all__ = ["AgentConfig", "SiteAgent", "consumer_name", "serve_agents", "site_limit"]
+
+log = logging.getLogger("lwfm_bus.agent")
+
+_TERMINAL = tuple(s for s in JobState if s.is_terminal)
+# A site whose adapter has no concurrency setting of its own (a scheduler queues for it).
+_UNLIMITED = 10_000
+
+
+def consumer_name(site: str) -> str:
+    return f"lwfm-agent-{site}"
+
+
+def site_limit(spec: SiteSpec) -> int:
+    """How many of the site's jobs may run at once, across all its agents."""
+    value = getattr(spec.options, "max_concurrent", None)
+    return int(value) if isinstance(value, int) and value > 0 else _UNLIMITED
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """How an agent behaves; the defaults suit a laptop and a cluster alike."""
+
+    name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    ack_wait_s: float = 30.0
+    """A dead agent's jobs are taken over after this; live agents renew every third of it."""
+    submit_attempts: int = 4
+    """Adapter submits tried before the job is reported FAILED."""
+    open_retry_max_s: float = 30.0
+    """Longest wait between attempts to open an unreachable site."""
+    close_timeout_s: float = 10.0
+    """Bound on closing the adapter when the agent stops."""
+
+
+@dataclass
+class _Held:
+    """A submission this agent holds while its job runs."""
+
+    submission: Submission
+    msg: Msg
+    ended: anyio.Event = field(default_factory=anyio.Event)
+
+
+class SiteAgent:
+    """Serves one site.  Run it with ``await tg.start(agent.run)``; cancel the task group to stop it."""
+
+    def __init__(
+        self,
+        bus: EventBus,
+        spec: SiteSpec,
+        *,
+        state_dir: Path,
+        job_env: Mapping[str, str],
+        config: AgentConfig | None = None,
+    ) -> None:
+        self._bus = bus
+        self._spec = spec
+        self.site = spec.name
+        self.config = config or AgentConfig()
+        self._state_dir = state_dir
+        self._job_env = dict(job_env)
+        self._held: dict[str, _Held] = {}
+        self._stopping = False
+        self._adapter: SiteAdapter | None = None
+        self._opened = anyio.Event()
+        self.started = 0
+        """Submissions taken (for people and tests; correctness never depends on it)."""
+
+    @property
+    def adapter(self) -> SiteAdapter | None:
+        """The site's adapter once it is open."""
+        return self._adapter
+
+    async def opened(self) -> SiteAdapter:
+        """The site's adapter, once this agent has opened it."""
+        await self._opened.wait()
+        assert self._adapter is not None
+        return self._adapter
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Answer pings, follow cancel requests, open the site, then take submissions until cancelled.
+
+        Ready (``task_status.started``) as soon as it answers pings: a site that cannot
+        be opened yet (a host down) is retried in the background and never delays the
+        process that runs this agent.
+        """
+        if self._spec.broken is not None or self._spec.adapter_class is None:
+            raise LwfmBusError(self._spec.broken or f"site {self.site!r} has no adapter")
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(self._answer_pings)
+                await tg.start(self._follow_cancels, tg)
+                await tg.start(self._follow_ends)
+                task_status.started()
+                await self._open_adapter()
+                await self._take_submissions(tg)
+        finally:
+            self._stopping = True
+            with anyio.CancelScope(shield=True):
+                await self._release()
+
+    async def _release(self) -> None:
+        """Close the site (its jobs run on), then hand held submissions back for adoption at once."""
+        with anyio.move_on_after(self.config.close_timeout_s):
+            if self._adapter is not None:
+                try:
+                    await self._adapter.close()
+                except Exception:
+                    log.exception("agent %s: closing site %s failed", self.config.name, self.site)
+                self._adapter = None
+            for held in list(self._held.values()):
+                await _settle(held.msg.nak())
+            self._held.clear()
+
+    async def _open_adapter(self) -> None:
+        """Open the adapter (which adopts what earlier agents left), retrying until it opens."""
+        assert self._spec.adapter_class is not None
+        runtime = SiteRuntime(
+            site=self.site,
+            state_dir=self._state_dir,
+            reporter=Reporter(self._bus, stopping=lambda: self._stopping, on_reported=self._reported),
+            job_env=self._job_env,
+            role="agent",
+        )
+        delay = 1.0
+        while True:
+            adapter: SiteAdapter | None = None
+            try:
+                adapter = self._spec.adapter_class(self._spec.options, runtime)
+                await adapter.open()
+            except BaseException as exc:
+                if adapter is not None:
+                    await self._close_quietly(adapter)  # half-open (or stopped while opening): release it
+                if not isinstance(exc, Exception):
+                    raise
+                log.warning(
+                    "agent %s: site %s could not be opened (retrying in %.0fs): %s",
+                    self.config.name, self.site, delay, exc,
+                )  # fmt: skip
+                await anyio.sleep(delay)  # back-off before the next attempt
+                delay = min(self.config.open_retry_max_s, delay * 2)
+                continue
+            self._adapter = adapter
+            self._opened.set()
+            return
+
+    async def _close_quietly(self, adapter: SiteAdapter) -> None:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.config.close_timeout_s):
+            try:
+                await adapter.close()
+            except Exception as exc:  # noqa: BLE001 - closing what failed to open: said, not raised
+                log.info("agent %s: closing site %s after a failed open: %r", self.config.name, self.site, exc)
+
+    # ------------------------------------------------------------------ pings, cancels, ends
+
+    async def _answer_pings(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async def answer(msg: Msg) -> None:
+            with contextlib.suppress(nats.errors.Error):
+                await msg.respond(self.config.name.encode())
+
+        sub = await self._bus.nats.subscribe(
+            agent_subject(self.site, "ping"), queue=consumer_name(self.site), cb=answer
+        )
+        task_status.started()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    async def _follow_cancels(
+        self, tg: TaskGroup, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Every agent hears every cancel request of its site; the one holding the job acts.
+
+        A request missed while the subscription was down is not lost: an agent looks
+        for one before it starts a job, and a redelivered job is looked at again.
+        """
+        started = False
+        delay = 0.5
+        while True:
+            try:
+                async with _ordered(self._bus, f"{CANCEL_ROOT}.{self.site}.>") as sub:
+                    if not started:
+                        task_status.started()
+                        started = True
+                    delay = 0.5
+                    while True:
+                        msg = await sub.next_msg(timeout=None)
+                        try:
+                            request = CancelRequest.model_validate_json(msg.data)
+                        except ValidationError:
+                            log.error(
+                                "agent %s: ignored a malformed cancel request on %s", self.config.name, msg.subject
+                            )
+                            continue
+                        held = self._held.get(request.job_id)
+                        if held is not None:
+                            tg.start_soon(self._cancel, held.submission.ctx)
+            except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+                if not started:
+                    raise
+                log.warning("agent %s: following cancel requests again after: %r", self.config.name, exc)
+                await anyio.sleep(delay)  # back-off before subscribing again
+                delay = min(10.0, delay * 2)
+
+    async def _follow_ends(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """A job that reports its own end (callback mode), or that another process reported, ends here too."""
+
+        async def ended(msg: Msg) -> None:
+            parts = msg.subject.split(".")
+            held = self._held.get(parts[4]) if len(parts) == 6 else None
+            if held is not None:
+                held.ended.set()
+
+        subs = [
+            await self._bus.nats.subscribe(f"{ROOT}.{self.site}.job.*.*.{state.value}", cb=ended) for state in _TERMINAL
+        ]
+        task_status.started()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                for sub in subs:
+                    with contextlib.suppress(nats.errors.Error):
+                        await sub.unsubscribe()
+
+    def _reported(self, ctx: JobContext, state: JobState) -> None:
+        if state.is_terminal:
+            held = self._held.get(ctx.job_id)
+            if held is not None:
+                held.ended.set()
+
+    async def _cancel(self, ctx: JobContext) -> None:
+        await self._opened.wait()
+        assert self._adapter is not None
+        try:
+            await self._adapter.cancel(ctx)
+        except Exception as exc:  # noqa: BLE001 - a cancel that failed is said, the job is still watched
+            log.warning("agent %s: cancel of job %s failed: %s", self.config.name, ctx.job_id, exc)
+
+    # ------------------------------------------------------------------ submissions
+
+    async def _ensure_consumer(self) -> str:
+        deliver = agent_subject(self.site, "deliver")
+        cfg = ConsumerConfig(
+            durable_name=consumer_name(self.site),
+            deliver_subject=deliver,
+            deliver_group=consumer_name(self.site),
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.config.ack_wait_s,
+            max_ack_pending=site_limit(self._spec),
+            filter_subject=f"{SUBMIT_ROOT}.{self.site}.>",
+        )
+        try:
+            await self._bus.jetstream.add_consumer(SUBMIT_STREAM, cfg)
+        except nats.js.errors.APIError as exc:
+            info = await self._bus.jetstream.consumer_info(SUBMIT_STREAM, consumer_name(self.site))
+            log.warning("agent %s: keeping the existing consumer as it is: %s", self.config.name, exc)
+            return str(info.config.deliver_subject or deliver)
+        return deliver
+
+    async def _take_submissions(self, tg: TaskGroup) -> None:
+        deliver = await self._ensure_consumer()
+        sub = await self._bus.nats.subscribe(
+            deliver, queue=consumer_name(self.site), pending_msgs_limit=0, pending_bytes_limit=0
+        )
+        log.info("agent %s: serving site %s", self.config.name, self.site)
+        try:
+            async for msg in sub.messages:
+                try:
+                    submission = Submission.model_validate_json(msg.data)
+                    if submission.ctx.site != self.site:
+                        raise ValueError(f"it is for site {submission.ctx.site!r}")
+                except ValueError as exc:
+                    log.error("agent %s: dropped a malformed submission on %s: %s", self.config.name, msg.subject, exc)
+                    await _settle(msg.term())
+                    continue
+                job_id = submission.ctx.job_id
+                held = self._held.get(job_id)
+                if held is not None:
+                    held.msg = msg  # redelivered while we run it (a stalled server): renew the newest
+                    continue
+                self._held[job_id] = _Held(submission=submission, msg=msg)
+                self.started += 1
+                tg.start_soon(self._serve, job_id)
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    async def _serve(self, job_id: str) -> None:
+        """Run one submission to its end: then, and only then, ack it.
+
+        Anything unexpected hands the submission back (nak): it is redelivered and the
+        job adopted, rather than one job's trouble stopping the agent.
+        """
+        held = self._held[job_id]
+        try:
+            await self._serve_held(job_id, held)
+        except Exception:
+            log.exception("agent %s: job %s: handing its submission back after an error", self.config.name, job_id)
+            self._held.pop(job_id, None)
+            await _settle(held.msg.nak(delay=1.0))
+
+    async def _serve_held(self, job_id: str, held: _Held) -> None:
+        ctx, defn = held.submission.ctx, held.submission.defn
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._keep_held, held)
+            if await self._ended_on_bus(job_id):
+                held.ended.set()
+            elif await cancel_requested(self._bus, self.site, job_id) and not await self._started(ctx):
+                await self._reporter().report(
+                    ctx, JobState.CANCELLED, native_state="cancelled", native_info="cancelled before it started"
+                )
+            else:
+                await self._start(ctx, defn)
+                if await cancel_requested(self._bus, self.site, job_id):
+                    await self._cancel(ctx)
+            await held.ended.wait()
+            tg.cancel_scope.cancel()
+        self._held.pop(job_id, None)
+        await _settle(held.msg.ack())
+
+    def _reporter(self) -> Reporter:
+        return Reporter(self._bus, stopping=lambda: self._stopping, on_reported=self._reported)
+
+    async def _keep_held(self, held: _Held) -> None:
+        """Tell the server, every third of the ack wait, that the job is still ours and running."""
+        while True:
+            await anyio.sleep(self.config.ack_wait_s / 3)  # a lease renewal period, not synchronisation
+            await _settle(held.msg.in_progress())
+
+    async def _ended_on_bus(self, job_id: str) -> bool:
+        """Whether the job's terminal state is already recorded (a redelivery after its end)."""
+        for state in _TERMINAL:
+            try:
+                await self._bus.jetstream.get_msg(STREAM, subject=f"{ROOT}.{self.site}.job.*.{job_id}.{state.value}")
+            except nats.js.errors.NotFoundError:
+                continue
+            return True
+        return False
+
+    async def _started(self, ctx: JobContext) -> bool:
+        await self._opened.wait()
+        assert self._adapter is not None
+        try:
+            return await self._adapter.status(ctx) is not None
+        except Exception:  # noqa: BLE001 - unknown: assume it may run, and cancel it properly
+            return True
+
+    async def _start(self, ctx: JobContext, defn: JobDefn) -> None:
+        """Hand the job to the adapter (a repeat submit adopts it), retrying transient refusals."""
+        await self._opened.wait()
+        assert self._adapter is not None
+        delay = 0.5
+        last = ""
+        for attempt in range(1, self.config.submit_attempts + 1):
+            try:
+                await self._adapter.submit(ctx, defn)
+                return
+            except Exception as exc:  # noqa: BLE001 - every refusal is retried, then reported
+                last = f"{type(exc).__name__}: {exc}" if not isinstance(exc, LwfmBusError) else str(exc)
+                log.warning(
+                    "agent %s: job %s: submit attempt %d failed: %s", self.config.name, ctx.job_id, attempt, last
+                )
+            if attempt < self.config.submit_attempts:
+                await anyio.sleep(delay)  # back-off between attempts
+                delay *= 2
+        await self._reporter().report(
+            ctx, JobState.FAILED, native_state="submit-failed", native_info=f"submit failed: {last}"[:4000]
+        )
+
+
+@contextlib.asynccontextmanager
+async def _ordered(bus: EventBus, subject: str) -> AsyncIterator[Any]:
+    """An ordered consumer of new messages on ``subject`` in the submission stream."""
+    sub = await bus.jetstream.subscribe(
+        subject, stream=SUBMIT_STREAM, ordered_consumer=True, config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
+    )
+    try:
+        yield sub
+    finally:
+        with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error, TimeoutError):
+            await sub.unsubscribe()
+
+
+async def _settle(op: Any) -> None:
+    """Ack, nak, renew or term; a lost one only means a redelivery, which adoption makes harmless."""
+    try:
+        with anyio.fail_after(5):
+            await op
+    except (TimeoutError, nats.errors.Error) as exc:
+        log.info("agent: could not settle a submission: %r", exc)
+
+
+@contextlib.asynccontextmanager
+async def serve_agents(
+    bus: EventBus,
+    specs: Sequence[SiteSpec],
+    *,
+    home: Path,
+    job_env: Mapping[str, str],
+    config: AgentConfig | None = None,
+) -> AsyncIterator[list[SiteAgent]]:
+    """Run one agent per site until the block exits; entered once each answers pings."""
+    agents: list[SiteAgent] = []
+    for spec in specs:
+        if spec.broken is not None or spec.adapter_class is None:
+            # One broken plugin must not stop the other sites' agents: said, and skipped.
+            log.error("no agent for site %s: %s", spec.name, spec.broken or "it has no adapter")
+            continue
+        agents.append(SiteAgent(bus, spec, state_dir=home / "sites" / spec.name, job_env=job_env, config=config))
+    async with anyio.create_task_group() as tg:
+        for agent in agents:
+            await tg.start(agent.run)
+        try:
+            yield agents
+        finally:
+            tg.cancel_scope.cancel()
