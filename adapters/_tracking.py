@@ -11,6 +11,11 @@ COMPLETE (with its exit code), and nothing is reported twice.  A query that fail
 (host down, scheduler down) is logged and retried at the next interval; an answer
 that cannot be understood for one job becomes an INFO event on that job naming the
 problem, once -- the watcher itself never dies of it.
+
+Stopping never hangs.  On Python 3.11 a task cancelled while nats-py awaits a publish
+inside ``asyncio.wait_for`` can lose the cancellation (``wait_for`` returns the inner
+result when it is already done); so the loop also checks a stop flag at every turn,
+and :meth:`Watcher.stop` waits a bounded time for it.
 """
 
 from __future__ import annotations
@@ -117,6 +122,7 @@ class Watcher:
         self._problems: dict[str, set[str]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._lock = asyncio.Lock()
         self.polls = 0
         self.last_error: str | None = None
@@ -194,12 +200,19 @@ class Watcher:
         if adopted:
             await self.poll_once()
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop watching, within ``timeout`` seconds whatever the loop was awaiting."""
+        self._stopping = True
+        self._wake.set()  # an idle loop wakes, sees the flag and ends
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
+            log.error("%s: the watcher did not stop within %gs; leaving it", self.label, timeout)
+        elif not task.cancelled() and task.exception() is not None:
+            log.error("%s: the watcher ended with an error", self.label, exc_info=task.exception())
 
     async def poll_once(self) -> None:
         """One batched query for every watched job, then publish what changed."""
@@ -221,12 +234,15 @@ class Watcher:
                 log.exception("%s: could not publish the state of job %s", self.label, job_id)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             if not self._jobs:
                 await self._wake.wait()
             self._wake.clear()
+            if self._stopping:
+                break
             with contextlib.suppress(TimeoutError):
                 # the interval between scheduler queries (the scheduler has no events to wait on)
                 await asyncio.wait_for(self._wake.wait(), self.interval_s)
             self._wake.clear()
-            await self.poll_once()
+            if not self._stopping:
+                await self.poll_once()

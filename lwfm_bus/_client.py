@@ -302,7 +302,13 @@ class Bus(EventBus):
         await reporter.report(ctx, JobState.READY)
         if agent:
             # Its own id: the site's PENDING (a scheduler's queue, with its native id) is news after it.
-            await reporter.report(ctx, JobState.PENDING, native_state="queued", variant="queued")
+            await reporter.report(
+                ctx,
+                JobState.PENDING,
+                native_state="queued",
+                native_info=f"waiting for a free slot of site {ctx.site!r} (its max_concurrent)",
+                variant="queued",
+            )
         else:
             hint = (
                 f"no agent serves site {ctx.site!r}; start one with 'lwfm-bus agent --site {ctx.site}' or 'lwfm-bus up'"
