@@ -12,6 +12,7 @@ closes the pipe by dying, so the parent never guesses with a sleep.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -60,6 +61,7 @@ def start_background(config: BusConfig) -> int:
 
     The caller holds the home's start lock, so two processes never start two.
     """
+    config = config.model_copy(update={"home": config.home.absolute()})  # the child runs from another directory
     home = config.home
     home.mkdir(parents=True, exist_ok=True)
     read_end, write_end = os.pipe()
@@ -83,15 +85,26 @@ def start_background(config: BusConfig) -> int:
         if write_end >= 0:
             os.close(write_end)
     if got != READY_LINE:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _stop_group(proc)
         tail = _tail(_log_path(home))
         raise ServerStartError(f"the background bus for {home} did not start (log {_log_path(home)}): {tail}")
     # Disowned: it is meant to outlive us, and nobody here will wait for it (subprocess
     # would otherwise warn, when the Popen object goes, that it is "still running").
     proc.returncode = 0
     return proc.pid
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a child that never became ready, and its nats-server (same process group): never leave
+    a server holding the store for the next start to trip over."""
+    for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _read_ready(fd: int, timeout: float) -> bytes:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -57,6 +58,8 @@ log = logging.getLogger("lwfm_bus.client")
 
 # An agent seen this recently is not asked again before the next submission to its site.
 _AGENT_SEEN_S = 2.0
+# The submitter's words for a job that waits in the stream, which no agent has taken yet.
+_NOT_TAKEN = frozenset({"queued", "no agent"})
 
 
 @dataclass(frozen=True)
@@ -245,6 +248,7 @@ class Bus(EventBus):
         one; the job waits PENDING until one does.
         """
         wf_id = workflow.workflow_id if isinstance(workflow, Workflow) else workflow
+        defn = self._here(defn, site)
         ctx = JobContext(
             job_id=check_token(job_id or new_id(), "job id"),
             site=check_token(site, "site name"),
@@ -254,6 +258,16 @@ class Bus(EventBus):
         )
         await self._submit_job(ctx, defn, always_warn=True)
         return Job(job_id=ctx.job_id, site=site, workflow_id=wf_id, bus=self)
+
+    def _here(self, defn: JobDefn, site: str) -> JobDefn:
+        """A job for this machine with no working directory runs where it was submitted from.
+
+        It runs in an agent's process now, whose directory is the agent's: without this, a
+        relative path in a job would mean something else than where the user typed it.
+        """
+        if defn.cwd is not None or not self.is_local_site(site):
+            return defn
+        return defn.model_copy(update={"cwd": os.getcwd()})
 
     async def _agent_present(self, site: str) -> bool:
         """Whether an agent serves ``site``; an answer is reused for a moment (the engine submits in bursts)."""
@@ -298,6 +312,15 @@ class Bus(EventBus):
             return False
         if not self._speaks_for(ctx.site):
             return True  # another federation member's job: its own agents report its states there
+        try:
+            await self._say_submitted(ctx, agent, always_warn)
+        except LwfmBusError as exc:
+            # Stored is what matters: the job runs and its agent reports it.  Raising now
+            # would invite a retry under another id.
+            log.warning("job %s is submitted, but its READY/PENDING were not recorded: %s", ctx.job_id, exc)
+        return True
+
+    async def _say_submitted(self, ctx: JobContext, agent: bool, always_warn: bool) -> None:
         reporter = Reporter(self, source="api", deadline_s=3 * self.config.request_timeout_s)
         await reporter.report(ctx, JobState.READY)
         if agent:
@@ -318,7 +341,6 @@ class Bus(EventBus):
                 self._no_agent_said[ctx.site] = now
                 log.warning("job %s waits: %s", ctx.job_id, hint)
             await reporter.report(ctx, JobState.PENDING, native_state="no agent", native_info=hint, variant="no-agent")
-        return True
 
     def _speaks_for(self, site: str) -> bool:
         """Whether this process may publish events of ``site`` (in a federation: its own names and local)."""
@@ -401,9 +423,12 @@ class Bus(EventBus):
             return None  # nothing to stop; a late cancel must not relabel a finished job
         ctx = await self._context(job_id)
         await request_cancel(self, ctx)
-        if not record.state.at_or_after(JobState.RUNNING):
-            # Nobody runs it yet: an agent that takes it sees the request and never starts it
-            # (and an agent starting it this instant hears the request and stops it).
+        taken = record.native_state not in _NOT_TAKEN or record.state.at_or_after(JobState.RUNNING)
+        if not taken and self._speaks_for(ctx.site):
+            # No agent has taken it yet (it waits in the stream): it ends now.  An agent
+            # that takes it later sees the request and never starts it; one taking it
+            # this instant hears the request and stops it, and its own report of the end
+            # has the same id.
             reporter = Reporter(self, source="api", deadline_s=3 * self.config.request_timeout_s)
             await reporter.report(
                 ctx, JobState.CANCELLED, native_state="cancelled", native_info="cancelled before it started"
@@ -522,7 +547,7 @@ class Bus(EventBus):
         """
         wanted = (states,) if isinstance(states, JobState) else tuple(states)
         wf_id = workflow.workflow_id if isinstance(workflow, Workflow) else workflow
-        target = Downstream(job=downstream, site=site, job_id=job_id, workflow_id=wf_id)
+        target = Downstream(job=self._here(downstream, site), site=site, job_id=job_id, workflow_id=wf_id)
         common: dict[str, Any] = {"downstream": target, "workflow_id": wf_id}
         if trigger_id is not None:
             common["trigger_id"] = trigger_id
@@ -536,7 +561,8 @@ class Bus(EventBus):
         if single:
             trigger = JobTrigger(upstream=ups[0], **common)
         else:
-            fb = Downstream(job=fallback, site=fallback_site or site, workflow_id=wf_id) if fallback else None
+            fb_site = fallback_site or site
+            fb = Downstream(job=self._here(fallback, fb_site), site=fb_site, workflow_id=wf_id) if fallback else None
             trigger = JoinTrigger.model_validate(
                 {"upstreams": ups, "mode": mode, "at_least": at_least, "within_s": within_s, "fallback": fb, **common}
             )
@@ -559,7 +585,7 @@ class Bus(EventBus):
         """Run ``downstream`` when data with metadata matching ``signature`` arrives (3d)."""
         wf_id = workflow.workflow_id if isinstance(workflow, Workflow) else workflow
         fields: dict[str, Any] = {
-            "downstream": Downstream(job=downstream, site=site, job_id=job_id, workflow_id=wf_id),
+            "downstream": Downstream(job=self._here(downstream, site), site=site, job_id=job_id, workflow_id=wf_id),
             "workflow_id": wf_id,
             "signature": dict(signature),
             "fire": fire,

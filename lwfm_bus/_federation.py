@@ -185,9 +185,10 @@ class Federation(_Frozen):
         accounts per site would close that (see the README's limits).  ``subscribe``: what the hub passes
         to it (and, as nats-server propagates interest along the same rule, what the leaf
         learns the hub wants): everything but each site's private traffic --
-        ``lwfm.local``, dead letters, KV/object-store writes, and agents' submission
-        deliveries, which would otherwise reach the other side's same-named stream,
-        bucket or agents.
+        ``lwfm.local``, dead letters, KV/object-store writes, agents' submission
+        deliveries, and the submissions, cancel requests and pings of members it may not
+        submit to -- which would otherwise reach the other side's same-named stream,
+        bucket or agents, or show one member another's job definitions.
         """
         own = self.names_of(site)
         targets = self.submit_targets(site)
@@ -197,11 +198,20 @@ class Federation(_Frozen):
             for subject in (f"{SUBMIT_ROOT}.{name}.>", f"{CANCEL_ROOT}.{name}.>", f"{AGENT_ROOT}.{name}.ping")
         ]
         replies = ["_INBOX.>"] if any(site.submit_to for site in self.sites.values()) else []
+        # Submissions, cancel requests and pings for members this leaf may not submit to are
+        # never passed to it (job definitions may carry private values).  Those it may
+        # submit to must be: the hub passes a leaf the interest only of what it may receive,
+        # and without that interest its own submissions would find no stream.
+        others = [name for other in self.sites if other != site for name in self.names_of(other) if name not in targets]
+        not_ours = [
+            subject
+            for name in others
+            for subject in (f"{SUBMIT_ROOT}.{name}.>", f"{CANCEL_ROOT}.{name}.>", f"{AGENT_ROOT}.{name}.>")
+        ]
+        private = [f"{ROOT}.{PRIVATE_NAME}.>", f"{DLQ_ROOT}.>", "$KV.>", "$O.>", f"{AGENT_ROOT}.*.deliver"]
         return {
             "publish": {"allow": [*(f"{ROOT}.{n}.>" for n in own), *_SOURCING_OUT, *submissions, *replies]},
-            "subscribe": {
-                "deny": [f"{ROOT}.{PRIVATE_NAME}.>", f"{DLQ_ROOT}.>", "$KV.>", "$O.>", f"{AGENT_ROOT}.*.deliver"]
-            },
+            "subscribe": {"deny": [*private, *not_ours]},
         }
 
     def hub_permissions(self) -> dict[str, object]:

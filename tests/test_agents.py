@@ -368,3 +368,55 @@ async def test_seed_scripts_that_end_at_submit_start_the_bus_in_the_background(
     )
     _, said = await asyncio.wait_for(again.communicate(), 60)
     assert b"nothing is running" in said
+
+
+# --------------------------------------------------------------------- review findings
+
+
+async def test_an_agent_in_another_home_never_starts_a_job_launched_elsewhere(
+    bus_config: lb.BusConfig, tmp_path: Path
+) -> None:
+    """Agents of one site that do not share a state directory cannot adopt each other's jobs:
+    the second one must not start the job again; the job's end comes from the bus."""
+    log, go = tmp_path / "records", tmp_path / "go"
+    client = bus_config.model_copy(update={"agents": ()})
+    async with lb.connect(client) as bus:
+        async with _agent(bus_config.home, bus_config.servers[0], ack_wait=2) as first:
+            job = await bus.submit(_recorded(log, go))
+            await wait_state(bus, job.job_id, JobState.RUNNING)
+            first.kill()
+            await first.wait()
+        async with _agent(tmp_path / "another-home", bus_config.servers[0], ack_wait=2) as second:
+            # it is handed the submission once the ack wait passes ...
+            await wait_state(bus, job.job_id, JobState.RUNNING)
+            go.touch()  # ... and the job, still running under the dead agent's home, ends
+            final = await job.wait(timeout=60)  # reported by the job's own orphan reporter
+            assert second.returncode is None
+    assert final.state is JobState.COMPLETE
+    assert [r[0] for r in _records(log)] == ["start", "end"], "the job ran exactly once"
+
+
+async def test_a_job_runs_in_the_directory_it_was_submitted_from(tmp_path: Path) -> None:
+    home, where = tmp_path / "home", tmp_path / "project"
+    where.mkdir()
+    async with _process("--home", str(home), "up", ready="up at", env=_env()):  # up runs from elsewhere
+        submit = await asyncio.create_subprocess_exec(
+            *CLI, "--home", str(home), "submit", "--wait", "--", "/bin/sh", "-c", "pwd > here.txt",
+            cwd=where, stdout=asyncio.subprocess.PIPE, env=_env(),
+        )  # fmt: skip
+        await asyncio.wait_for(submit.communicate(), 60)
+        assert submit.returncode == 0
+    assert (where / "here.txt").read_text().strip() == str(where)
+
+
+async def test_a_relative_home_starts_the_background_bus_in_the_right_place(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    submit = await asyncio.create_subprocess_exec(
+        *CLI, "--home", "rel-home", "submit", "--wait", "--", "/bin/sh", "-c", f"echo ran > {out}",
+        cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env(),
+    )  # fmt: skip
+    _, stderr = await asyncio.wait_for(submit.communicate(), 90)
+    assert submit.returncode == 0, stderr.decode()
+    assert out.read_text() == "ran\n"
+    assert (tmp_path / "rel-home" / "server.json").exists()
+    assert not (tmp_path / "rel-home" / "rel-home").exists()

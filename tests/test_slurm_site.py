@@ -280,6 +280,23 @@ async def test_a_job_that_ended_while_nobody_watched_is_reported_on_open(
         assert (status.state, status.exit_code, status.native_state) == (JobState.FAILED, 4, "FAILED")
 
 
+async def test_cancelling_a_job_waiting_in_slurms_queue_scancels_it(
+    bus_config: lb.BusConfig, slurm: SlurmCluster, tmp_path: Path
+) -> None:
+    """PENDING in Slurm's queue is not "not started": the cancel must reach scancel."""
+    options = {"adapter": "slurm", **slurm.site_options(sbatch_args=["--begin=now+600"])}  # held in the queue
+    async with lb.connect(_config(bus_config, tmp_path, {"hpc": options})) as bus:
+        job = await bus.submit(lb.JobDefn.of(["true"]), site="hpc")
+        queued = await wait_state(
+            bus, job.job_id, JobState.PENDING, timeout=60, where=lambda e: e.native_id is not None
+        )
+        assert queued.native_id is not None
+        final = await bus.cancel(job.job_id, wait_s=60)
+        assert final is not None and final.state is JobState.CANCELLED
+        assert final.native_state == "CANCELLED"  # said by Slurm, through the agent
+        assert _scontrol_fields(slurm, queued.native_id)["JobState"] == "CANCELLED"
+
+
 # --------------------------------------------------------------------- an agent on the login node
 
 

@@ -36,12 +36,12 @@ import nats.errors
 import nats.js.errors
 from anyio.abc import TaskGroup, TaskStatus
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
 from pydantic import ValidationError
 
 from .._bus import STREAM, SUBMIT_STREAM, EventBus
 from .._errors import LwfmBusError
-from .._jobs import JobContext, JobDefn
+from .._jobs import JobContext
 from .._registry import SiteSpec
 from .._states import JobState
 from .._subjects import CANCEL_ROOT, ROOT, SUBMIT_ROOT, agent_subject
@@ -49,13 +49,16 @@ from ._protocol import SiteAdapter, SiteRuntime
 from ._report import Reporter
 from ._submit import CancelRequest, Submission, cancel_requested
 
-__all__ = ["AgentConfig", "SiteAgent", "consumer_name", "serve_agents", "site_limit"]
+__all__ = ["LAUNCH_BUCKET", "AgentConfig", "SiteAgent", "consumer_name", "serve_agents", "site_limit"]
 
 log = logging.getLogger("lwfm_bus.agent")
 
 _TERMINAL = tuple(s for s in JobState if s.is_terminal)
 # A site whose adapter has no concurrency setting of its own (a scheduler queues for it).
 _UNLIMITED = 10_000
+# Who first launched each job: where (host and state directory) -- see SiteAgent._claim_launch.
+LAUNCH_BUCKET = "lwfm_launches"
+_CLAIM_TTL_S = 30 * 24 * 3600.0
 
 
 def consumer_name(site: str) -> str:
@@ -90,6 +93,7 @@ class _Held:
     submission: Submission
     msg: Msg
     ended: anyio.Event = field(default_factory=anyio.Event)
+    cancelled: bool = False
 
 
 class SiteAgent:
@@ -114,6 +118,10 @@ class SiteAgent:
         self._stopping = False
         self._adapter: SiteAdapter | None = None
         self._opened = anyio.Event()
+        self._claims: Any = None
+        self._tg: TaskGroup | None = None
+        # Where this agent launches jobs: agents of one place share adoption through the adapter.
+        self._place = f"{socket.gethostname()}:{state_dir.absolute()}"
         self.started = 0
         """Submissions taken (for people and tests; correctness never depends on it)."""
 
@@ -141,6 +149,7 @@ class SiteAgent:
             raise LwfmBusError(self._spec.broken or f"site {self.site!r} has no adapter")
         try:
             async with anyio.create_task_group() as tg:
+                self._tg = tg
                 await tg.start(self._answer_pings)
                 await tg.start(self._follow_cancels, tg)
                 await tg.start(self._follow_ends)
@@ -249,7 +258,7 @@ class SiteAgent:
                             continue
                         held = self._held.get(request.job_id)
                         if held is not None:
-                            tg.start_soon(self._cancel, held.submission.ctx)
+                            tg.start_soon(self._cancel_held, held)
             except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
                 if not started:
                     raise
@@ -262,9 +271,8 @@ class SiteAgent:
 
         async def ended(msg: Msg) -> None:
             parts = msg.subject.split(".")
-            held = self._held.get(parts[4]) if len(parts) == 6 else None
-            if held is not None:
-                held.ended.set()
+            if len(parts) == 6 and parts[4] in self._held and self._tg is not None:
+                self._tg.start_soon(self._verify_end, parts[4])  # does the site agree?
 
         subs = [
             await self._bus.nats.subscribe(f"{ROOT}.{self.site}.job.*.*.{state.value}", cb=ended) for state in _TERMINAL
@@ -283,14 +291,6 @@ class SiteAgent:
             held = self._held.get(ctx.job_id)
             if held is not None:
                 held.ended.set()
-
-    async def _cancel(self, ctx: JobContext) -> None:
-        await self._opened.wait()
-        assert self._adapter is not None
-        try:
-            await self._adapter.cancel(ctx)
-        except Exception as exc:  # noqa: BLE001 - a cancel that failed is said, the job is still watched
-            log.warning("agent %s: cancel of job %s failed: %s", self.config.name, ctx.job_id, exc)
 
     # ------------------------------------------------------------------ submissions
 
@@ -315,10 +315,18 @@ class SiteAgent:
         return deliver
 
     async def _take_submissions(self, tg: TaskGroup) -> None:
-        deliver = await self._ensure_consumer()
-        sub = await self._bus.nats.subscribe(
-            deliver, queue=consumer_name(self.site), pending_msgs_limit=0, pending_bytes_limit=0
-        )
+        delay = 0.5
+        while True:  # a stalled or restarting server must not end the agent: try again
+            try:
+                deliver = await self._ensure_consumer()
+                sub = await self._bus.nats.subscribe(
+                    deliver, queue=consumer_name(self.site), pending_msgs_limit=0, pending_bytes_limit=0
+                )
+                break
+            except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+                log.warning("agent %s: cannot follow site %s's submissions yet: %r", self.config.name, self.site, exc)
+                await anyio.sleep(delay)  # back-off before the next attempt
+                delay = min(30.0, delay * 2)
         log.info("agent %s: serving site %s", self.config.name, self.site)
         try:
             async for msg in sub.messages:
@@ -350,39 +358,92 @@ class SiteAgent:
         """
         held = self._held[job_id]
         try:
-            await self._serve_held(job_id, held)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._keep_held, held)
+                await self._begin(held)
+                await held.ended.wait()
+                tg.cancel_scope.cancel()
         except Exception:
             log.exception("agent %s: job %s: handing its submission back after an error", self.config.name, job_id)
             self._held.pop(job_id, None)
             await _settle(held.msg.nak(delay=1.0))
+            return
+        self._held.pop(job_id, None)
+        await _settle(held.msg.ack())
 
-    async def _serve_held(self, job_id: str, held: _Held) -> None:
-        ctx, defn = held.submission.ctx, held.submission.defn
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._keep_held, held)
-            if await self._ended_on_bus(job_id):
-                held.ended.set()
-            elif await cancel_requested(self._bus, self.site, job_id) and not await self._started(ctx):
+    async def _begin(self, held: _Held) -> None:
+        """Start, adopt, cancel or recognise as ended the job of a submission just taken."""
+        ctx = held.submission.ctx
+        if await cancel_requested(self._bus, self.site, ctx.job_id):
+            if await self._adapter_state(ctx) is None and not await self._launched_elsewhere(ctx):
                 await self._reporter().report(
                     ctx, JobState.CANCELLED, native_state="cancelled", native_info="cancelled before it started"
                 )
-            else:
-                await self._start(ctx, defn)
-                if await cancel_requested(self._bus, self.site, job_id):
-                    await self._cancel(ctx)
-            await held.ended.wait()
-            tg.cancel_scope.cancel()
-        self._held.pop(job_id, None)
-        await _settle(held.msg.ack())
+                return
+            await self._start(held)  # adopt it, so that it is watched to its end
+            await self._cancel_held(held)
+            return
+        if await self._has_ended(held):
+            held.ended.set()
+            return
+        await self._start(held)
+        if await cancel_requested(self._bus, self.site, ctx.job_id):
+            await self._cancel_held(held)  # asked while we started it
 
     def _reporter(self) -> Reporter:
         return Reporter(self._bus, stopping=lambda: self._stopping, on_reported=self._reported)
 
     async def _keep_held(self, held: _Held) -> None:
-        """Tell the server, every third of the ack wait, that the job is still ours and running."""
+        """Every third of the ack wait: renew the lease, and look again at what may have been missed.
+
+        A cancel request heard while the cancel subscription was down (or a cancel that
+        failed) is acted on now; an end published while this agent's link was down, or
+        by another process, is recognised now -- a held slot is never leaked.
+        """
+        ctx = held.submission.ctx
         while True:
             await anyio.sleep(self.config.ack_wait_s / 3)  # a lease renewal period, not synchronisation
             await _settle(held.msg.in_progress())
+            try:
+                if not held.cancelled and await cancel_requested(self._bus, self.site, ctx.job_id):
+                    await self._cancel_held(held)
+                if await self._has_ended(held):
+                    held.ended.set()
+            except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+                log.info("agent %s: job %s: could not look at the bus: %r", self.config.name, ctx.job_id, exc)
+
+    async def _cancel_held(self, held: _Held) -> None:
+        await self._opened.wait()
+        assert self._adapter is not None
+        try:
+            await self._adapter.cancel(held.submission.ctx)
+            held.cancelled = True
+        except Exception as exc:  # noqa: BLE001 - said; the next look at the job tries again
+            log.warning(
+                "agent %s: cancel of job %s failed (will retry): %s", self.config.name, held.submission.ctx.job_id, exc
+            )
+
+    async def _has_ended(self, held: _Held) -> bool:
+        """The job's end is on the bus, and the adapter does not know it as still going.
+
+        Another process may publish an end (a cancel of a queued job, an orphaned job's
+        own reporter, a job in callback mode): it counts only once the site agrees.
+        """
+        job_id = held.submission.ctx.job_id
+        if not await self._ended_on_bus(job_id):
+            return False
+        state = await self._adapter_state(held.submission.ctx)
+        return state is None or state.is_terminal
+
+    async def _verify_end(self, job_id: str) -> None:
+        held = self._held.get(job_id)
+        if held is None:
+            return
+        try:
+            if await self._has_ended(held):
+                held.ended.set()
+        except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+            log.info("agent %s: job %s: end not checked now (%r); checked again later", self.config.name, job_id, exc)
 
     async def _ended_on_bus(self, job_id: str) -> bool:
         """Whether the job's terminal state is already recorded (a redelivery after its end)."""
@@ -394,18 +455,57 @@ class SiteAgent:
             return True
         return False
 
-    async def _started(self, ctx: JobContext) -> bool:
+    async def _adapter_state(self, ctx: JobContext) -> JobState | None:
+        """What the site says of the job (None: it does not know it); an error counts as 'still going'."""
         await self._opened.wait()
         assert self._adapter is not None
         try:
-            return await self._adapter.status(ctx) is not None
-        except Exception:  # noqa: BLE001 - unknown: assume it may run, and cancel it properly
-            return True
+            return await self._adapter.status(ctx)
+        except Exception as exc:  # noqa: BLE001 - unknown: assume it may run
+            log.info("agent %s: status of job %s unknown: %r", self.config.name, ctx.job_id, exc)
+            return JobState.RUNNING
 
-    async def _start(self, ctx: JobContext, defn: JobDefn) -> None:
+    async def _launch_claims(self) -> Any:
+        if self._claims is None:
+            self._claims = await self._bus.jetstream.create_key_value(
+                KeyValueConfig(bucket=LAUNCH_BUCKET, history=1, storage=StorageType.FILE, ttl=_CLAIM_TTL_S)
+            )
+        return self._claims
+
+    async def _claim_launch(self, ctx: JobContext) -> bool:
+        """Claim the first launch of a job for this agent's place (host and state directory).
+
+        Agents sharing a state directory adopt each other's jobs through the adapter; an
+        agent elsewhere (another home, another machine) must never start a job that was
+        launched somewhere it cannot see.  True: launch it here.
+        """
+        kv = await self._launch_claims()
+        key = _claim_key(ctx)
+        try:
+            await kv.create(key, self._place.encode())
+            return True
+        except nats.js.errors.KeyWrongLastSequenceError:
+            entry = await kv.get(key)
+            return bytes(entry.value or b"").decode() == self._place
+
+    async def _launched_elsewhere(self, ctx: JobContext) -> bool:
+        kv = await self._launch_claims()
+        try:
+            entry = await kv.get(_claim_key(ctx))
+        except nats.js.errors.KeyNotFoundError:
+            return False
+        return bytes(entry.value or b"").decode() != self._place
+
+    async def _start(self, held: _Held) -> None:
         """Hand the job to the adapter (a repeat submit adopts it), retrying transient refusals."""
+        ctx, defn = held.submission.ctx, held.submission.defn
         await self._opened.wait()
         assert self._adapter is not None
+        if await self._adapter_state(ctx) is None and not await self._claim_launch(ctx):
+            # Launched by an agent of this site elsewhere, which this one cannot see or adopt:
+            # its end comes from the bus (its orphan reporter, callback mode, or that agent back).
+            log.info("agent %s: job %s was launched elsewhere; waiting for its end", self.config.name, ctx.job_id)
+            return
         delay = 0.5
         last = ""
         for attempt in range(1, self.config.submit_attempts + 1):
@@ -423,6 +523,11 @@ class SiteAgent:
         await self._reporter().report(
             ctx, JobState.FAILED, native_state="submit-failed", native_info=f"submit failed: {last}"[:4000]
         )
+
+
+def _claim_key(ctx: JobContext) -> str:
+    """A KV key for one job of one site (job ids may hold characters KV keys may not)."""
+    return f"{ctx.site}.{ctx.job_id}".encode().hex()
 
 
 @contextlib.asynccontextmanager
