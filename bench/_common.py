@@ -1,9 +1,12 @@
 """Shared pieces of the performance suite: the figure record, a server per benchmark,
-an engine whose event handling can be timed from outside, bulk publishing, a no-op site.
+an engine whose event handling can be timed from outside, bulk publishing, a site
+agent in a process of its own, an agent that only answers pings, and a FIFO that jobs
+signal their start through.
 
 Benchmarks reach into a few private engine attributes (``_handle``, ``_catch_up``,
 ``_remember``) because the engine has no timing hooks of its own; that coupling is
-kept here, in one place, so a change in the engine breaks one file.
+kept here, in one place, so a change in the engine breaks one file.  The agent's ping
+subject comes from ``lwfm_bus._subjects`` (imported, never patched).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +29,10 @@ from typing import Any, Literal, TypedDict
 
 import anyio
 from nats.aio.msg import Msg
-from pydantic import BaseModel, ConfigDict
 
 import lwfm_bus as lb
 from lwfm_bus._bus import STREAM
+from lwfm_bus._subjects import agent_subject
 from lwfm_bus.testing import bus_config_for, start_test_server
 
 Status = Literal["met", "MISSED", "info", "quick", "timeout", "error", "n/a", "skipped"]
@@ -155,6 +159,16 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def reaped_children_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the children another process has reaped so far (0.0 if it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
+
 def _children_cpu() -> float:
     t = os.times()
     return t.children_user + t.children_system
@@ -191,6 +205,11 @@ class CpuMeter:
         }
 
 
+def profiler_binary() -> str | None:
+    """py-spy, if there is one (``PY_SPY``, else on PATH)."""
+    return os.environ.get("PY_SPY") or shutil.which("py-spy")
+
+
 class WindowProfile:
     """A profile of a benchmark's timed window only, when ``BENCH_PROFILE_WINDOW`` names a
     path prefix (``python -m bench --profile DIR`` sets it): a whole-process profile would
@@ -200,11 +219,15 @@ class WindowProfile:
     profiler, so the window runs at nearly its normal speed, and it sees C code, threads
     and the event loop alike; written to ``<prefix>.<tag>.pyspy.txt``.  Without py-spy,
     cProfile (slower, and blind to other threads), to ``<prefix>.<tag>.prof``.
+
+    ``pid``: py-spy attaches to that process instead (an agent in a process of its
+    own); without py-spy such a process profiles itself (:func:`agent_process`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, pid: int | None = None) -> None:
         self._prefix = os.environ.get("BENCH_PROFILE_WINDOW")
-        self._spy_bin = os.environ.get("PY_SPY") or shutil.which("py-spy")
+        self._spy_bin = profiler_binary()
+        self._pid = pid
         self._profile: cProfile.Profile | None = None
         self._spy: subprocess.Popen[bytes] | None = None
         self._spy_out = ""
@@ -212,14 +235,15 @@ class WindowProfile:
     def start(self) -> None:
         if not self._prefix or self._profile is not None or self._spy is not None:
             return
+        pid = self._pid or os.getpid()
         if self._spy_bin:
-            self._spy_out = f"{self._prefix}.window-{os.getpid()}.pyspy.txt"
+            self._spy_out = f"{self._prefix}.window-{pid}.pyspy.txt"
             self._spy = subprocess.Popen(
-                [self._spy_bin, "record", "--pid", str(os.getpid()), "--rate", "200", "--format", "raw",
+                [self._spy_bin, "record", "--pid", str(pid), "--rate", "200", "--format", "raw",
                  "-o", self._spy_out],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
-        else:
+        elif self._pid is None or self._pid == os.getpid():
             self._profile = cProfile.Profile()
             self._profile.enable()
 
@@ -252,14 +276,18 @@ class WindowProfile:
 
 
 @contextlib.asynccontextmanager
-async def bench_bus(tmp: Path, name: str = "lwfm-bench") -> AsyncIterator[tuple[lb.EmbeddedServer, lb.Bus]]:
+async def bench_bus(
+    tmp: Path, name: str = "lwfm-bench", **overrides: object
+) -> AsyncIterator[tuple[lb.EmbeddedServer, lb.Bus]]:
     """A fresh nats-server on a free loopback port (store under ``tmp``) and a bus on it.
 
     The bus reaches the server as an external deployment, so it runs no engine of its
-    own: each benchmark decides where its engine runs.
+    own: each benchmark decides where its engine runs.  It runs the ``local`` site's
+    agent (:func:`lwfm_bus.testing.bus_config_for`), unless ``overrides`` say otherwise
+    (``agents=()``: a pure client; ``sites_file=...``).
     """
     async with start_test_server(tmp / "nats") as server:
-        config = bus_config_for(server, tmp / "home")
+        config = bus_config_for(server, tmp / "home", **overrides)
         async with lb.connect(config, name=name) as bus:
             yield server, bus
 
@@ -428,53 +456,151 @@ def is_trigger_event(msg: Msg) -> bool:
     return ".trigger." in msg.subject
 
 
-# --------------------------------------------------------------------------- a site that does nothing
+# --------------------------------------------------------------------------- agents and job start signals
 
 
-class NoopSite:
-    """A site adapter whose submit returns at once and reports nothing.
+def write_sites_file(path: Path, max_concurrent: int, site: str = "local") -> Path:
+    """A sites file giving ``site`` (a local site) ``max_concurrent``; every process of a benchmark reads it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"[sites.{site}]\nmax_concurrent = {int(max_concurrent)}\n")
+    return path
 
-    Registered only inside the benchmark that needs it, by adding a :class:`lb.SiteSpec`
-    to the bus's site map (:func:`add_noop_site`); never an entry point, so no user
-    installation ever sees it.  What remains of a firing is the engine's own work.
+
+@dataclass
+class AgentProcess:
+    """A ``lwfm-bus agent`` process: its pid and the last lines it wrote on stderr."""
+
+    pid: int
+    stderr_tail: deque[str]
+
+    def tail(self) -> str:
+        return "\n".join(self.stderr_tail)
+
+
+@contextlib.asynccontextmanager
+async def agent_process(
+    url: str, home: Path, *, site: str = "local", sites_file: Path | None = None, timeout: float = 30.0
+) -> AsyncIterator[AgentProcess]:
+    """``lwfm-bus agent --site SITE`` in a process of its own, as a user starts one, for the block.
+
+    Entered once it says it serves the site ("agent for SITE at ...", on stderr);
+    stopped with SIGTERM (it hands held submissions back and exits), SIGKILL if it
+    has not exited 20 s later.  Under ``--profile`` without py-spy it runs under
+    cProfile, written to ``<prefix>.agent-process-<site>.prof`` when it exits.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_BUS_")}
+    env.update(LWFM_BUS_URL=url, LWFM_BUS_AUTOSTART="off", LWFM_BUS_ENGINE="off")
+    if sites_file is not None:
+        env["LWFM_BUS_SITES"] = str(sites_file)
+    cmd = [sys.executable]
+    prefix = os.environ.get("BENCH_PROFILE_WINDOW")
+    if prefix and not profiler_binary():
+        cmd += ["-m", "cProfile", "-o", f"{prefix}.agent-process-{site}.prof"]
+    cmd += ["-m", "lwfm_bus", "--home", str(home), "agent", "--site", site]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    agent = AgentProcess(proc.pid, deque(maxlen=40))
+    ready = asyncio.Event()
+
+    async def drain() -> None:
+        assert proc.stderr is not None
+        async for line in proc.stderr:  # ends when the process closes stderr (it exits)
+            text = line.decode(errors="replace").rstrip()
+            agent.stderr_tail.append(text)
+            if f"agent for {site} at" in text:
+                ready.set()
+
+    drainer = asyncio.create_task(drain())
+    try:
+        readiness = asyncio.create_task(ready.wait())
+        try:
+            await asyncio.wait({readiness, drainer}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            readiness.cancel()
+        if not ready.is_set():
+            why = "exited" if drainer.done() else f"was not ready within {timeout:.0f} s"
+            raise RuntimeError(f"the agent process for site {site!r} {why}:\n{agent.tail()}")
+        yield agent
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        try:
+            async with asyncio.timeout(20):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await drainer
+        drainer.cancel()
+
+
+@contextlib.asynccontextmanager
+async def ping_only_agent(bus: lb.Bus, site: str) -> AsyncIterator[None]:
+    """Something that answers "is an agent of ``site`` there?" as an agent does, and takes no submission.
+
+    To a submitter the site is served (PENDING "queued"); no consumer takes the stored
+    submissions, so no job and no agent share the machine with what is timed.
     """
 
-    class Options(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+    async def answer(msg: Msg) -> None:
+        await msg.respond(b"bench-ping-only")
 
-    submitted = 0
-
-    def __init__(self, options: BaseModel, runtime: lb.SiteRuntime) -> None:
-        self._runtime = runtime
-
-    async def open(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    async def submit(self, ctx: lb.JobContext, defn: lb.JobDefn) -> str:
-        NoopSite.submitted += 1
-        return ctx.job_id
-
-    async def status(self, ctx: lb.JobContext) -> lb.JobState | None:
-        return None
-
-    async def cancel(self, ctx: lb.JobContext) -> None:
-        return None
-
-    async def logs(self, ctx: lb.JobContext, stream: Literal["stdout", "stderr"] = "stdout") -> bytes:
-        return b""
-
-    async def put(self, local_path: Path, site_path: str) -> None:
-        return None
-
-    async def get(self, site_path: str, local_path: Path) -> None:
-        return None
+    sub = await bus.nats.subscribe(agent_subject(site, "ping"), queue=f"lwfm-agent-{site}", cb=answer)
+    try:
+        yield
+    finally:
+        await sub.unsubscribe()
 
 
-def add_noop_site(bus: lb.Bus, name: str = "noop") -> None:
-    """Make site ``name`` a :class:`NoopSite` on this bus only (it is not in any sites file)."""
-    bus.site_specs()[name] = lb.SiteSpec(
-        name=name, adapter="bench-noop", adapter_class=NoopSite, options=NoopSite.Options()
-    )
+class StartSignals:
+    """A FIFO that a job writes one byte to as it starts: the instant this process reads it is "started".
+
+    Opened read-write and non-blocking here, so a writer never blocks on opening it and
+    the loop is woken (``add_reader``) by the byte itself, not by polling.  One job at
+    a time: :meth:`arm` before starting it, then await the future it returns (the
+    ``perf_counter`` when the byte was read).  A byte with nothing armed is counted
+    in ``stray``.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.stray = 0
+        self._fd = -1
+        self._armed: asyncio.Future[float] | None = None
+
+    def command(self) -> tuple[str, ...]:
+        """The job: a shell that writes one byte to the FIFO and exits."""
+        return ("/bin/sh", "-c", 'printf x > "$1"', "bench-started", str(self.path))
+
+    def __enter__(self) -> StartSignals:
+        os.mkfifo(self.path)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK)
+        asyncio.get_running_loop().add_reader(self._fd, self._read)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.get_running_loop().remove_reader(self._fd)
+        os.close(self._fd)
+        self.path.unlink(missing_ok=True)
+
+    def _read(self) -> None:
+        now = time.perf_counter()
+        try:
+            data = os.read(self._fd, 4096)
+        except BlockingIOError:
+            return
+        for _ in data:
+            fut, self._armed = self._armed, None
+            if fut is None or fut.done():
+                self.stray += 1
+            else:
+                fut.set_result(now)
+
+    def arm(self) -> asyncio.Future[float]:
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._armed = fut
+        return fut

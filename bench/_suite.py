@@ -53,10 +53,11 @@ class Item:
 ITEMS = (
     Item("up", "bench.up", 60, 20, "`lwfm-bus up` start to ready"),
     Item("latency", "bench.latency", 120, 25, "trigger latency, idle and under 1 k events/s"),
+    Item("agent", "bench.agent", 90, 20, "submit -> job started through an agent process vs raw spawning"),
     Item("ingest", "bench.ingest", 180, 25, "engine ingest with 100 k triggers vs a raw push consumer"),
     Item("matching", "bench.matching", 90, 15, "matching cost per event at 1 k / 100 k / 1 M triggers"),
-    Item("firings", "bench.firings", 90, 20, "firings/s to a no-op site vs raw KV creates"),
-    Item("dag", "bench.dag", 200, 30, "10 k-job fan-out / fan-in DAG vs raw subprocess spawning"),
+    Item("firings", "bench.firings", 90, 20, "firings/s (claim + stored submission) vs raw KV creates"),
+    Item("dag", "bench.dag", 360, 30, "10 k-job fan-out / fan-in DAG, two agents, vs raw subprocess spawning"),
     Item("memory", "bench.memory", 120, 20, "engine RSS per registered trigger"),
     Item("find", "bench.find", 240, 20, "find with two predicates over 1 M records"),
 )

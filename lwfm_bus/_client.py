@@ -322,25 +322,27 @@ class Bus(EventBus):
 
     async def _say_submitted(self, ctx: JobContext, agent: bool, always_warn: bool) -> None:
         reporter = Reporter(self, source="api", deadline_s=3 * self.config.request_timeout_s)
-        await reporter.report(ctx, JobState.READY)
         if agent:
-            # Its own id: the site's PENDING (a scheduler's queue, with its native id) is news after it.
-            await reporter.report(
-                ctx,
-                JobState.PENDING,
-                native_state="queued",
-                native_info=f"waiting for a free slot of site {ctx.site!r} (its max_concurrent)",
-                variant="queued",
+            # Both at once (one round trip); the state order sorts them whatever lands first.
+            # PENDING has its own id: the site's (a scheduler's queue, with its native id) is news after it.
+            await asyncio.gather(
+                reporter.report(ctx, JobState.READY),
+                reporter.report(
+                    ctx,
+                    JobState.PENDING,
+                    native_state="queued",
+                    native_info=f"waiting for a free slot of site {ctx.site!r} (its max_concurrent)",
+                    variant="queued",
+                ),
             )
-        else:
-            hint = (
-                f"no agent serves site {ctx.site!r}; start one with 'lwfm-bus agent --site {ctx.site}' or 'lwfm-bus up'"
-            )
-            now = asyncio.get_running_loop().time()
-            if always_warn or now - self._no_agent_said.get(ctx.site, -60.0) >= 60.0:
-                self._no_agent_said[ctx.site] = now
-                log.warning("job %s waits: %s", ctx.job_id, hint)
-            await reporter.report(ctx, JobState.PENDING, native_state="no agent", native_info=hint, variant="no-agent")
+            return
+        await reporter.report(ctx, JobState.READY)
+        hint = f"no agent serves site {ctx.site!r}; start one with 'lwfm-bus agent --site {ctx.site}' or 'lwfm-bus up'"
+        now = asyncio.get_running_loop().time()
+        if always_warn or now - self._no_agent_said.get(ctx.site, -60.0) >= 60.0:
+            self._no_agent_said[ctx.site] = now
+            log.warning("job %s waits: %s", ctx.job_id, hint)
+        await reporter.report(ctx, JobState.PENDING, native_state="no agent", native_info=hint, variant="no-agent")
 
     def _speaks_for(self, site: str) -> bool:
         """Whether this process may publish events of ``site`` (in a federation: its own names and local)."""

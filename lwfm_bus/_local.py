@@ -48,15 +48,18 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-# Runs the job as "$@" (never re-parsed by the shell) and records its exit code
-# atomically.  The script is a constant: no job data is ever interpolated into it.
+# Runs the job as "$@" (never re-parsed by the shell) and records its pid and exit code.
+# Each record ends with a newline, written by the same printf: a reader takes a record
+# without its newline as not yet written (no `mv`, a process of its own, on the path of
+# every job; the older records, `wrapper.pid` and `exit_code`, were complete by rename
+# and are still read).  The script is a constant: no job data is ever interpolated into it.
 # When nobody watches it any more -- the launcher process died, or the site that
 # launched it was closed (its owner file is gone) -- the wrapper starts a small reporter
 # so the job's end is still published (only orphans pay for that Python start-up).
 _WRAPPER = (
-    'printf "%s" "$$" > "$LWFM_JOB_DIR/wrapper.tmp" && mv "$LWFM_JOB_DIR/wrapper.tmp" "$LWFM_JOB_DIR/wrapper.pid"; '
+    'printf "%s\\n" "$$" > "$LWFM_JOB_DIR/wrapper_pid"; '
     '"$@"; rc=$?; '
-    'printf "%s" "$rc" > "$LWFM_JOB_DIR/exit_code.tmp" && mv "$LWFM_JOB_DIR/exit_code.tmp" "$LWFM_JOB_DIR/exit_code"; '
+    'printf "%s\\n" "$rc" > "$LWFM_JOB_DIR/exit_status"; '
     'if ! kill -0 "$LWFM_LAUNCHER_PID" 2>/dev/null || [ ! -e "$LWFM_OWNER_FILE" ]; then '
     '"$LWFM_PYTHON" -m lwfm_bus._orphan >/dev/null 2>&1; fi; '
     "exit $rc"
@@ -558,24 +561,38 @@ async def _launched_pid(jobdir: Path, grace_s: float = 5.0) -> tuple[int, str | 
     if pid_file.exists():
         info = json.loads(pid_file.read_text())
         return int(info["pid"]), info.get("start")
-    wrapper = jobdir / "wrapper.pid"
-    if not wrapper.exists() and _read_exit_code(jobdir) is None and (jobdir / "launching").exists():
+    if _wrapper_pid(jobdir) is None and _read_exit_code(jobdir) is None and (jobdir / "launching").exists():
         with anyio.move_on_after(grace_s):
-            while not wrapper.exists() and _read_exit_code(jobdir) is None:  # noqa: ASYNC110 - a recovery path
+            while _wrapper_pid(jobdir) is None and _read_exit_code(jobdir) is None:  # noqa: ASYNC110 - recovery
                 await anyio.sleep(0.05)
-    if wrapper.exists():
-        pid = int(wrapper.read_text().strip() or "0")
+    pid = _wrapper_pid(jobdir)
+    if pid is not None:
         return pid, _proc_start_time(pid)
     if _read_exit_code(jobdir) is not None:
         return 0, None  # it ran and ended; its exit code says how
     return None
 
 
-def _read_exit_code(jobdir: Path) -> int | None:
+def _record(jobdir: Path, name: str, legacy: str) -> int | None:
+    """A number the wrapper recorded: complete when its newline is there (or, legacy, by rename)."""
     try:
-        return int((jobdir / "exit_code").read_text().strip())
+        text = (jobdir / name).read_text()
+        if text.endswith("\n"):
+            return int(text)
+    except (OSError, ValueError):
+        pass
+    try:
+        return int((jobdir / legacy).read_text().strip())
     except (OSError, ValueError):
         return None
+
+
+def _wrapper_pid(jobdir: Path) -> int | None:
+    return _record(jobdir, "wrapper_pid", "wrapper.pid")
+
+
+def _read_exit_code(jobdir: Path) -> int | None:
+    return _record(jobdir, "exit_status", "exit_code")
 
 
 async def _wait_pid_exit(pid: int, started: str | None) -> None:

@@ -17,6 +17,7 @@ from ._events import event_adapter, event_classes
 from ._federation import Federation
 from ._pipeline import Pipeline
 from ._query import DataPage, DataQuery
+from ._sites._submit import CancelRequest, Submission
 from ._triggers import trigger_adapter
 
 __all__ = ["generate_schemas", "write_schemas"]
@@ -42,7 +43,7 @@ def generate_schemas() -> dict[str, dict[str, Any]]:
 
 
 def _file_formats() -> dict[str, TypeAdapter[Any]]:
-    """User-written and exchanged file formats (sites, triggers, pipelines, bundles)."""
+    """User-written and exchanged formats (sites, triggers, pipelines, bundles, submissions)."""
     return {
         "files/trigger.json": trigger_adapter(),
         "files/data-query.json": TypeAdapter(DataQuery),
@@ -51,6 +52,9 @@ def _file_formats() -> dict[str, TypeAdapter[Any]]:
         "files/bundle-trailer.json": TypeAdapter(BundleTrailer),
         "files/federation.json": TypeAdapter(Federation),
         "files/pipeline.json": TypeAdapter(Pipeline),
+        # What site agents take from LWFM_SUBMIT: a tool in any language can submit or cancel.
+        "wire/submission.json": TypeAdapter(Submission),
+        "wire/cancel-request.json": TypeAdapter(CancelRequest),
     }
 
 

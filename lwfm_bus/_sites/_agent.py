@@ -22,6 +22,7 @@ until acknowledged (:mod:`._report`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -374,6 +375,23 @@ class SiteAgent:
     async def _begin(self, held: _Held) -> None:
         """Start, adopt, cancel or recognise as ended the job of a submission just taken."""
         ctx = held.submission.ctx
+        if _deliveries(held.msg) == 1 and await self._adapter_state(ctx) is None:
+            # The common case, a job nobody has seen: it cannot have ended, and whether it
+            # was cancelled while queued and the claim of its launch are asked at once.
+            cancelled, here = await asyncio.gather(
+                cancel_requested(self._bus, self.site, ctx.job_id), self._claim_launch(ctx)
+            )
+            if not here:
+                return  # launched elsewhere (see _start): its end comes from the bus
+            if cancelled:
+                await self._reporter().report(
+                    ctx, JobState.CANCELLED, native_state="cancelled", native_info="cancelled before it started"
+                )
+                return
+            await self._start(held, claimed=True)
+            if await cancel_requested(self._bus, self.site, ctx.job_id):
+                await self._cancel_held(held)  # asked while we started it
+            return
         if await cancel_requested(self._bus, self.site, ctx.job_id):
             if await self._adapter_state(ctx) is None and not await self._launched_elsewhere(ctx):
                 await self._reporter().report(
@@ -496,12 +514,12 @@ class SiteAgent:
             return False
         return bytes(entry.value or b"").decode() != self._place
 
-    async def _start(self, held: _Held) -> None:
+    async def _start(self, held: _Held, *, claimed: bool = False) -> None:
         """Hand the job to the adapter (a repeat submit adopts it), retrying transient refusals."""
         ctx, defn = held.submission.ctx, held.submission.defn
         await self._opened.wait()
         assert self._adapter is not None
-        if await self._adapter_state(ctx) is None and not await self._claim_launch(ctx):
+        if not claimed and await self._adapter_state(ctx) is None and not await self._claim_launch(ctx):
             # Launched by an agent of this site elsewhere, which this one cannot see or adopt:
             # its end comes from the bus (its orphan reporter, callback mode, or that agent back).
             log.info("agent %s: job %s was launched elsewhere; waiting for its end", self.config.name, ctx.job_id)
@@ -523,6 +541,13 @@ class SiteAgent:
         await self._reporter().report(
             ctx, JobState.FAILED, native_state="submit-failed", native_info=f"submit failed: {last}"[:4000]
         )
+
+
+def _deliveries(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered)
+    except (nats.errors.NotJSMessageError, ValueError, IndexError, AttributeError):
+        return 2  # unknown: judged as a redelivery, the careful way
 
 
 def _claim_key(ctx: JobContext) -> str:
