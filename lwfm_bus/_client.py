@@ -37,6 +37,7 @@ from ._events import (
     make_event,
     new_id,
 )
+from ._identity import bus_env
 from ._index import JobIndex, JobRecord, TriggerRecord, WorkflowRecord
 from ._jobs import JobContext, JobDefn, Workflow
 from ._meta import Metadata
@@ -140,36 +141,7 @@ class Bus(EventBus):
 
     def job_env(self) -> dict[str, str]:
         """How a launched job reaches this bus by itself (passed in its environment)."""
-        cfg = self.config
-        env = {
-            "LWFM_BUS_URL": self.connected_url or ",".join(cfg.servers),
-            "LWFM_BUS_HOME": str(cfg.home),
-            # A job speaks for the site that launched it (its triggers are judged there),
-            # and reaches that site's server by URL: it neither reads the federation file
-            # (a relative path would not even resolve in its directory) nor holds its secret.
-            "LWFM_BUS_SITE": cfg.site,
-            "LWFM_BUS_FEDERATION": "",
-            "LWFM_BUS_FEDERATION_SECRET": "",
-            # A tool inside a job is a client: it runs no agent or engine of its own.
-            "LWFM_BUS_AGENTS": "",
-            "LWFM_BUS_ENGINE": "",
-            "LWFM_BUS_AUTOSTART": "off",
-        }
-        if cfg.user:
-            env["LWFM_BUS_USER"] = cfg.user
-        if cfg.password:
-            env["LWFM_BUS_PASSWORD"] = cfg.password.get_secret_value()
-        if cfg.token:
-            env["LWFM_BUS_TOKEN"] = cfg.token.get_secret_value()
-        for key, path in (
-            ("LWFM_BUS_CREDS", cfg.creds_file),
-            ("LWFM_BUS_TLS_CA", cfg.tls_ca_file),
-            ("LWFM_BUS_TLS_CERT", cfg.tls_cert_file),
-            ("LWFM_BUS_TLS_KEY", cfg.tls_key_file),
-        ):
-            if path:
-                env[key] = str(path)
-        return env
+        return bus_env(self.config, self.connected_url)
 
     async def site(self, name: str) -> SiteAdapter:
         """A configured site's adapter, opened as a client: to read logs and copy data.

@@ -71,6 +71,7 @@ from ._events import (
     make_event,
 )
 from ._fedkeeper import keep_sources
+from ._identity import TRIGGER_DATA_ENV
 from ._jobs import JobContext, JobDefn
 from ._matcher import JobWatch, TriggerIndex, satisfies
 from ._states import JobState
@@ -102,9 +103,6 @@ _WORK_FILTER = f"{ROOT}.>"
 _WORK_KINDS = frozenset({"job", "data"})
 # Outcomes come back to settle a claim whose replica died after announcing it.
 _WORK_TRIGGER_DETAILS = frozenset({"registered", "deadline", "fired", "expired", "failed"})
-
-
-TRIGGER_DATA_ENV = "LWFM_TRIGGER_DATA_ID"
 
 
 def _with_arrival(trigger: Trigger, record: FiringRecord, job: JobDefn) -> JobDefn:

@@ -16,7 +16,7 @@ Everything a site needs is derived from one short file shared by all sites::
     names = ["hpc1"]                # further site names alpha speaks for (its Slurm cluster)
     submit_to = ["*"]               # site names alpha may submit jobs to ("*": every member's)
 
-From it follow (a) each server's configuration, rendered by :func:`render_federation`
+From it follow (a) each server's configuration, rendered by :mod:`._natsconf`
 so nobody hand-writes NATS configuration; (b) what a site may publish: a leaf's
 credentials let it publish events only under its own names (``lwfm.<name>.>``), and
 submissions only to the sites its ``submit_to`` names, and the hub's server refuses
@@ -36,7 +36,6 @@ Secrets: the file holds bcrypt hashes only; each site keeps its own secret in a 
 
 from __future__ import annotations
 
-import json
 import secrets
 import tomllib
 from dataclasses import dataclass
@@ -58,7 +57,6 @@ __all__ = [
     "load_federation",
     "new_secret",
     "read_secret",
-    "render_federation",
 ]
 
 PRIVATE_NAME = "local"
@@ -257,41 +255,6 @@ class FederationMember:
             return f"0.0.0.0:{urlsplit(fed.hub_url).port}"
         host, _, port = fed.hub_listen.rpartition(":")
         return f"{host}:{-1 if port == '0' else port}"
-
-
-def _q(value: str) -> str:
-    from ._server import _quote  # one quoting rule for every line of a server's configuration
-
-    return _quote(value)
-
-
-def render_federation(member: FederationMember) -> tuple[list[str], tuple[str, str] | None]:
-    """nats-server configuration lines for a member, and the hub's local client login.
-
-    Both kinds of member get a JetStream domain named after the site, which keeps each
-    site's streams and KV buckets its own.  The hub's users are the leaves (bcrypt-checked,
-    with :meth:`Federation.leaf_permissions`) and the hub's own processes, all in the
-    global account like a singleton's; a leaf adds a remote to the hub.  Returns the lines that
-    go after the ``jetstream`` block (whose domain the caller sets) and, for the hub,
-    the (user, password) its local clients must use.
-    """
-    fed = member.federation
-    lines: list[str] = []
-    if not member.is_hub:
-        lines.append(f"leafnodes {{ remotes: [ {{ url: {_q(member.leaf_remote_url())} }} ] }}")
-        return lines, None
-    own = fed.hub_permissions()
-    own_perms = f", permissions: {json.dumps(own)}" if own else ""
-    users = [f"{{ user: {_q(member.site)}, password: {_q(member.secret)}{own_perms} }}"]
-    for name, site in fed.sites.items():
-        if site.hub:
-            continue
-        perms = json.dumps(fed.leaf_permissions(name))
-        users.append(f"{{ user: {_q(name)}, password: {_q(site.secret_hash)}, permissions: {perms} }}")
-    # The global account, as a singleton's: a home that becomes the hub keeps its streams and buckets.
-    lines.append(f"authorization {{ users: [ {', '.join(users)} ] }}")
-    lines.append(f"leafnodes {{ listen: {_q(member.hub_listen())} }}")
-    return lines, (member.site, member.secret)
 
 
 def load_federation(path: Path) -> Federation:

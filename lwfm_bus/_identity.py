@@ -1,9 +1,13 @@
-"""Who is calling: a job's identity from its environment, and checksums of local bytes.
+"""The launched job's environment contract, and checksums of local bytes.
 
-This is, with the CLI, the one place that reads the environment, because that is
-where a launched job finds its identity (``LWFM_JOB_ID``, ``LWFM_SITE``,
-``LWFM_WORKFLOW_ID``, ``LWFM_PARENT_IDS``).  It is kept apart from the job-side helpers
-so that the core can attribute data to the calling job without importing them.
+What a site gives every job it launches, in one place: its identity (``LWFM_JOB_ID``,
+``LWFM_SITE``, ``LWFM_WORKFLOW_ID``, ``LWFM_JOB_NAME``, ``LWFM_PARENT_IDS``;
+:func:`identity_env`), how it reaches the bus by itself (``LWFM_BUS_*``;
+:func:`bus_env`), and, for a per-arrival job, the data that started it
+(:data:`TRIGGER_DATA_ENV`).  The job side reads them back here (:func:`current_job`);
+this is, with the CLI, the one place that reads the environment.  It is kept apart from
+the job-side helpers so that the core can attribute data to the calling job without
+importing them.
 """
 
 from __future__ import annotations
@@ -13,10 +17,14 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from ._config import BusConfig
 from ._errors import JobError
 from ._jobs import JobContext
 
-__all__ = ["calling_job", "current_job", "file_checksum", "identity_env"]
+__all__ = ["TRIGGER_DATA_ENV", "bus_env", "calling_job", "current_job", "file_checksum", "identity_env"]
+
+TRIGGER_DATA_ENV = "LWFM_TRIGGER_DATA_ID"
+"""A per-arrival job finds here the id of the data record that started it."""
 
 
 def identity_env(ctx: JobContext) -> dict[str, str]:
@@ -28,6 +36,39 @@ def identity_env(ctx: JobContext) -> dict[str, str]:
         "LWFM_JOB_NAME": ctx.name or "",
         "LWFM_PARENT_IDS": ",".join(ctx.parent_ids),
     }
+
+
+def bus_env(config: BusConfig, connected_url: str | None) -> dict[str, str]:
+    """How a launched job reaches the bus by itself (the address and credentials it is given)."""
+    env = {
+        "LWFM_BUS_URL": connected_url or ",".join(config.servers),
+        "LWFM_BUS_HOME": str(config.home),
+        # A job speaks for the site that launched it (its triggers are judged there),
+        # and reaches that site's server by URL: it neither reads the federation file
+        # (a relative path would not even resolve in its directory) nor holds its secret.
+        "LWFM_BUS_SITE": config.site,
+        "LWFM_BUS_FEDERATION": "",
+        "LWFM_BUS_FEDERATION_SECRET": "",
+        # A tool inside a job is a client: it runs no agent or engine of its own.
+        "LWFM_BUS_AGENTS": "",
+        "LWFM_BUS_ENGINE": "",
+        "LWFM_BUS_AUTOSTART": "off",
+    }
+    if config.user:
+        env["LWFM_BUS_USER"] = config.user
+    if config.password:
+        env["LWFM_BUS_PASSWORD"] = config.password.get_secret_value()
+    if config.token:
+        env["LWFM_BUS_TOKEN"] = config.token.get_secret_value()
+    for key, path in (
+        ("LWFM_BUS_CREDS", config.creds_file),
+        ("LWFM_BUS_TLS_CA", config.tls_ca_file),
+        ("LWFM_BUS_TLS_CERT", config.tls_cert_file),
+        ("LWFM_BUS_TLS_KEY", config.tls_key_file),
+    ):
+        if path:
+            env[key] = str(path)
+    return env
 
 
 def current_job(env: Mapping[str, str] | None = None) -> JobContext:

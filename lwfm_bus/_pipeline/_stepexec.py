@@ -35,10 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from .._client import Bus
-from .._engine import TRIGGER_DATA_ENV
 from .._errors import PipelineError
 from .._events import make_event
-from .._identity import calling_job, file_checksum
+from .._identity import TRIGGER_DATA_ENV, calling_job, file_checksum
 from .._jobside import status_event
 from .._states import JobState
 from ._expr import compile_expr
