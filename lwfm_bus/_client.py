@@ -26,8 +26,7 @@ from ._bundle import ImportReport, export_bundle, import_bundle
 from ._bus import EventBus
 from ._config import BusConfig, load_config
 from ._connect import open_event_bus
-from ._engine_store import FiringRecord
-from ._errors import ConfigError, JobTimeoutError, LwfmBusError, SiteError, TriggerError, UnknownJobError
+from ._errors import ConfigError, JobTimeoutError, SiteError, TriggerError, UnknownJobError
 from ._events import (
     JobStatus,
     JobStatusEvent,
@@ -46,8 +45,9 @@ from ._registry import SiteSpec, discover_adapters, load_sites
 from ._repo import DataRepo, Provenance
 from ._sites import LogStream, SiteAdapter, SiteRuntime
 from ._sites._agent import AgentConfig, SiteAgent, serve_agents
+from ._sites._dispatch import Dispatcher
 from ._sites._report import Reporter
-from ._sites._submit import Submission, agent_present, request_cancel, store_submission
+from ._sites._submit import request_cancel
 from ._states import JobState
 from ._subjects import ROOT, check_token
 from ._triggers import DataTrigger, Downstream, JobTrigger, JoinTrigger, Match, Trigger, Upstream
@@ -95,12 +95,12 @@ class Bus(EventBus):
         self._adapter_lock = asyncio.Lock()
         self._index: JobIndex | None = None
         self._index_lock = asyncio.Lock()
-        self._agent_seen: dict[str, tuple[float, bool]] = {}
-        self._no_agent_said: dict[str, float] = {}
         self._agents: dict[str, SiteAgent] = {}
         self._repo = DataRepo(self)
         self.workspaces = Workspaces(self)
         """The shared map of logical file names (see :class:`~lwfm_bus.Workspaces`)."""
+        self.dispatcher = Dispatcher(self, site_specs=self.site_specs, resolve=self.workspaces.resolve_job)
+        """Hands jobs to their sites' agents (``submit`` and the trigger engine use it)."""
 
     async def _aclose(self) -> None:
         for name, adapter in list(self._adapters.items()):
@@ -228,7 +228,7 @@ class Bus(EventBus):
             name=defn.label(),
             parent_ids=tuple(parents),
         )
-        await self._submit_job(ctx, defn, always_warn=True)
+        await self.dispatcher.submit_job(ctx, defn, always_warn=True)
         return Job(job_id=ctx.job_id, site=site, workflow_id=wf_id, bus=self)
 
     def _here(self, defn: JobDefn, site: str) -> JobDefn:
@@ -240,111 +240,6 @@ class Bus(EventBus):
         if defn.cwd is not None or not self.is_local_site(site):
             return defn
         return defn.model_copy(update={"cwd": os.getcwd()})
-
-    async def _agent_present(self, site: str) -> bool:
-        """Whether an agent serves ``site``; an answer is reused for a moment (the engine submits in bursts)."""
-        loop = asyncio.get_running_loop()
-        seen = self._agent_seen.get(site)
-        if seen is not None and loop.time() - seen[0] < _AGENT_SEEN_S:
-            return seen[1]
-        present = await agent_present(self, site)
-        self._agent_seen[site] = (loop.time(), present)
-        return present
-
-    async def _submit_job(
-        self, ctx: JobContext, defn: JobDefn, *, agent: bool | None = None, always_warn: bool = False
-    ) -> bool:
-        """Resolve workspace names, store the submission, say READY and PENDING; False if known already.
-
-        The engine dispatches through this too: a firing is one stored submission.  "No
-        agent" is said for every job a user submits, and once a minute per site otherwise.
-        """
-        member = self.federation
-        if member is not None and not member.federation.may_submit(member.site, ctx.site):
-            # The hub's server would refuse it too; said here at once, and clearly.
-            fed = member.federation
-            names = {n for other in fed.sites for n in fed.names_of(other)}
-            why = "no member speaks for it" if ctx.site not in names else "not in its submit_to"
-            raise ConfigError(
-                f"site {member.site!r} may not submit jobs to site {ctx.site!r} ({why}; see the federation file)"
-            )
-        if agent is None:
-            agent = await self._agent_present(ctx.site)
-        if not agent and member is None and ctx.site not in self.site_specs():
-            # Agents of a site this bus does not configure may run anywhere; but with none
-            # answering either, the name is most likely a typo: refused, nothing stored.
-            known = ", ".join(sorted(self.site_specs()))
-            raise ConfigError(
-                f"unknown site {ctx.site!r} (configured: {known}; see {self.config.sites_path()}), "
-                "and no agent serves it"
-            )
-        defn = await self.workspaces.resolve_job(defn, ctx.site)  # before anything: a bad reference starts nothing
-        if not await store_submission(self, Submission(ctx=ctx, defn=defn, submitted_by=self.config.site)):
-            log.info("job %s was already submitted; not submitting it again", ctx.job_id)
-            return False
-        if not self._speaks_for(ctx.site):
-            return True  # another federation member's job: its own agents report its states there
-        try:
-            await self._say_submitted(ctx, agent, always_warn)
-        except LwfmBusError as exc:
-            # Stored is what matters: the job runs and its agent reports it.  Raising now
-            # would invite a retry under another id.
-            log.warning("job %s is submitted, but its READY/PENDING were not recorded: %s", ctx.job_id, exc)
-        return True
-
-    async def _say_submitted(self, ctx: JobContext, agent: bool, always_warn: bool) -> None:
-        reporter = Reporter(self, source="api", deadline_s=3 * self.config.request_timeout_s)
-        if agent:
-            # Both at once (one round trip); the state order sorts them whatever lands first.
-            # PENDING has its own id: the site's (a scheduler's queue, with its native id) is news after it.
-            await asyncio.gather(
-                reporter.report(ctx, JobState.READY),
-                reporter.report(
-                    ctx,
-                    JobState.PENDING,
-                    native_state="queued",
-                    native_info=f"waiting for a free slot of site {ctx.site!r} (its max_concurrent)",
-                    variant="queued",
-                ),
-            )
-            return
-        await reporter.report(ctx, JobState.READY)
-        hint = f"no agent serves site {ctx.site!r}; start one with 'lwfm-bus agent --site {ctx.site}' or 'lwfm-bus up'"
-        now = asyncio.get_running_loop().time()
-        if always_warn or now - self._no_agent_said.get(ctx.site, -60.0) >= 60.0:
-            self._no_agent_said[ctx.site] = now
-            log.warning("job %s waits: %s", ctx.job_id, hint)
-        await reporter.report(ctx, JobState.PENDING, native_state="no agent", native_info=hint, variant="no-agent")
-
-    def _speaks_for(self, site: str) -> bool:
-        """Whether this process may publish events of ``site`` (in a federation: its own names and local)."""
-        member = self.federation
-        return member is None or site in (*member.federation.names_of(member.site), "local")
-
-    async def _report_failed_dispatch(self, target: Downstream, record: FiringRecord, reason: str) -> None:
-        """A triggered job that could not be submitted ends FAILED, so whoever waits on it learns why.
-
-        Reported at the site that owns the trigger when that is not the job's site (a
-        federation member cannot speak for another), and never raised: the trigger must
-        end ``failed`` whatever happens to this report.
-        """
-        if record.job_id is None:
-            return
-        site = target.site if self._speaks_for(target.site) else self.config.site
-        if site != target.site:
-            reason = f"to site {target.site!r}: {reason}"
-        ctx = JobContext(
-            job_id=record.job_id,
-            site=site,
-            workflow_id=record.workflow_id,
-            name=target.job.label(),
-            parent_ids=record.parent_ids,
-        )
-        reporter = Reporter(self, source="engine", deadline_s=3 * self.config.request_timeout_s)
-        try:
-            await reporter.report(ctx, JobState.FAILED, native_info=f"dispatch failed: {reason}"[:4000])
-        except LwfmBusError as exc:
-            log.error("job %s: its failed dispatch could not be reported: %s", record.job_id, exc)
 
     async def wait(self, job_id: str, *, timeout: float | None = None) -> JobStatus:
         """The job's terminal status, woken by its event (it may have ended already)."""
@@ -398,7 +293,7 @@ class Bus(EventBus):
         ctx = await self._context(job_id)
         await request_cancel(self, ctx)
         taken = record.native_state not in _NOT_TAKEN or record.state.at_or_after(JobState.RUNNING)
-        if not taken and self._speaks_for(ctx.site):
+        if not taken and self.dispatcher.speaks_for(ctx.site):
             # No agent has taken it yet (it waits in the stream): it ends now.  An agent
             # that takes it later sees the request and never starts it; one taking it
             # this instant hears the request and stops it, and its own report of the end

@@ -40,7 +40,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, runtime_checkable
 
 import anyio
 import nats.errors
@@ -50,7 +50,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
-from ._bus import STREAM
+from ._bus import STREAM, EventBus
 from ._engine_store import EngineStore, FiringRecord, FiringState, JoinProgress
 from ._events import (
     DataEvent,
@@ -74,6 +74,7 @@ from ._fedkeeper import keep_sources
 from ._identity import TRIGGER_DATA_ENV
 from ._jobs import JobContext, JobDefn
 from ._matcher import JobWatch, TriggerIndex, satisfies
+from ._sites._dispatch import Dispatcher
 from ._states import JobState
 from ._subjects import ROOT
 from ._triggers import (
@@ -87,8 +88,13 @@ from ._triggers import (
     firing_key,
 )
 
-if TYPE_CHECKING:
-    from ._client import Bus
+
+@runtime_checkable
+class Dispatching(Protocol):
+    """A bus that can hand jobs to their sites' agents (``lwfm_bus.connect()`` gives one)."""
+
+    dispatcher: Dispatcher
+
 
 __all__ = ["Engine", "EngineConfig", "EngineStats", "serve_engine"]
 
@@ -171,8 +177,11 @@ class EngineStats:
 class Engine:
     """One replica.  Run it with :func:`serve_engine` (or ``await tg.start(engine.run)``)."""
 
-    def __init__(self, bus: Bus, config: EngineConfig | None = None) -> None:
+    def __init__(self, bus: EventBus, config: EngineConfig | None = None) -> None:
+        if not isinstance(bus, Dispatching):
+            raise TypeError("an engine needs a bus that dispatches jobs: one from lwfm_bus.connect()")
         self._bus = bus
+        self._dispatcher = bus.dispatcher  # a firing is one stored submission for the target site
         # Whose triggers this engine judges: everyone's, or in a federation its own site's.
         self._trigger_site = bus.config.site if bus.federation is not None else "*"
         self._trigger_events = f"{ROOT}.{self._trigger_site}.trigger.>"
@@ -660,7 +669,7 @@ class Engine:
                     job_id=record.job_id, site=target.site, workflow_id=record.workflow_id, name=job.label(),
                     parent_ids=record.parent_ids,
                 )  # fmt: skip
-                await self._bus._submit_job(ctx, job)  # one stored submission; the site's agents run it
+                await self._dispatcher.submit_job(ctx, job)  # one stored submission; the site's agents run it
                 return None
             except Exception as exc:  # noqa: BLE001 - every failure is retried, then reported
                 last = f"{type(exc).__name__}: {exc}"
@@ -669,7 +678,11 @@ class Engine:
                 await _settle(msg.in_progress())
                 await anyio.sleep(delay)
                 delay *= 2
-        await self._bus._report_failed_dispatch(target, record, last)
+        ctx = JobContext(
+            job_id=record.job_id, site=target.site, workflow_id=record.workflow_id, name=target.job.label(),
+            parent_ids=record.parent_ids,
+        )  # fmt: skip
+        await self._dispatcher.report_unsubmitted(ctx, last)
         return last
 
     async def _publish(self, payload: Any, event_id: str) -> None:
@@ -792,7 +805,7 @@ async def _settle(op: Awaitable[None]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def serve_engine(bus: Bus, config: EngineConfig | None = None) -> AsyncIterator[Engine]:
+async def serve_engine(bus: EventBus, config: EngineConfig | None = None) -> AsyncIterator[Engine]:
     """Run an engine replica on ``bus`` until the block exits; entered once it is ready."""
     engine = Engine(bus, config)
     async with anyio.create_task_group() as tg:
