@@ -19,20 +19,18 @@ import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import anyio
 import nats.js.errors
 from nats.js.api import KeyValueConfig, StorageType
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
 
+from ._bus import EventBus
 from ._errors import BundleError
 from ._events import Event, EventDecodeError, decode_event, encode_event
 from ._ids import derived_id
 from ._subjects import ROOT, Token, workflow_filter
-
-if TYPE_CHECKING:
-    from ._client import Bus
 
 __all__ = ["BUNDLE_VERSION", "BundleHeader", "BundleTrailer", "ImportReport", "export_bundle", "import_bundle"]
 
@@ -74,7 +72,7 @@ class ImportReport:
 
 
 async def export_bundle(
-    bus: Bus,
+    bus: EventBus,
     path: Path,
     *,
     workflow_id: str | None = None,
@@ -146,7 +144,7 @@ def read_bundle(path: Path, max_event_bytes: int) -> tuple[BundleHeader, list[Ev
     return header, events
 
 
-async def import_bundle(bus: Bus, path: Path) -> ImportReport:
+async def import_bundle(bus: EventBus, path: Path) -> ImportReport:
     """Replay a bundle's events on ``bus``, each at most once (see the module docstring)."""
     _, events = await anyio.to_thread.run_sync(read_bundle, path, bus.config.max_event_bytes)
     ledger = await _ledger(bus)
@@ -170,7 +168,7 @@ async def import_bundle(bus: Bus, path: Path) -> ImportReport:
     return ImportReport(events=len(events), published=published, already=already)
 
 
-async def _ledger(bus: Bus) -> Any:
+async def _ledger(bus: EventBus) -> Any:
     js = bus.jetstream
     try:
         return await js.key_value(LEDGER_BUCKET)

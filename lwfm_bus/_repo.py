@@ -11,22 +11,37 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio
 from pydantic import ValidationError
 
+from ._bus import PublishAck
+from ._config import BusConfig
 from ._errors import DataError, EventTooLargeError, SiteError, UnknownDataError
-from ._events import DataArrival, _summarise, make_event, new_id
+from ._events import DataArrival, Event, _summarise, make_event, new_id
 from ._identity import calling_job, file_checksum
-from ._index import JobRecord
+from ._index import JobIndex, JobRecord
 from ._jobs import JobContext
 from ._query import DataPage, DataQuery, DataRecord
+from ._sites import SiteAdapter
 
-if TYPE_CHECKING:
-    from ._client import Bus
 
-__all__ = ["DataRepo", "Provenance"]
+class RepoBus(Protocol):
+    """What the repository and the workspaces use of a bus (``Bus`` is one): nothing more."""
+
+    config: BusConfig
+
+    async def publish(self, event: Event) -> PublishAck: ...
+
+    async def index(self) -> JobIndex: ...
+
+    def is_local_site(self, site: str) -> bool: ...
+
+    async def site(self, name: str) -> SiteAdapter: ...
+
+
+__all__ = ["DataRepo", "Provenance", "RepoBus"]
 
 _MAX_ANCESTORS = 10_000
 
@@ -47,7 +62,7 @@ class Provenance:
 class DataRepo:
     """The repository half of a :class:`~lwfm_bus.Bus` (``bus.notate``, ``bus.find``, ...)."""
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: RepoBus) -> None:
         self._bus = bus
 
     async def notate(

@@ -19,7 +19,7 @@ from ._jobs import JobDefn
 from ._workspace import WORKSPACE_PREFIX, WorkspaceLocation, WorkspaceRecord, check_inside, parse_reference
 
 if TYPE_CHECKING:
-    from ._client import Bus
+    from ._repo import RepoBus
 
 __all__ = ["Workspaces"]
 
@@ -27,7 +27,7 @@ __all__ = ["Workspaces"]
 class Workspaces:
     """``bus.workspaces``: a shared map from logical file names to locations on sites."""
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: RepoBus) -> None:
         self._bus = bus
 
     async def _publish(self, **fields: object) -> None:
