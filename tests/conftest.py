@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,10 +17,22 @@ pytest_plugins = ["lwfm_bus.testing.pytest_plugin"]
 
 @pytest.fixture(autouse=True)
 def _stop_background_buses(tmp_path: Path) -> Iterator[None]:
-    """A test that let ``connect()`` start ``lwfm-bus up`` in the background stops it afterwards."""
+    """After each test: stop a bus ``connect()`` started in the background, and the test's jobs.
+
+    A test that fails while its jobs wait (for a file that will never come) would leave
+    them running, using CPU for the rest of the run: every process that runs as a job
+    under this test's directory is killed.
+    """
     yield
     for record_path in tmp_path.rglob("server.json"):
         record = up_record(record_path.parent)
         pid = record.get("owner_pid") if record else None
         if isinstance(pid, int):
             stop_background(pid, timeout=30)
+    marker = f"LWFM_JOB_DIR={tmp_path}/".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if marker in (entry / "environ").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
