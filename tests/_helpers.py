@@ -7,8 +7,10 @@ that is already there counts), a FIFO a job writes, or a pidfd: nothing sleeps.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -144,3 +146,14 @@ def is_gone(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return True
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def kill_processes_with(marker: str) -> None:
+    """SIGKILL every process (but this one) whose environment contains ``marker`` (``KEY=value``)."""
+    needle = marker.encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if needle in (entry / "environ").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)

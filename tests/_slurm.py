@@ -18,7 +18,6 @@ import contextlib
 import os
 import queue
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from tests._helpers import kill_processes_with
 from tests._sshd import free_port
 
 _PROGRAMS = ("slurmctld", "slurmd", "munged", "sbatch", "squeue", "scontrol", "scancel")
@@ -136,16 +136,6 @@ def _munge_key(path: Path) -> None:
     path.chmod(0o600)
 
 
-def _kill_processes_with(marker: str) -> None:
-    needle = marker.encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            if needle in (entry / "environ").read_bytes():
-                os.kill(int(entry.name), signal.SIGKILL)
-
-
 @contextlib.contextmanager
 def running_slurm(root: Path) -> Iterator[SlurmCluster]:
     why = _why_no_slurm()
@@ -209,7 +199,7 @@ def running_slurm(root: Path) -> Iterator[SlurmCluster]:
         cluster.cancel_everything()
         for daemon in reversed(cluster.daemons):
             daemon.stop()
-        _kill_processes_with(f"SLURM_CONF={conf}")
+        kill_processes_with(f"SLURM_CONF={conf}")
         shutil.rmtree(client_dir, ignore_errors=True)
 
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from lwfm_bus._autostart import stop_background, up_record
+from tests._helpers import kill_processes_with
 
 pytest_plugins = ["lwfm_bus.testing.pytest_plugin"]
 
@@ -29,10 +27,4 @@ def _stop_background_buses(tmp_path: Path) -> Iterator[None]:
         pid = record.get("owner_pid") if record else None
         if isinstance(pid, int):
             stop_background(pid, timeout=30)
-    marker = f"LWFM_JOB_DIR={tmp_path}/".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            if marker in (entry / "environ").read_bytes():
-                os.kill(int(entry.name), signal.SIGKILL)
+    kill_processes_with(f"LWFM_JOB_DIR={tmp_path}/")
