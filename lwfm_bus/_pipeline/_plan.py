@@ -44,6 +44,7 @@ from .._errors import PipelineError, PipelineIssue
 from .._jobs import JobDefn
 from .._query import DataQuery, DataRecord
 from ._model import Pipeline, Step
+from ._names import gate_job_name, job_name
 from ._sources import GlobSource, ListSource, QuerySource, Source, UntilExitCode, UntilExpr, UntilFile, UntilMetadata
 from ._stepspec import StepSpec, UntilSpec
 
@@ -298,9 +299,8 @@ class _Compiler:
                 "--",
                 *argv,
             ]
-            suffix = (f"[{label}]" if label else "") + (f"@{k}" if step.repeat != "once" else "")
-            job_name = f"{self.plan.name}:{path}{suffix}"
-            defn = JobDefn(argv=tuple(wrapped), name=job_name, env=env, cwd=cwd, resources=step.resources)
+            run_name = job_name(self.plan.name, path, label or None, k if step.repeat != "once" else None)
+            defn = JobDefn(argv=tuple(wrapped), name=run_name, env=env, cwd=cwd, resources=step.resources)
             job_id = self._id("job", path, label, k)
             if step.fan_out == "on_data":
                 assert step.on_data is not None
@@ -313,7 +313,7 @@ class _Compiler:
                 start = AfterJobs((previous,))
             else:  # until: iteration k runs when iteration k-1 said "again"
                 start = OnData({"lwfm_unit": unit, "lwfm_iter": k - 1, "lwfm_loop": "again"}, workflow=True)
-            self.plan.jobs.append(PlannedJob(job_id, job_name, path, site, defn, start, optional=k > 0 and
+            self.plan.jobs.append(PlannedJob(job_id, run_name, path, site, defn, start, optional=k > 0 and
                                              step.repeat == "until"))  # fmt: skip
             ids.append(job_id)
             previous = job_id
@@ -325,8 +325,7 @@ class _Compiler:
     def _gate(self, path: str, label: str, why: str, site: str, start: OnData) -> str:
         """A no-op job that stands for a condition on data, so joins can wait for it."""
         job_id = self._id("gate", why, path, label)
-        suffix = f"[{label}]" if label else ""
-        name = f"{self.plan.name}:{path}{suffix}#{why}"
+        name = gate_job_name(self.plan.name, path, label or None, why)
         defn = JobDefn(argv=(self.python(site), "-c", "pass"), name=name)
         self.plan.jobs.append(PlannedJob(job_id, name, path, site, defn, start))
         return job_id
