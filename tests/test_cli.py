@@ -95,3 +95,24 @@ async def test_bad_arguments_are_one_clear_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert b"lwfm-bus: error:" in err
     assert b"Traceback" not in err
+
+
+async def test_a_reader_that_stops_early_ends_the_command_quietly(bus_config: lb.BusConfig) -> None:
+    """``lwfm-bus events ... | head -1``: no BrokenPipeError traceback, exit 0."""
+    async with lb.connect(bus_config.model_copy(update={"agents": ()})) as bus:
+        for event in sample_events() * 200:  # more history than one pipe buffer holds
+            await bus.publish(event.model_copy(update={"id": lb.new_id()}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_BUS_")}
+    env["LWFM_BUS_URL"] = bus_config.servers[0]
+    read_end, write_end = os.pipe()
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "--home", str(bus_config.home), "events", "--all", "--no-follow",
+        stdout=write_end, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        first = await asyncio.to_thread(reader.readline)  # then the reader goes away, as head does
+    assert first.strip()
+    _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert b"Traceback" not in stderr and b"BrokenPipe" not in stderr, stderr.decode()
+    assert proc.returncode == 0

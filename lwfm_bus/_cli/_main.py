@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -122,3 +123,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LwfmBusError as exc:
         print(f"lwfm-bus: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return _reader_left()
+    except BaseExceptionGroup as group:
+        if group.subgroup(BrokenPipeError) is None or group.subgroup(lambda e: not isinstance(e, BrokenPipeError)):
+            raise
+        return _reader_left()
+
+
+def _reader_left() -> int:
+    """Whoever read our output stopped (``| head``): end quietly, as a pipeline expects.
+
+    Standard output is pointed at /dev/null first, or Python's own flush at exit would
+    fail on the closed pipe once more and print a traceback after all.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 0
