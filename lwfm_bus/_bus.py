@@ -49,6 +49,7 @@ __all__ = [
     "EventBus",
     "PublishAck",
     "Subscription",
+    "deliveries",
 ]
 
 log = logging.getLogger("lwfm_bus.bus")
@@ -375,6 +376,15 @@ async def _iter_dead_letters(bus: EventBus, follow: bool) -> AsyncIterator[DeadL
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+
+
+def deliveries(msg: Msg) -> int:
+    """How many times JetStream has delivered this message (1: the first time; 2 if unknown,
+    so that a caller that treats a first delivery more lightly errs on the careful side)."""
+    try:
+        return int(msg.metadata.num_delivered)
+    except (nats.errors.NotJSMessageError, ValueError, IndexError, AttributeError):
+        return 2
 
 
 def _header_safe(text: str, limit: int = 1024) -> str:

@@ -45,7 +45,7 @@ from ._registry import SiteSpec, discover_adapters, load_sites
 from ._repo import DataRepo, Provenance
 from ._sites import LogStream, SiteAdapter, SiteRuntime
 from ._sites._agent import AgentConfig, SiteAgent, serve_agents
-from ._sites._dispatch import Dispatcher
+from ._sites._dispatch import NOT_TAKEN, Dispatcher
 from ._sites._report import Reporter
 from ._sites._submit import request_cancel
 from ._states import JobState
@@ -59,8 +59,6 @@ log = logging.getLogger("lwfm_bus.client")
 
 # An agent seen this recently is not asked again before the next submission to its site.
 _AGENT_SEEN_S = 2.0
-# The submitter's words for a job that waits in the stream, which no agent has taken yet.
-_NOT_TAKEN = frozenset({"queued", "no agent"})
 
 
 @dataclass(frozen=True)
@@ -269,15 +267,7 @@ class Bus(EventBus):
         return await (await self.index()).jobs(workflow_id=wf_id, limit=-1 if limit is None else limit)
 
     async def _context(self, job_id: str) -> JobContext:
-        r = await self.status(job_id)
-        return JobContext(
-            job_id=r.job_id,
-            site=r.site,
-            workflow_id=r.workflow_id,
-            name=r.name,
-            native_id=r.native_id,
-            parent_ids=r.parent_ids,
-        )
+        return _context_of(await self.status(job_id))
 
     async def cancel(self, job_id: str, *, wait_s: float | None = 30.0) -> JobStatus | None:
         """Stop a job and everything it started, through its site's agents.
@@ -290,9 +280,9 @@ class Bus(EventBus):
         record = await self.status(job_id)
         if record.state.is_terminal:
             return None  # nothing to stop; a late cancel must not relabel a finished job
-        ctx = await self._context(job_id)
+        ctx = _context_of(record)
         await request_cancel(self, ctx)
-        taken = record.native_state not in _NOT_TAKEN or record.state.at_or_after(JobState.RUNNING)
+        taken = record.native_state not in NOT_TAKEN or record.state.at_or_after(JobState.RUNNING)
         if not taken and self.dispatcher.speaks_for(ctx.site):
             # No agent has taken it yet (it waits in the stream): it ends now.  An agent
             # that takes it later sees the request and never starts it; one taking it
@@ -484,6 +474,13 @@ class Bus(EventBus):
 
     async def trigger(self, trigger_id: str) -> TriggerRecord | None:
         return await (await self.index()).trigger(trigger_id)
+
+
+def _context_of(r: JobRecord) -> JobContext:
+    return JobContext(
+        job_id=r.job_id, site=r.site, workflow_id=r.workflow_id, name=r.name, native_id=r.native_id,
+        parent_ids=r.parent_ids,
+    )  # fmt: skip
 
 
 def _job_id(job: str | Job | Any) -> str:

@@ -25,7 +25,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from pydantic import SecretStr
 
-from ._autostart import start_background
+from ._autostart import start_background, up_record
 from ._bus import EventBus
 from ._config import BusConfig
 from ._errors import ConfigError, LwfmBusError
@@ -65,10 +65,8 @@ def running_server_url(home: Path) -> str | None:
     with open(home / "server.lock", "a+") as probe:
         if _try_lock(probe, blocking=False):
             return None  # nobody holds the lock: the record is stale
-    try:
-        return str(json.loads(record.read_text())["url"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    url = (up_record(home) or {}).get("url")
+    return url if isinstance(url, str) else None
 
 
 def federation_member(config: BusConfig) -> FederationMember | None:

@@ -50,7 +50,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
-from ._bus import STREAM, EventBus
+from ._bus import STREAM, EventBus, deliveries
 from ._engine_store import EngineStore, FiringRecord, FiringState, JoinProgress
 from ._events import (
     DataEvent,
@@ -371,7 +371,7 @@ class Engine:
                 await self._bus.dead_letter(msg, err)
                 await _settle(msg.term())
                 return
-            redelivered = _deliveries(msg) > 1
+            redelivered = deliveries(msg) > 1
             keepalive = _KeepAlive(msg, self.config.ack_wait_s / 3)
             try:
                 await self._barrier(seq)
@@ -379,7 +379,7 @@ class Engine:
             except Exception as exc:
                 self.stats.errors += 1
                 log.warning("engine: event %s (seq %d) will be retried: %r", event.id, seq, exc, exc_info=True)
-                await _settle(msg.nak(delay=min(30.0, 0.5 * _deliveries(msg))))
+                await _settle(msg.nak(delay=min(30.0, 0.5 * deliveries(msg))))
                 return
             finally:
                 keepalive.cancel()
@@ -787,13 +787,6 @@ def _stream_seq(msg: Msg) -> int:
         return int(msg.metadata.sequence.stream)
     except (nats.errors.NotJSMessageError, ValueError, IndexError, AttributeError):
         return 0
-
-
-def _deliveries(msg: Msg) -> int:
-    try:
-        return int(msg.metadata.num_delivered)
-    except (nats.errors.NotJSMessageError, ValueError, IndexError, AttributeError):
-        return 1
 
 
 async def _settle(op: Awaitable[None]) -> None:

@@ -40,7 +40,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
 from pydantic import ValidationError
 
-from .._bus import STREAM, SUBMIT_STREAM, EventBus
+from .._bus import STREAM, SUBMIT_STREAM, EventBus, deliveries
 from .._errors import LwfmBusError
 from .._jobs import JobContext
 from .._registry import SiteSpec
@@ -120,16 +120,12 @@ class SiteAgent:
         self._adapter: SiteAdapter | None = None
         self._opened = anyio.Event()
         self._claims: Any = None
+        # Every report of this agent and its adapter: retried until acknowledged, and each
+        # terminal one tells the agent that a job it holds has ended.
+        self._reporter = Reporter(bus, stopping=lambda: self._stopping, on_reported=self._reported)
         self._tg: TaskGroup | None = None
         # Where this agent launches jobs: agents of one place share adoption through the adapter.
         self._place = f"{socket.gethostname()}:{state_dir.absolute()}"
-        self.started = 0
-        """Submissions taken (for people and tests; correctness never depends on it)."""
-
-    @property
-    def adapter(self) -> SiteAdapter | None:
-        """The site's adapter once it is open."""
-        return self._adapter
 
     async def opened(self) -> SiteAdapter:
         """The site's adapter, once this agent has opened it."""
@@ -181,7 +177,7 @@ class SiteAgent:
         runtime = SiteRuntime(
             site=self.site,
             state_dir=self._state_dir,
-            reporter=Reporter(self._bus, stopping=lambda: self._stopping, on_reported=self._reported),
+            reporter=self._reporter,
             job_env=self._job_env,
             role="agent",
         )
@@ -345,7 +341,6 @@ class SiteAgent:
                     held.msg = msg  # redelivered while we run it (a stalled server): renew the newest
                     continue
                 self._held[job_id] = _Held(submission=submission, msg=msg)
-                self.started += 1
                 tg.start_soon(self._serve, job_id)
         finally:
             with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):
@@ -375,7 +370,7 @@ class SiteAgent:
     async def _begin(self, held: _Held) -> None:
         """Start, adopt, cancel or recognise as ended the job of a submission just taken."""
         ctx = held.submission.ctx
-        if _deliveries(held.msg) == 1 and await self._adapter_state(ctx) is None:
+        if deliveries(held.msg) == 1 and await self._adapter_state(ctx) is None:
             # The common case, a job nobody has seen: it cannot have ended, and whether it
             # was cancelled while queued and the claim of its launch are asked at once.
             cancelled, here = await asyncio.gather(
@@ -384,19 +379,13 @@ class SiteAgent:
             if not here:
                 return  # launched elsewhere (see _start): its end comes from the bus
             if cancelled:
-                await self._reporter().report(
-                    ctx, JobState.CANCELLED, native_state="cancelled", native_info="cancelled before it started"
-                )
+                await self._cancelled_unstarted(ctx)
                 return
-            await self._start(held, claimed=True)
-            if await cancel_requested(self._bus, self.site, ctx.job_id):
-                await self._cancel_held(held)  # asked while we started it
+            await self._start_then_check(held, claimed=True)
             return
         if await cancel_requested(self._bus, self.site, ctx.job_id):
             if await self._adapter_state(ctx) is None and not await self._launched_elsewhere(ctx):
-                await self._reporter().report(
-                    ctx, JobState.CANCELLED, native_state="cancelled", native_info="cancelled before it started"
-                )
+                await self._cancelled_unstarted(ctx)
                 return
             await self._start(held)  # adopt it, so that it is watched to its end
             await self._cancel_held(held)
@@ -404,12 +393,19 @@ class SiteAgent:
         if await self._has_ended(held):
             held.ended.set()
             return
-        await self._start(held)
-        if await cancel_requested(self._bus, self.site, ctx.job_id):
-            await self._cancel_held(held)  # asked while we started it
+        await self._start_then_check(held)
 
-    def _reporter(self) -> Reporter:
-        return Reporter(self._bus, stopping=lambda: self._stopping, on_reported=self._reported)
+    async def _cancelled_unstarted(self, ctx: JobContext) -> None:
+        await self._reporter.report(
+            ctx, JobState.CANCELLED, native_state="cancelled", native_info="cancelled before it started"
+        )
+
+    async def _start_then_check(self, held: _Held, *, claimed: bool = False) -> None:
+        """Start the job; then stop it if a cancel came while it started (a cancel heard just
+        before its launch found nothing to stop)."""
+        await self._start(held, claimed=claimed)
+        if await cancel_requested(self._bus, self.site, held.submission.ctx.job_id):
+            await self._cancel_held(held)
 
     async def _keep_held(self, held: _Held) -> None:
         """Every third of the ack wait: renew the lease, and look again at what may have been missed.
@@ -425,10 +421,9 @@ class SiteAgent:
             try:
                 if not held.cancelled and await cancel_requested(self._bus, self.site, ctx.job_id):
                     await self._cancel_held(held)
-                if await self._has_ended(held):
-                    held.ended.set()
             except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
                 log.info("agent %s: job %s: could not look at the bus: %r", self.config.name, ctx.job_id, exc)
+            await self._verify_end(ctx.job_id)
 
     async def _cancel_held(self, held: _Held) -> None:
         await self._opened.wait()
@@ -538,16 +533,9 @@ class SiteAgent:
             if attempt < self.config.submit_attempts:
                 await anyio.sleep(delay)  # back-off between attempts
                 delay *= 2
-        await self._reporter().report(
+        await self._reporter.report(
             ctx, JobState.FAILED, native_state="submit-failed", native_info=f"submit failed: {last}"[:4000]
         )
-
-
-def _deliveries(msg: Msg) -> int:
-    try:
-        return int(msg.metadata.num_delivered)
-    except (nats.errors.NotJSMessageError, ValueError, IndexError, AttributeError):
-        return 2  # unknown: judged as a redelivery, the careful way
 
 
 def _claim_key(ctx: JobContext) -> str:

@@ -22,12 +22,17 @@ from .._states import JobState
 from ._report import Reporter
 from ._submit import Submission, agent_present, store_submission
 
-__all__ = ["Dispatcher"]
+__all__ = ["NOT_TAKEN", "Dispatcher"]
 
 log = logging.getLogger("lwfm_bus.client")
 
 # An agent seen this recently is not asked again before the next submission to its site.
 _AGENT_SEEN_S = 2.0
+# What the dispatcher says of a job waiting in the stream (its PENDING's native_state).
+_QUEUED = "queued"
+_NO_AGENT = "no agent"
+NOT_TAKEN = frozenset({_QUEUED, _NO_AGENT})
+"""A job whose latest native state is one of these has not been taken by any agent yet."""
 
 
 class Dispatcher:
@@ -108,7 +113,7 @@ class Dispatcher:
                 reporter.report(
                     ctx,
                     JobState.PENDING,
-                    native_state="queued",
+                    native_state=_QUEUED,
                     native_info=f"waiting for a free slot of site {ctx.site!r} (its max_concurrent)",
                     variant="queued",
                 ),
@@ -120,7 +125,7 @@ class Dispatcher:
         if always_warn or now - self._no_agent_said.get(ctx.site, -60.0) >= 60.0:
             self._no_agent_said[ctx.site] = now
             log.warning("job %s waits: %s", ctx.job_id, hint)
-        await reporter.report(ctx, JobState.PENDING, native_state="no agent", native_info=hint, variant="no-agent")
+        await reporter.report(ctx, JobState.PENDING, native_state=_NO_AGENT, native_info=hint, variant="no-agent")
 
     def speaks_for(self, site: str) -> bool:
         """Whether this process may publish events of ``site`` (in a federation: its own names and local)."""
