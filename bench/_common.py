@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypedDict
@@ -31,7 +31,7 @@ import anyio
 from nats.aio.msg import Msg
 
 import lwfm_bus as lb
-from lwfm_bus._bus import STREAM
+from lwfm_bus._bus._eventbus import STREAM
 from lwfm_bus._subjects import agent_subject
 from lwfm_bus.testing import bus_config_for, start_test_server
 
@@ -351,14 +351,14 @@ def mixed_trigger(i: int, site: str = "local") -> lb.Trigger:
 class HandleProbe:
     """Wraps one engine's per-message handler to count and time what it has finished.
 
-    ``measured(msg)`` picks the messages whose window is timed (from the start of the
+    ``measured(subject)`` picks the messages whose window is timed (from the start of the
     first to the end of the last); every message is counted in ``done``.  CPU use (and
     a profile, if asked for) starts with the window: :meth:`close_window` as soon as it
     is over.
     """
 
     def __init__(
-        self, engine: lb.Engine, measured: Callable[[Msg], bool] | None = None, server_pid: int | None = None
+        self, engine: lb.Engine, measured: Callable[[str], bool] | None = None, server_pid: int | None = None
     ) -> None:
         self.done = 0
         self.startup_s = math.nan
@@ -366,29 +366,26 @@ class HandleProbe:
         self.measured_done = 0
         self.first_start: float | None = None
         self.last_end = 0.0
-        self._measured = measured or (lambda _msg: True)
+        self._measured = measured or (lambda _subject: True)
         self._moved = asyncio.Condition()
         self.cpu = CpuMeter(server_pid)
         self.profile = WindowProfile()
-        original: Callable[[Msg, int], Awaitable[None]] = engine._handle
+        engine.observe(self._observed)
 
-        async def handle(msg: Msg, seq: int) -> None:
-            timed = self._measured(msg)
+    async def _observed(self, subject: str, done: bool) -> None:
+        timed = self._measured(subject)
+        if not done:
             if timed and self.first_start is None:
                 self.first_start = time.perf_counter()
                 self.cpu.start()
                 self.profile.start()
-            try:
-                await original(msg, seq)
-            finally:
-                self.done += 1
-                if timed:
-                    self.measured_done += 1
-                    self.last_end = time.perf_counter()
-                async with self._moved:
-                    self._moved.notify_all()
-
-        engine._handle = handle  # type: ignore[method-assign]
+            return
+        self.done += 1
+        if timed:
+            self.measured_done += 1
+            self.last_end = time.perf_counter()
+        async with self._moved:
+            self._moved.notify_all()
 
     async def wait_for(self, condition: Callable[[], bool], timeout: float) -> None:
         """Wait (at most ``timeout`` s, then ``TimeoutError``) until ``condition`` holds."""
@@ -416,15 +413,11 @@ def skip_history_lookup(engine: lb.Engine) -> None:
     minutes.  The definition is still remembered, as the engine does.  Undo with
     :func:`restore_history_lookup` (benchmarks call it before their timed phase).
     """
-
-    async def catch_up(event: lb.TriggerRegisteredEvent, reg_seq: int, redelivered: bool, msg: Msg) -> None:
-        engine._remember(event.data.definition)
-
-    engine._catch_up = catch_up  # type: ignore[method-assign]
+    engine.look_back = False
 
 
 def restore_history_lookup(engine: lb.Engine) -> None:
-    engine.__dict__.pop("_catch_up", None)
+    engine.look_back = True
 
 
 @contextlib.asynccontextmanager
@@ -432,7 +425,7 @@ async def probed_engine(
     bus: lb.Bus,
     config: lb.EngineConfig | None = None,
     *,
-    measured: Callable[[Msg], bool] | None = None,
+    measured: Callable[[str], bool] | None = None,
     fast_registration: bool = False,
     server_pid: int | None = None,
 ) -> AsyncIterator[tuple[lb.Engine, HandleProbe]]:
@@ -452,8 +445,8 @@ async def probed_engine(
             tg.cancel_scope.cancel()
 
 
-def is_trigger_event(msg: Msg) -> bool:
-    return ".trigger." in msg.subject
+def is_trigger_event(subject: str) -> bool:
+    return ".trigger." in subject
 
 
 # --------------------------------------------------------------------------- agents and job start signals

@@ -62,7 +62,7 @@ from bench._common import (
     scaled,
     write_sites_file,
 )
-from lwfm_bus._bus import SUBMIT_STREAM
+from lwfm_bus._bus._eventbus import SUBMIT_STREAM
 
 ITEM = "dag"
 _TRUE = ("true",)
@@ -176,7 +176,7 @@ async def run(
         root, sink, triggers = dag_triggers(leaves, group)
         await bulk_publish(bus, (registration(t) for t in triggers))
         # The window is the DAG's own clock (below), not the probe's: it measures no message.
-        async with probed_engine(bus, measured=lambda _msg: False, fast_registration=True, server_pid=server.pid) as (
+        async with probed_engine(bus, measured=lambda _s: False, fast_registration=True, server_pid=server.pid) as (
             engine,
             probe,
         ):

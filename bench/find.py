@@ -34,7 +34,7 @@ import aiosqlite
 
 import lwfm_bus as lb
 from bench._common import Figure, figure, log
-from lwfm_bus import _index_data
+from lwfm_bus._index import _data as _index_data
 
 ITEM = "find"
 TARGET: tuple[Literal["value"], Literal["<="], float] = ("value", "<=", 10.0)

@@ -52,7 +52,7 @@ from bench._common import (
     registration,
     scaled,
 )
-from lwfm_bus._bus import STREAM, SUBMIT_STREAM
+from lwfm_bus._bus._eventbus import STREAM, SUBMIT_STREAM
 
 ITEM = "firings"
 _SITE = "noop"
@@ -87,7 +87,7 @@ async def run(firings: int, tmp: Path, timeout: float = 60.0) -> dict[str, Any]:
             for i in range(firings)
         ]
         await bulk_publish(bus, (registration(t) for t in triggers))
-        async with probed_engine(bus, engine_cfg, measured=lambda _msg: False, fast_registration=True) as (
+        async with probed_engine(bus, engine_cfg, measured=lambda _subject: False, fast_registration=True) as (
             engine,
             probe,
         ):

@@ -57,8 +57,8 @@ from bench._common import (
     registration,
     scaled,
 )
-from lwfm_bus import _engine
-from lwfm_bus._bus import STREAM
+from lwfm_bus._bus._eventbus import STREAM
+from lwfm_bus._engine import _replica as _engine
 
 ITEM = "ingest"
 ALL = "lwfm.>"
@@ -187,7 +187,7 @@ async def _predigest_registrations(bus: lb.Bus, filters: list[str], count: int, 
 
     async def on_msg(msg: Any) -> None:
         nonlocal acked
-        if not is_trigger_event(msg):
+        if not is_trigger_event(msg.subject):
             held.append(msg)  # an event: for the engine (every registration precedes it in the stream)
             return
         await msg.ack()
@@ -230,7 +230,7 @@ async def run(triggers: int, events: int, tmp: Path, timeout: float = 100.0) -> 
             t1 = time.perf_counter()
             await _predigest_registrations(bus, filters, triggers, timeout)
             log(f"ingest ({variant}): registrations pre-digested in {time.perf_counter() - t1:.1f} s")
-            async with probed_engine(bus, measured=lambda m: not is_trigger_event(m), server_pid=server.pid) as (
+            async with probed_engine(bus, measured=lambda s: not is_trigger_event(s), server_pid=server.pid) as (
                 engine,
                 probe,
             ):

@@ -1,9 +1,11 @@
-"""Trigger latency: upstream event published -> downstream submit called (issues 4 and 9).
+"""Trigger latency: upstream event published -> downstream job handed to its site (issues 4 and 9).
 
 Starts its own nats-server (the embedded binary) on a free loopback port, one engine
 replica in this process, and registers one job trigger per sample.  Each sample
-publishes the upstream's COMPLETE event and waits until the engine calls the site to
-submit the downstream job (an engine hook records that instant).  Samples are taken one
+publishes the upstream's COMPLETE event and waits until the downstream job reaches its
+site: the engine fires, stores the submission, the site's agent takes it and calls the
+site's submit.  The site is the no-op site of ``lwfm_bus.testing`` (served by a real
+agent in this process), which records that instant and completes the job at once.  Samples are taken one
 at a time: the next starts only once the previous downstream job has finished and its
 ``fired`` event is out, so each one sees an idle bus.  ``--overlap`` starts each sample
 as soon as the previous submit was called, while that job is still starting and running.
@@ -35,14 +37,15 @@ from typing import TYPE_CHECKING, Any
 from nats.aio.msg import Msg
 
 import lwfm_bus as lb
-from lwfm_bus._bus import STREAM
-from lwfm_bus.testing import bus_config_for, start_test_server
+from lwfm_bus._bus._eventbus import STREAM
+from lwfm_bus.testing import bus_config_for, serve_noop_site, start_test_server
 
 if TYPE_CHECKING:
     from bench._common import Figure
 
 ITEM = "latency"
 _WARMUP = 20
+_SITE = "noop"  # served in this process by the no-op site of lwfm_bus.testing
 
 
 def _p(values: list[float], q: float) -> float:
@@ -122,16 +125,16 @@ async def run(
     with contextlib.ExitStack() as stack:
         root = tmp or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         async with start_test_server(root / "nats") as server:
-            config = bus_config_for(server, root / "home")
+            config = bus_config_for(server, root / "home", agents=())
             async with contextlib.AsyncExitStack() as astack:
                 bus = await astack.enter_async_context(lb.connect(config))
-                engine = await astack.enter_async_context(lb.serve_engine(bus))
+                await astack.enter_async_context(lb.serve_engine(bus))
                 load: dict[str, Any] = {}
                 if background_rate > 0:
                     load = await astack.enter_async_context(background(server.url, background_rate, root / "bg"))
                     await asyncio.sleep(1.0)  # let the engine reach its steady ingest of the load
                 base = await raw_hop(bus, baseline_samples) if baseline_samples else []
-                lat = await _trigger_samples(bus, engine, samples, overlap)
+                lat = await _trigger_samples(bus, samples, overlap)
     result: dict[str, Any] = {
         "mode": ("overlap" if overlap else "idle") + (f", {background_rate:g} events/s background" if load else ""),
         "samples": len(lat),
@@ -150,20 +153,31 @@ async def run(
     return result
 
 
-async def _trigger_samples(bus: lb.Bus, engine: lb.Engine, samples: int, overlap: bool) -> list[float]:
+async def _trigger_samples(bus: lb.Bus, samples: int, overlap: bool) -> list[float]:
     arrived: dict[str, float] = {}
     waiters: dict[str, asyncio.Future[None]] = {}
 
-    async def hook(job_id: str) -> None:
+    def submitted(job_id: str) -> None:
         arrived[job_id] = time.perf_counter()
         fut = waiters.get(job_id)
         if fut is not None and not fut.done():
             fut.set_result(None)
 
-    engine._dispatch_hooks.append(hook)
+    async with serve_noop_site(bus, _SITE) as site:
+        site.listeners.append(submitted)
+        return await _timed(bus, samples, overlap, arrived, waiters)
+
+
+async def _timed(
+    bus: lb.Bus,
+    samples: int,
+    overlap: bool,
+    arrived: dict[str, float],
+    waiters: dict[str, asyncio.Future[None]],
+) -> list[float]:
     pairs = [(lb.new_id(), lb.new_id()) for _ in range(samples + _WARMUP)]
     for up, down in pairs:
-        await bus.set_job_trigger(lb.JobDefn.of(["true"]), up, job_id=down)
+        await bus.set_job_trigger(lb.JobDefn.of(["true"]), up, job_id=down, site=_SITE)
     lat = []
     loop = asyncio.get_running_loop()
     fired: dict[str, asyncio.Future[None]] = {}

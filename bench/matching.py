@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lwfm_bus import DataTrigger, Downstream, Eq, JobDefn, JobState, JobTrigger, Range, Upstream
-from lwfm_bus._matcher import TriggerIndex, satisfies
+from lwfm_bus._engine._matcher import TriggerIndex, satisfies
 
 if TYPE_CHECKING:
     from bench._common import Figure

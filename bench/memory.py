@@ -38,7 +38,7 @@ from bench._common import (
     rss_bytes,
     scaled,
 )
-from lwfm_bus._matcher import TriggerIndex
+from lwfm_bus._engine._matcher import TriggerIndex
 
 ITEM = "memory"
 
@@ -56,7 +56,7 @@ async def child_engine(url: str, home: Path, count: int, timeout: float) -> None
             _say(phase="ready", rss=rss_bytes(), indexed=len(engine.index))
             await probe.wait_for(lambda: probe.done >= count and len(engine.index) >= count, timeout)
             gc.collect()
-            _say(phase="indexed", rss=rss_bytes(), indexed=len(engine.index), cached=len(engine._defs))
+            _say(phase="indexed", rss=rss_bytes(), indexed=len(engine.index), cached=engine.cached_definitions)
 
 
 def child_index(count: int) -> None:

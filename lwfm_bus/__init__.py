@@ -5,11 +5,12 @@ Everything public is exported here; modules with a leading underscore are privat
 
 from __future__ import annotations
 
-from ._bundle import ImportReport
-from ._bus import DeadLetter, PublishAck, Subscription
+from ._bus._bundle import ImportReport
+from ._bus._eventbus import DeadLetter, PublishAck, Subscription
+from ._bus._server import EmbeddedServer
 from ._client import Bus, Job, connect
 from ._config import BusConfig, EmbeddedServerConfig, default_home, load_config
-from ._engine import Engine, EngineConfig, EngineStats, serve_engine
+from ._engine._replica import Engine, EngineConfig, EngineStats, serve_engine
 from ._errors import (
     BundleError,
     BusClosedError,
@@ -64,14 +65,14 @@ from ._events import (
 )
 from ._federation import Federation, FederationSite, load_federation
 from ._identity import identity_env
-from ._index import JobRecord, TriggerRecord, WorkflowRecord
+from ._index._projection import JobRecord, TriggerRecord, WorkflowRecord
 from ._jobs import JobContext, JobDefn, Resources, Workflow
 from ._jobside import current_job, emit_data, emit_info, emit_status
 from ._query import DataPage, DataQuery, DataRecord
-from ._registry import ENTRY_POINT_GROUP, SiteSpec
-from ._repo import Provenance
-from ._server import EmbeddedServer
-from ._sites import LogStream, SiteAdapter, SiteRuntime, StatusReporter
+from ._repo._repository import Provenance
+from ._repo._workspaces import Workspaces
+from ._sites._protocol import LogStream, SiteAdapter, SiteRuntime, StatusReporter
+from ._sites._registry import ENTRY_POINT_GROUP, SiteSpec
 from ._states import JobState
 from ._subjects import check_token, data_filter, job_filter, workflow_filter
 from ._sync import SyncJob, find, get, make_job, notate, put, set_data_trigger, set_job_trigger, sync_bus, sync_close
@@ -92,7 +93,6 @@ from ._triggers import (
     trigger_adapter,
 )
 from ._workspace import WorkspaceLocation, WorkspaceRecord
-from ._workspaces import Workspaces
 
 __version__ = "0.1.0"
 

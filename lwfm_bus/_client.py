@@ -22,10 +22,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ._bundle import ImportReport, export_bundle, import_bundle
-from ._bus import EventBus
+from ._bus._bundle import ImportReport, export_bundle, import_bundle
+from ._bus._connect import open_event_bus
+from ._bus._eventbus import EventBus
+from ._bus._fedkeeper import keeping_sources
 from ._config import BusConfig, load_config
-from ._connect import open_event_bus
 from ._errors import ConfigError, JobTimeoutError, SiteError, TriggerError, UnknownJobError
 from ._events import (
     JobStatus,
@@ -37,21 +38,21 @@ from ._events import (
     new_id,
 )
 from ._identity import bus_env
-from ._index import JobIndex, JobRecord, TriggerRecord, WorkflowRecord
+from ._index._projection import JobIndex, JobRecord, TriggerRecord, WorkflowRecord
 from ._jobs import JobContext, JobDefn, Workflow
 from ._meta import Metadata
 from ._query import DataPage, DataQuery, DataRecord
-from ._registry import SiteSpec, discover_adapters, load_sites
-from ._repo import DataRepo, Provenance
-from ._sites import LogStream, SiteAdapter, SiteRuntime
+from ._repo._repository import DataRepo, Provenance
+from ._repo._workspaces import Workspaces
 from ._sites._agent import AgentConfig, SiteAgent, serve_agents
 from ._sites._dispatch import NOT_TAKEN, Dispatcher
+from ._sites._protocol import LogStream, SiteAdapter, SiteRuntime
+from ._sites._registry import SiteSpec, discover_adapters, load_sites
 from ._sites._report import Reporter
 from ._sites._submit import request_cancel
 from ._states import JobState
 from ._subjects import ROOT, check_token
 from ._triggers import DataTrigger, Downstream, JobTrigger, JoinTrigger, Match, Trigger, Upstream
-from ._workspaces import Workspaces
 
 __all__ = ["Bus", "Job", "connect"]
 
@@ -511,8 +512,9 @@ async def connect(config: BusConfig | None = None, *, name: str = "lwfm-bus") ->
                     # Serving the embedded server itself, nobody else would judge triggers:
                     # this process does, as one more replica (replicas never fire one
                     # firing twice).
-                    from ._engine import serve_engine
+                    from ._engine._replica import serve_engine
 
+                    await stack.enter_async_context(keeping_sources(bus))
                     await stack.enter_async_context(serve_engine(bus))
                 if bus.serves_embedded and not cfg.agents:
                     bus.config = cfg = cfg.model_copy(update={"agents": ("*",)})  # the whole singleton here

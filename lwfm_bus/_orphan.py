@@ -17,7 +17,7 @@ from pathlib import Path
 from ._client import connect
 from ._config import load_config
 from ._jobs import JobContext
-from ._local import conclude
+from ._sites._local import conclude
 from ._sites._report import Reporter
 
 

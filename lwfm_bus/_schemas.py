@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from ._bundle import BundleHeader, BundleTrailer
+from ._bus._bundle import BundleHeader, BundleTrailer
 from ._events import event_adapter, event_classes
 from ._federation import Federation
 from ._pipeline import Pipeline

@@ -23,10 +23,10 @@ from ._client import Bus, connect
 from ._config import BusConfig
 from ._errors import ConfigError, JobError
 from ._events import JobStatus, new_id
-from ._index import JobRecord
+from ._index._projection import JobRecord
 from ._jobs import JobDefn, Workflow
 from ._query import DataPage, DataRecord
-from ._sites import LogStream
+from ._sites._protocol import LogStream
 from ._triggers import Trigger
 
 __all__ = [

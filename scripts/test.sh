@@ -20,6 +20,8 @@ fi
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 .venv/bin/mypy --strict bench adapters
+# The layers of ARCHITECTURE.md (pyproject.toml [tool.importlinter]): fails on the first upward import.
+.venv/bin/lint-imports
 # Performance smoke: fails only if a benchmark crashes; figures are not judged.
 .venv/bin/python -m bench --quick
 # The real Mermaid parser (Node.js), which checks the diagrams `lwfm-bus graph` draws.

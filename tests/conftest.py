@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lwfm_bus._autostart import stop_background, up_record
+from lwfm_bus._bus._autostart import stop_background, up_record
 from tests._helpers import kill_processes_with
 
 pytest_plugins = ["lwfm_bus.testing.pytest_plugin"]

@@ -29,9 +29,9 @@ from nats.aio.msg import Msg
 
 import lwfm_bus as lb
 from lwfm_bus import JobState
-from lwfm_bus._bus import STREAM
-from lwfm_bus._engine import DURABLE
-from lwfm_bus._engine_store import FIRINGS_BUCKET, EngineStore, FiringRecord, FiringState
+from lwfm_bus._bus._eventbus import STREAM
+from lwfm_bus._engine._replica import DURABLE
+from lwfm_bus._engine._store import FIRINGS_BUCKET, EngineStore, FiringRecord, FiringState
 from lwfm_bus.testing import hold_connection
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="signals and process groups")

@@ -490,7 +490,7 @@ async def test_a_singleton_home_that_becomes_the_hub_keeps_its_history(tmp_path:
 
 
 def test_server_configuration_keeps_non_ascii_text_and_refuses_control_characters(tmp_path: Path) -> None:
-    from lwfm_bus._server import render_config
+    from lwfm_bus._bus._server import render_config
 
     text = render_config(lb.EmbeddedServerConfig(), tmp_path / "Jürgen" / "js", "lwfm-ü")
     assert "Jürgen" in text and "\\u00fc" not in text  # nats-server rejects \\u escapes

@@ -400,7 +400,7 @@ async def test_a_later_agent_in_the_same_process_adopts_a_job_left_running(
 _HALF_SUBMITTER = """
 import asyncio, os, signal, sys
 import lwfm_bus as lb
-from lwfm_bus._local import LocalSite
+from lwfm_bus._sites._local import LocalSite
 
 url, home, job_id, counter, point = sys.argv[1:6]
 

@@ -17,7 +17,8 @@ import aiosqlite
 import pytest
 
 import lwfm_bus as lb
-from lwfm_bus import JobState, _index_data
+from lwfm_bus import JobState
+from lwfm_bus._index import _data as _index_data
 
 
 async def _ids(bus: lb.Bus, where: dict[str, object], **options: object) -> set[str]:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 import lwfm_bus as lb
-from lwfm_bus._connect import running_server_url
-from lwfm_bus._server import find_server_binary, render_config
+from lwfm_bus._bus._connect import running_server_url
+from lwfm_bus._bus._server import find_server_binary, render_config
 
 
 async def test_starts_on_a_free_port_and_stops(tmp_path: Path) -> None:

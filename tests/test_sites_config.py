@@ -20,8 +20,8 @@ import pytest
 
 import lwfm_bus as lb
 from lwfm_bus._errors import ConfigError
-from lwfm_bus._local import LocalSite
-from lwfm_bus._registry import AdapterCatalog, discover_adapters, load_sites
+from lwfm_bus._sites._local import LocalSite
+from lwfm_bus._sites._registry import AdapterCatalog, discover_adapters, load_sites
 
 _PLUGIN_MODULES = ("good_site_plugin", "broken_site_plugin")
 

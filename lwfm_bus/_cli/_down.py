@@ -12,9 +12,9 @@ from typing import Any
 
 import anyio
 
-from .._autostart import stop_background, up_record
+from .._bus._autostart import stop_background, up_record
+from .._bus._connect import running_server_url
 from .._config import BusConfig
-from .._connect import running_server_url
 
 
 def register(sub: Any) -> None:

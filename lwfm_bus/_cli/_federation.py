@@ -15,13 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .._bus._connect import federation_member
+from .._bus._fedkeeper import source_states
+from .._bus._server import render_config
 from .._client import connect
 from .._config import BusConfig
-from .._connect import federation_member
 from .._errors import ConfigError
 from .._federation import Federation, FederationSite, hash_secret, new_secret
-from .._fedkeeper import source_states
-from .._server import render_config
 from .._subjects import check_token
 
 __all__ = ["register"]

@@ -9,7 +9,7 @@ from typing import Any
 
 from .._client import connect
 from .._config import BusConfig
-from .._index import JobRecord
+from .._index._projection import JobRecord
 from .._jobs import JobDefn
 from .._states import JobState
 

@@ -7,8 +7,8 @@ import asyncio
 import sys
 from typing import Any
 
+from .._bus._connect import open_event_bus, serve_embedded
 from .._config import BusConfig
-from .._connect import open_event_bus, serve_embedded
 
 
 def register(sub: Any) -> None:

@@ -12,11 +12,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .._bus._fedkeeper import keeping_sources
 from .._client import connect
 from .._config import BusConfig
-from .._engine import EngineConfig, serve_engine
+from .._engine._replica import EngineConfig, serve_engine
 from .._errors import ConfigError, TriggerError
-from .._index import TriggerRecord
+from .._index._projection import TriggerRecord
 from .._triggers import Trigger, trigger_adapter
 
 _CRASH_POINTS = ("after-claim", "after-submit", "after-fired")
@@ -60,7 +61,7 @@ async def run_engine(args: argparse.Namespace, config: BusConfig) -> int:
     except ValidationError as exc:
         raise ConfigError(f"lwfm-bus engine: {exc.errors(include_url=False)[0]['msg']}") from None
     async with connect(config.model_copy(update={"engine": "off"}), name="lwfm-bus engine") as bus:
-        async with serve_engine(bus, engine_config) as engine:
+        async with keeping_sources(bus), serve_engine(bus, engine_config) as engine:
             print(
                 f"lwfm-bus: engine {engine.config.name} ready ({len(engine.index)} triggers indexed)",
                 file=sys.stderr,

@@ -14,10 +14,10 @@ import os
 import sys
 from typing import Any
 
-from .._autostart import READY_LINE
+from .._bus._autostart import READY_LINE
+from .._bus._connect import serve_embedded
 from .._client import connect
 from .._config import BusConfig
-from .._connect import serve_embedded
 
 
 def register(sub: Any) -> None:

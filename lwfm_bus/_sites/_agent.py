@@ -40,13 +40,13 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
 from pydantic import ValidationError
 
-from .._bus import STREAM, SUBMIT_STREAM, EventBus, deliveries
+from .._bus._eventbus import STREAM, SUBMIT_STREAM, EventBus, deliveries
 from .._errors import LwfmBusError
 from .._jobs import JobContext
-from .._registry import SiteSpec
 from .._states import JobState
 from .._subjects import CANCEL_ROOT, ROOT, SUBMIT_ROOT, agent_subject
 from ._protocol import SiteAdapter, SiteRuntime
+from ._registry import SiteSpec
 from ._report import Reporter
 from ._submit import CancelRequest, Submission, cancel_requested
 

@@ -14,11 +14,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
-from .._bus import EventBus
+from .._bus._eventbus import EventBus
 from .._errors import ConfigError, LwfmBusError
 from .._jobs import JobContext, JobDefn
-from .._registry import SiteSpec
 from .._states import JobState
+from ._registry import SiteSpec
 from ._report import Reporter
 from ._submit import Submission, agent_present, store_submission
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import anyio
 
-from .._bus import EventBus
+from .._bus._eventbus import EventBus
 from .._errors import BusClosedError, PublishError
 from .._events import Event, JobStatus, make_event
 from .._jobs import JobContext

@@ -24,7 +24,7 @@ import nats.errors
 import nats.js.errors
 from pydantic import BaseModel, ConfigDict, Field
 
-from .._bus import SUBMIT_STREAM, EventBus
+from .._bus._eventbus import SUBMIT_STREAM, EventBus
 from .._errors import PublishError
 from .._jobs import JobContext, JobDefn
 from .._subjects import Token, agent_subject, cancel_subject, submission_subject

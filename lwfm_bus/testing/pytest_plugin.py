@@ -9,8 +9,8 @@ import pytest
 import pytest_asyncio
 
 from .. import _client
+from .._bus._server import EmbeddedServer
 from .._config import BusConfig
-from .._server import EmbeddedServer
 from . import bus_config_for, hold_connection, start_test_server
 
 

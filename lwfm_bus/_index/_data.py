@@ -26,10 +26,10 @@ from typing import Any
 
 import aiosqlite
 
-from ._events import DataEvent
-from ._meta import Metadata, MetaScalar
-from ._query import DataPage, DataQuery, DataRecord
-from ._triggers import Eq, Glob, Predicate, Present, Range
+from .._events import DataEvent
+from .._meta import Metadata, MetaScalar
+from .._query import DataPage, DataQuery, DataRecord
+from .._triggers import Eq, Glob, Predicate, Present, Range
 
 __all__ = [
     "DATA_SCHEMA",

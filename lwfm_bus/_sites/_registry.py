@@ -25,8 +25,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from ._errors import ConfigError
-from ._subjects import check_token
+from .._errors import ConfigError
+from .._subjects import check_token
 
 __all__ = ["ENTRY_POINT_GROUP", "AdapterCatalog", "SiteSpec", "discover_adapters", "load_sites"]
 

@@ -22,9 +22,9 @@ from collections import deque
 from pathlib import Path
 from types import TracebackType
 
-from ._config import EmbeddedServerConfig
-from ._errors import ConfigError, ServerStartError
-from ._federation import FederationMember
+from .._config import EmbeddedServerConfig
+from .._errors import ConfigError, ServerStartError
+from .._federation import FederationMember
 from ._natsconf import render_config
 
 __all__ = ["EmbeddedServer", "find_server_binary", "render_config"]

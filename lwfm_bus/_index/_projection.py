@@ -21,8 +21,8 @@ from types import TracebackType
 import aiosqlite
 import anyio
 
-from ._bus import EventBus
-from ._events import (
+from .._bus._eventbus import EventBus
+from .._events import (
     DataEvent,
     Event,
     JobStatusEvent,
@@ -34,13 +34,13 @@ from ._events import (
     WorkflowDefinedEvent,
     WorkspaceChangedEvent,
 )
-from ._index_data import DATA_SCHEMA, DATA_TABLES, apply_data_many, find, install_functions, latest_at, record_by_id
-from ._index_ws import WS_SCHEMA, WS_TABLES, apply_workspace, workspace, workspace_names
-from ._query import DataPage, DataQuery, DataRecord
-from ._states import JobState
-from ._subjects import ROOT
-from ._triggers import Trigger, trigger_adapter
-from ._workspace import WorkspaceRecord
+from .._query import DataPage, DataQuery, DataRecord
+from .._states import JobState
+from .._subjects import ROOT
+from .._triggers import Trigger, trigger_adapter
+from .._workspace import WorkspaceRecord
+from ._data import DATA_SCHEMA, DATA_TABLES, apply_data_many, find, install_functions, latest_at, record_by_id
+from ._ws import WS_SCHEMA, WS_TABLES, apply_workspace, workspace, workspace_names
 
 __all__ = ["JobIndex", "JobRecord", "TriggerRecord", "WorkflowRecord"]
 

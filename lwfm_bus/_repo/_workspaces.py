@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from ._errors import WorkspaceError
-from ._events import WorkspaceChanged, _summarise, make_event
-from ._jobs import JobDefn
-from ._workspace import WORKSPACE_PREFIX, WorkspaceLocation, WorkspaceRecord, check_inside, parse_reference
+from .._errors import WorkspaceError
+from .._events import WorkspaceChanged, _summarise, make_event
+from .._jobs import JobDefn
+from .._workspace import WORKSPACE_PREFIX, WorkspaceLocation, WorkspaceRecord, check_inside, parse_reference
 
 if TYPE_CHECKING:
-    from ._repo import RepoBus
+    from ._repository import RepoBus
 
 __all__ = ["Workspaces"]
 

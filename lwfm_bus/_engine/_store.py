@@ -26,8 +26,8 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from ._ids import derived_id
-from ._subjects import Token
+from .._ids import derived_id
+from .._subjects import Token
 
 __all__ = ["FIRINGS_BUCKET", "JOINS_BUCKET", "EngineStore", "FiringRecord", "FiringState", "JoinProgress"]
 

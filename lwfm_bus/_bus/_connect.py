@@ -25,11 +25,11 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from pydantic import SecretStr
 
+from .._config import BusConfig
+from .._errors import ConfigError, LwfmBusError
+from .._federation import FederationMember, load_federation, read_secret
 from ._autostart import start_background, up_record
-from ._bus import EventBus
-from ._config import BusConfig
-from ._errors import ConfigError, LwfmBusError
-from ._federation import FederationMember, load_federation, read_secret
+from ._eventbus import EventBus
 from ._server import EmbeddedServer
 
 __all__ = ["federation_member", "open_event_bus", "running_server_url", "serve_embedded"]

@@ -16,20 +16,22 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import anyio
 import nats.errors
 import nats.js.errors
 
-from ._bus import STREAM
-from ._events import SiteHeartbeat, make_event
-from ._subjects import ROOT
+from .._events import SiteHeartbeat, make_event
+from .._subjects import ROOT
+from ._eventbus import STREAM
 
 if TYPE_CHECKING:
-    from ._bus import EventBus
+    from ._eventbus import EventBus
 
-__all__ = ["SourceState", "keep_sources", "source_states"]
+__all__ = ["SourceState", "keep_sources", "keeping_sources", "source_states"]
 
 log = logging.getLogger("lwfm_bus.federation")
 
@@ -108,3 +110,21 @@ async def keep_sources(bus: EventBus) -> None:
     finally:
         with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()
+
+
+@contextlib.asynccontextmanager
+async def keeping_sources(bus: EventBus) -> AsyncIterator[None]:
+    """Run :func:`keep_sources` for as long as the block runs (nothing outside a federation).
+
+    Started with a site's engine (``connect`` with the engine on, ``lwfm-bus engine``):
+    the process that judges a site's triggers is the one that needs its sources going.
+    """
+    if bus.federation is None:
+        yield
+        return
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(keep_sources, bus)
+        try:
+            yield
+        finally:
+            tg.cancel_scope.cancel()

@@ -22,11 +22,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from ._meta import Metadata, MetaScalar
-from ._states import JobState
-from ._triggers import DataTrigger, Eq, Glob, JobTrigger, JoinTrigger, Predicate, Trigger
+from .._meta import Metadata, MetaScalar
+from .._states import JobState
+from .._triggers import DataTrigger, Eq, Glob, JobTrigger, JoinTrigger, Predicate, Trigger
 
-__all__ = ["DataWatch", "JobWatch", "TriggerIndex", "state_mask"]
+__all__ = ["DataWatch", "JobWatch", "TriggerIndex", "satisfies", "state_mask"]
 
 _BIT = {s: 1 << i for i, s in enumerate(JobState)}
 _GLOB_CHARS = frozenset("*?[")

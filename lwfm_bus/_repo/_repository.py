@@ -16,15 +16,15 @@ from typing import Any, Literal, Protocol
 import anyio
 from pydantic import ValidationError
 
-from ._bus import PublishAck
-from ._config import BusConfig
-from ._errors import DataError, EventTooLargeError, SiteError, UnknownDataError
-from ._events import DataArrival, Event, _summarise, make_event, new_id
-from ._identity import calling_job, file_checksum
-from ._index import JobIndex, JobRecord
-from ._jobs import JobContext
-from ._query import DataPage, DataQuery, DataRecord
-from ._sites import SiteAdapter
+from .._bus._eventbus import PublishAck
+from .._config import BusConfig
+from .._errors import DataError, EventTooLargeError, SiteError, UnknownDataError
+from .._events import DataArrival, Event, _summarise, make_event, new_id
+from .._identity import calling_job, file_checksum
+from .._index._projection import JobIndex, JobRecord
+from .._jobs import JobContext
+from .._query import DataPage, DataQuery, DataRecord
+from .._sites._protocol import SiteAdapter
 
 
 class RepoBus(Protocol):

@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ._config import EmbeddedServerConfig, is_loopback
-from ._errors import ConfigError
-from ._federation import FederationMember
+from .._config import EmbeddedServerConfig, is_loopback
+from .._errors import ConfigError
+from .._federation import FederationMember
 
 __all__ = ["quote", "render_config", "render_federation"]
 

@@ -33,11 +33,11 @@ from typing import IO, Any, BinaryIO, ClassVar
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
-from ._errors import SiteError
-from ._identity import identity_env
-from ._jobs import JobContext, JobDefn
-from ._sites import LogStream, SiteRuntime, StatusReporter
-from ._states import JobState
+from .._errors import SiteError
+from .._identity import identity_env
+from .._jobs import JobContext, JobDefn
+from .._states import JobState
+from ._protocol import LogStream, SiteRuntime, StatusReporter
 
 __all__ = ["LocalSite", "conclude"]
 

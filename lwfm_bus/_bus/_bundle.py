@@ -26,11 +26,11 @@ import nats.js.errors
 from nats.js.api import KeyValueConfig, StorageType
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
 
-from ._bus import EventBus
-from ._errors import BundleError
-from ._events import Event, EventDecodeError, decode_event, encode_event
-from ._ids import derived_id
-from ._subjects import ROOT, Token, workflow_filter
+from .._errors import BundleError
+from .._events import Event, EventDecodeError, decode_event, encode_event
+from .._ids import derived_id
+from .._subjects import ROOT, Token, workflow_filter
+from ._eventbus import EventBus
 
 __all__ = ["BUNDLE_VERSION", "BundleHeader", "BundleTrailer", "ImportReport", "export_bundle", "import_bundle"]
 

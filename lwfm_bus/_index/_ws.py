@@ -12,8 +12,8 @@ import json
 
 import aiosqlite
 
-from ._events import WorkspaceChangedEvent
-from ._workspace import WorkspaceLocation, WorkspaceRecord
+from .._events import WorkspaceChangedEvent
+from .._workspace import WorkspaceLocation, WorkspaceRecord
 
 __all__ = ["WS_SCHEMA", "WS_TABLES", "apply_workspace", "workspace", "workspace_names"]
 

@@ -22,8 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from ._config import BusConfig
-from ._errors import ServerStartError
+from .._config import BusConfig
+from .._errors import ServerStartError
 
 __all__ = ["READY_LINE", "start_background", "stop_background", "up_record"]
 

@@ -34,11 +34,11 @@ from nats.js.api import (
     StreamSource,
 )
 
-from ._config import BusConfig
-from ._errors import BusClosedError, PublishError
-from ._events import Event, EventDecodeError, decode_event, encode_event
-from ._federation import FederationMember
-from ._subjects import CANCEL_ROOT, DLQ_ROOT, ROOT, SUBMIT_ROOT, dead_letter_subject
+from .._config import BusConfig
+from .._errors import BusClosedError, PublishError
+from .._events import Event, EventDecodeError, decode_event, encode_event
+from .._federation import FederationMember
+from .._subjects import CANCEL_ROOT, DLQ_ROOT, ROOT, SUBMIT_ROOT, dead_letter_subject
 
 __all__ = [
     "DLQ_STREAM",
