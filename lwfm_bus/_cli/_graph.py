@@ -16,7 +16,7 @@ from typing import Any
 from .._client import connect
 from .._config import BusConfig
 from .._pipeline import metro_map, status_from_jobs, to_mermaid, to_svg
-from ._pipeline import add_set_option, load_or_report
+from ._print import add_set_option, load_or_report
 
 __all__ = ["register"]
 

@@ -1,6 +1,8 @@
 """Argument parsing and the run loop shared by every subcommand.
 
-Each subcommand module exposes ``register(subparsers)`` and sets ``func`` on its
+There is one module per top-level command word (``_submit`` for ``lwfm-bus submit``,
+``_step_exec`` for ``step-exec``...) and ``_print`` for what several of them share.
+Each command module exposes ``register(subparsers)`` and sets ``func`` on its
 parser to an ``async def (args, config) -> int``.  Errors we raise on purpose become
 one clear line on stderr and exit code 2; Ctrl-C and SIGTERM stop cleanly (130/143).
 """
@@ -20,23 +22,33 @@ from .._config import BusConfig, load_config
 from .._errors import LwfmBusError
 from . import (
     _agent,
-    _bundle,
+    _cancel,
     _data,
     _demo,
     _down,
     _emit,
+    _engine,
+    _env,
     _events,
+    _export,
     _federation,
+    _find,
+    _get,
     _graph,
-    _jobs,
-    _pipeline,
-    _piperun,
-    _pyenv,
+    _import,
+    _logs,
+    _notate,
+    _put,
+    _run,
     _schemas,
     _server,
-    _stepexec,
-    _triggers,
+    _status,
+    _step_exec,
+    _submit,
+    _trigger,
     _up,
+    _validate,
+    _workflow,
     _workspace,
 )
 
@@ -48,17 +60,27 @@ _MODULES = (
     _agent,
     _server,
     _demo,
-    _jobs,
-    _triggers,
+    _submit,
+    _status,
+    _cancel,
+    _logs,
+    _engine,
+    _trigger,
+    _notate,
+    _find,
+    _put,
+    _get,
     _data,
     _workspace,
-    _bundle,
-    _pipeline,
-    _piperun,
-    _stepexec,
+    _workflow,
+    _export,
+    _import,
+    _validate,
+    _run,
+    _step_exec,
     _graph,
     _federation,
-    _pyenv,
+    _env,
     _emit,
     _events,
     _schemas,
@@ -88,7 +110,7 @@ def _config(args: argparse.Namespace) -> BusConfig:
     return load_config(overrides=overrides)
 
 
-async def _run(func: Command, args: argparse.Namespace, config: BusConfig) -> int:
+async def _run_command(func: Command, args: argparse.Namespace, config: BusConfig) -> int:
     # SIGTERM ends the command the way Ctrl-C does: by cancelling it, so every
     # ``async with`` below unwinds and child servers are stopped.
     task = asyncio.current_task()
@@ -117,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         config = _config(args)
-        return asyncio.run(_run(args.func, args, config))
+        return asyncio.run(_run_command(args.func, args, config))
     except KeyboardInterrupt:
         return 130
     except LwfmBusError as exc:

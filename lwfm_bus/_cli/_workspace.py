@@ -1,4 +1,7 @@
-"""``lwfm-bus workspace ...`` and ``lwfm-bus workflow show``."""
+"""``lwfm-bus workspace define | add | rm | ls | resolve | delete``: shared maps of logical file names.
+
+A workspace maps each logical file name to its locations on sites, under a root per site.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +9,11 @@ import argparse
 import json
 from typing import Any
 
-from pydantic import TypeAdapter
-
 from .._client import connect
 from .._config import BusConfig
-from .._errors import UnknownJobError, WorkspaceError
-from .._query import DataRecord
-from ._data import _job_json
+from .._errors import WorkspaceError
 
 __all__ = ["register"]
-
-_RECORD: TypeAdapter[DataRecord] = TypeAdapter(DataRecord)
 
 
 def register(sub: Any) -> None:
@@ -48,13 +45,6 @@ def register(sub: Any) -> None:
     rm = wsub.add_parser("delete", help="forget a workspace (its files stay where they are)")
     rm.add_argument("name")
     rm.set_defaults(func=delete)
-
-    wf = sub.add_parser("workflow", help="a workflow's jobs, data and triggers")
-    wfsub = wf.add_subparsers(dest="workflow_command", required=True, metavar="ACTION")
-    show = wfsub.add_parser("show", help="jobs with their states, the data they made, the triggers")
-    show.add_argument("workflow_id")
-    show.add_argument("--json", action="store_true")
-    show.set_defaults(func=show_workflow)
 
 
 def _roots(items: list[str]) -> dict[str, str]:
@@ -116,39 +106,4 @@ async def list_workspaces(args: argparse.Namespace, config: BusConfig) -> int:
     for logical, locations in ws.files.items():
         for loc in locations:
             print(f"file  {logical}\t{loc.site}\t{loc.path}")
-    return 0
-
-
-async def show_workflow(args: argparse.Namespace, config: BusConfig) -> int:
-    async with connect(config, name="lwfm-bus workflow") as bus:
-        record = await bus.workflow(args.workflow_id)
-        jobs = await bus.jobs(workflow=args.workflow_id)
-        if record is None and not jobs:
-            raise UnknownJobError(f"no workflow {args.workflow_id!r} is known to this bus")
-        data = (await bus.find(workflow_id=args.workflow_id, limit=10_000)).records
-        triggers = await bus.triggers(workflow=args.workflow_id)
-    if args.json:
-        doc = {
-            "workflow_id": args.workflow_id,
-            "name": record.name if record else None,
-            "properties": record.properties if record else {},
-            "jobs": [_job_json(j) for j in jobs],
-            "data": [json.loads(_RECORD.dump_json(d)) for d in data],
-            "triggers": [
-                {"trigger_id": t.trigger_id, "kind": t.kind, "state": t.state, "fired": t.fired} for t in triggers
-            ],
-        }
-        print(json.dumps(doc, indent=2))
-        return 0
-    print(f"workflow {args.workflow_id}" + (f"  {record.name}" if record and record.name else ""))
-    print("jobs:")
-    for j in jobs:
-        parents = ",".join(j.parent_ids) or "-"
-        print(f"  {j.job_id:<32}  {j.state.value:<9} {j.site:<10} parents {parents}  {j.name or ''}")
-    print("data:")
-    for d in data:
-        print(f"  {d.data_id:<32}  {d.site}:{d.location}  from {d.job_id or '-'}")
-    print("triggers:")
-    for t in triggers:
-        print(f"  {t.trigger_id:<32}  {t.kind:<11} {t.state:<9} fired {t.fired}")
     return 0

@@ -11,7 +11,8 @@ the job names live status is read from), ``_layout``, ``_status``, ``_svg`` and 
 from __future__ import annotations
 
 from ._expr import FUNCTIONS, Expr, ExprError, compile_expr
-from ._graph import JobName, MetroMap, Station, metro_map, parse_job_name, step_path_of
+from ._graph import JobName, MetroMap, Station, parse_job_name, step_path_of
+from ._layout import metro_map
 from ._load import MAX_FILE_BYTES, MAX_NESTING, load_pipeline, parse_override
 from ._mermaid import to_mermaid
 from ._model import FORMAT_VERSION, InputDecl, Pipeline, Step

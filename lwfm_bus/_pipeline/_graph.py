@@ -10,7 +10,7 @@ continues its predecessor's line; every other step starts a new line.  Line numb
 on through nested maps, so no two lines share a colour until the palette wraps.
 
 This module holds the model (what is drawn, in whole pixels) and the job-name convention
-that live status is read from; :mod:`._layout` places the stations, :mod:`._status`
+that live status is read from; :mod:`._layout` places the stations (:func:`metro_map`), :mod:`._status`
 counts runs, and :mod:`._svg` and :mod:`._mermaid` draw.
 """
 
@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from ._model import Pipeline, Step
+from ._model import Step
 from ._names import JobName, parse_job_name, step_path_of
 
 __all__ = [
@@ -38,7 +38,6 @@ __all__ = [
     "Terminus",
     "badge",
     "frame_title",
-    "metro_map",
     "parse_job_name",
     "runs",
     "step_path_of",
@@ -146,13 +145,6 @@ class MetroMap:
         for station in self.stations:
             if station.submap is not None:
                 yield from station.submap.all_lines()
-
-
-def metro_map(pipeline: Pipeline) -> MetroMap:
-    """Lay out ``pipeline`` (loaded by ``load_pipeline``, so nested files are resolved) as a metro map."""
-    from ._layout import Layout  # the layout builds the classes above: imported when first needed
-
-    return Layout(pipeline, "", 0).build()[0]
 
 
 def badge(step: Step) -> str:

@@ -36,7 +36,7 @@ from ._graph import (
 from ._model import Pipeline, Step
 from ._sources import OnData
 
-__all__ = ["FRAME_PAD", "Layout"]
+__all__ = ["FRAME_PAD", "Layout", "metro_map"]
 
 FRAME_PAD = 16  # a sub-map's frame around its columns
 _FRAME_INSET = 8  # the frame stops short of its rows' edges, so neighbouring rows keep their labels
@@ -249,3 +249,8 @@ def _data_label(on_data: OnData) -> str:
         else:
             parts.append(key)
     return "data: " + ", ".join(parts)
+
+
+def metro_map(pipeline: Pipeline) -> MetroMap:
+    """Lay out ``pipeline`` (loaded by ``load_pipeline``, so nested files are resolved) as a metro map."""
+    return Layout(pipeline, "", 0).build()[0]

@@ -40,7 +40,7 @@ from lwfm_bus._pipeline import (
     parse_override,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 EXAMPLE_FILES = sorted(EXAMPLES.rglob("*.yaml"))
 

@@ -38,9 +38,9 @@ from lwfm_bus._pipeline import (
 from lwfm_bus._pipeline._status import with_nested
 from lwfm_bus._pipeline._svg import STATUS_COLOURS, SVG_NS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
-JS = Path(__file__).resolve().parent / "js"
+JS = Path(__file__).resolve().parents[1] / "js"
 NS = {"svg": SVG_NS}
 
 RICH = {

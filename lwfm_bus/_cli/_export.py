@@ -1,4 +1,4 @@
-"""``lwfm-bus export`` and ``lwfm-bus import``: moving events between buses with no live link."""
+"""``lwfm-bus export``: write events (and so the data records) to a bundle file, for a bus with no live link."""
 
 from __future__ import annotations
 
@@ -33,9 +33,6 @@ def register(sub: Any) -> None:
     since.add_argument("--since-seq", type=int, help="only events from this stream sequence on")
     since.add_argument("--since", type=_when, help="only events from this time on (ISO 8601 with a zone)")
     e.set_defaults(func=export)
-    i = sub.add_parser("import", help="replay a bundle here (refused whole if damaged; repeatable)")
-    i.add_argument("bundle", type=Path)
-    i.set_defaults(func=import_)
 
 
 async def export(args: argparse.Namespace, config: BusConfig) -> int:
@@ -46,11 +43,4 @@ async def export(args: argparse.Namespace, config: BusConfig) -> int:
             args.output, workflow=args.workflow, since_seq=args.since_seq, since_time=args.since
         )
     print(f"{count} events written to {args.output}", file=sys.stderr)
-    return 0
-
-
-async def import_(args: argparse.Namespace, config: BusConfig) -> int:
-    async with connect(config, name="lwfm-bus import") as bus:
-        report = await bus.import_bundle(args.bundle)
-    print(f"{report.events} events: {report.published} imported, {report.already} already here")
     return 0

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import lwfm_bus as lb
 from lwfm_bus import JobState
-
-from .samples import sample_events
+from tests.samples import sample_events
 
 
 def test_every_event_class_is_sampled() -> None:

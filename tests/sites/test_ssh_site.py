@@ -26,7 +26,7 @@ from adapters.ssh import SshSite, _parse_statuses
 from lwfm_bus import JobState
 from lwfm_bus.testing import hold_connection
 from tests._helpers import is_gone, job_events, read_fifo_line, wait_pid_exit, wait_state, write_sites
-from tests._sshd import SshServer, keygen, sshd, write_known_hosts
+from tests.sites._sshd import SshServer, keygen, sshd, write_known_hosts
 
 __all__ = ["sshd"]  # the fixture, re-exported for pytest
 

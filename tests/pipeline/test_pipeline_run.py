@@ -27,9 +27,9 @@ from lwfm_bus._config import BusConfig
 from lwfm_bus._errors import PipelineError
 from lwfm_bus._pipeline import load_pipeline
 from lwfm_bus._pipeline._run import RunReport, run_pipeline
-from tests.test_pyenv import write_wheel
+from tests.pipeline.test_pyenv import write_wheel
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 CLI = [sys.executable, "-m", "lwfm_bus"]
 
 

@@ -27,7 +27,7 @@ import lwfm_bus as lb
 from lwfm_bus import JobState
 from lwfm_bus._config import BusConfig
 from tests._helpers import wait_state
-from tests._proxy import LinkProxy, link_proxy
+from tests.federation._proxy import LinkProxy, link_proxy
 
 CLI = [sys.executable, "-m", "lwfm_bus"]
 PLACEHOLDER = "nats-leaf://127.0.0.1:1"
@@ -420,7 +420,7 @@ async def _events_made_during_a_partition_arrive_after_healing_and_fire_once(fed
 def test_the_compose_file_describes_the_tested_topology() -> None:
     import yaml
 
-    compose = yaml.safe_load((Path(__file__).parent.parent / "docker" / "federation.compose.yml").read_text())
+    compose = yaml.safe_load((Path(__file__).parents[2] / "docker" / "federation.compose.yml").read_text())
     services = compose["services"]
     assert set(services) == {"hub", "alpha", "beta"}
     for name, service in services.items():

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from .._config import BusConfig
 from .._errors import PipelineError
 from .._pipeline import Pipeline, load_pipeline, parse_override
+from ._print import add_set_option, print_issues
 
-__all__ = ["add_set_option", "load_or_report", "print_issues", "register"]
+__all__ = ["register"]
 
 _FAN = {"once": "", "parallel": "parallel", "for_each": "for each", "product": "product", "on_data": "each arrival"}
 
@@ -28,33 +28,6 @@ def register(sub: Any) -> None:
     add_set_option(p)
     p.add_argument("--json", action="store_true", help="one JSON object per file on stdout")
     p.set_defaults(func=validate)
-
-
-def add_set_option(parser: argparse.ArgumentParser) -> None:
-    """``--set NAME=VALUE``, the same for every command that reads a pipeline."""
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="override a param (value read as YAML: 3, 1.5, true, text); repeatable",
-    )
-
-
-def print_issues(error: PipelineError) -> None:
-    """Every problem, one ``FILE:LINE:COL: field: message`` line each, on stderr."""
-    for issue in error.issues:
-        print(issue, file=sys.stderr)
-
-
-def load_or_report(file: Path, overrides: list[str]) -> Pipeline | None:
-    """The pipeline with ``--set`` applied, or None once its problems are printed (the caller exits 2)."""
-    try:
-        return load_pipeline(file, dict(parse_override(text) for text in overrides))
-    except PipelineError as exc:
-        print_issues(exc)
-        return None
 
 
 def _step_label(pipeline: Pipeline, name: str) -> str:

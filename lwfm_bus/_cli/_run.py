@@ -16,7 +16,7 @@ from .._config import BusConfig
 from .._errors import PipelineError
 from .._pipeline._run import run_pipeline
 from .._subjects import check_token
-from ._pipeline import add_set_option, load_or_report, print_issues
+from ._print import add_set_option, load_or_report, print_issues
 
 __all__ = ["register"]
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from tests._helpers import kill_processes_with
-from tests._sshd import free_port
+from tests.sites._sshd import free_port
 
 _PROGRAMS = ("slurmctld", "slurmd", "munged", "sbatch", "squeue", "scontrol", "scancel")
 

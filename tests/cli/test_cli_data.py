@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import lwfm_bus as lb
-from lwfm_bus._cli._data import parse_where
+from lwfm_bus._cli._print import parse_where
 
 CLI = [sys.executable, "-m", "lwfm_bus"]
 

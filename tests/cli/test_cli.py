@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 import lwfm_bus as lb
-
-from .samples import sample_events
+from tests.samples import sample_events
 
 CLI = [sys.executable, "-m", "lwfm_bus"]
 
@@ -67,7 +66,7 @@ async def test_events_in_one_process_show_what_another_publishes(tmp_path: Path)
 
 
 async def test_schemas_check_passes_on_the_committed_tree(tmp_path: Path) -> None:
-    proc = await _spawn("schemas", "--check", "--dir", str(Path(__file__).parents[1] / "schemas"), home=tmp_path)
+    proc = await _spawn("schemas", "--check", "--dir", str(Path(__file__).parents[2] / "schemas"), home=tmp_path)
     await proc.communicate()
     assert proc.returncode == 0
     stale = await _spawn("schemas", "--check", "--dir", str(tmp_path / "empty"), home=tmp_path)

@@ -8,8 +8,7 @@ import pytest
 
 import lwfm_bus as lb
 from lwfm_bus import JobState
-
-from .samples import sample_events
+from tests.samples import sample_events
 
 
 def _valid(job: str) -> lb.Event:

@@ -10,10 +10,9 @@ import pytest
 
 import lwfm_bus as lb
 from lwfm_bus._schemas import generate_schemas, render
+from tests.samples import sample_events
 
-from .samples import sample_events
-
-SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 
 
 def test_committed_schemas_match_the_models() -> None:

@@ -32,8 +32,8 @@ from adapters.slurm import SlurmOptions, SlurmSite
 from lwfm_bus import JobState
 from lwfm_bus.testing import hold_connection
 from tests._helpers import job_events, wait_info, wait_state, write_sites
-from tests._slurm import SlurmCluster, running_slurm
-from tests._sshd import SshServer, sshd
+from tests.sites._slurm import SlurmCluster, running_slurm
+from tests.sites._sshd import SshServer, sshd
 
 __all__ = ["sshd"]  # the fixture, re-exported for pytest
 

@@ -1,0 +1,51 @@
+"""``lwfm-bus submit``: run one program on a site, optionally waiting for its end."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .._client import connect
+from .._config import BusConfig
+from .._jobs import JobDefn
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("submit", help="submit a job: lwfm-bus submit [options] -- PROGRAM [ARGS...]")
+    p.add_argument("--job-site", dest="job_site", default="local", help="site to run on (default: local)")
+    p.add_argument("--workflow", help="workflow id to join")
+    p.add_argument("--name", help="job name")
+    p.add_argument("--shell", action="store_true", help="run one string through /bin/sh -c")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment")
+    p.add_argument("--cwd", help="working directory")
+    p.add_argument("--wait", action="store_true", help="wait for the job and exit with its status")
+    p.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="the program and its arguments")
+    p.set_defaults(func=submit)
+
+
+def _defn(args: argparse.Namespace) -> JobDefn:
+    command = [c for c in args.command if c != "--"] if args.command[:1] == ["--"] else list(args.command)
+    if not command:
+        raise SystemExit("lwfm-bus submit: give the command after --, e.g. lwfm-bus submit -- echo hi")
+    env = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"lwfm-bus submit: --env {item!r} is not KEY=VALUE")
+        env[key] = value
+    if args.shell:
+        return JobDefn(shell=" ".join(command), name=args.name, env=env, cwd=args.cwd)
+    return JobDefn(argv=tuple(command), name=args.name, env=env, cwd=args.cwd)
+
+
+async def submit(args: argparse.Namespace, config: BusConfig) -> int:
+    defn = _defn(args)
+    async with connect(config, name="lwfm-bus submit") as bus:
+        job = await bus.submit(defn, site=args.job_site, workflow=args.workflow)
+        print(job.job_id, flush=True)
+        if not args.wait:
+            return 0
+        final = await job.wait(timeout=args.timeout)
+        print(f"{final.state.value}" + (f" exit={final.exit_code}" if final.exit_code is not None else ""))
+        return 0 if final.state.is_success else 1
