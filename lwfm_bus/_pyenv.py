@@ -344,13 +344,43 @@ def _run(argv: list[str], headline: str) -> str:
     """Run an installer step; on failure raise with its last error line and the tail of its output."""
     env = {k: v for k, v in os.environ.items() if k not in _INSTALLER_UNSET}
     env.update(PYTHONNOUSERSITE="1", PIP_NO_INPUT="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
-    done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, check=False)
-    if done.returncode == 0:
-        return done.stdout
-    lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+    # Its own process group: a step starts processes of its own (venv runs ensurepip, pip runs
+    # builds), and a build stopped half-way must stop them all before its directory is removed,
+    # or they write into it again after the removal.
+    with subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate()
+        except BaseException:
+            _stop_group(proc)
+            raise
+    if proc.returncode == 0:
+        return stdout
+    lines = [line for line in (stderr or stdout).splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("ERROR:")]
-    last = (errors or lines or [f"exit status {done.returncode}"])[-1].removeprefix("ERROR:").strip()
+    last = (errors or lines or [f"exit status {proc.returncode}"])[-1].removeprefix("ERROR:").strip()
     raise EnvBuildError(f"{headline}: {last}", lines[-_TAIL_LINES:])
+
+
+def _stop_group(proc: subprocess.Popen[str]) -> None:
+    """Kill an installer step and every process it started; return once they are all gone (at most 10 s)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # a member of the group is still there (not yet reaped by init)
+        except ProcessLookupError:
+            return
+        time.sleep(0.01)
 
 
 def list_envs(root: Path) -> list[EnvRecord]:
