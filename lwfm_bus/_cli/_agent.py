@@ -14,6 +14,7 @@ from typing import Any
 
 from .._client import connect
 from .._config import BusConfig
+from ._print import shown
 
 
 def register(sub: Any) -> None:
@@ -36,7 +37,8 @@ def register(sub: Any) -> None:
 async def run(args: argparse.Namespace, config: BusConfig) -> int:
     served = config.model_copy(update={"agents": tuple(dict.fromkeys(args.agent_sites))})
     async with connect(served, name="lwfm-bus agent") as bus:
-        names = ", ".join(spec.name for spec in bus.served_sites())
-        print(f"lwfm-bus: agent for {names} at {bus.connected_url}; Ctrl-C stops it", file=sys.stderr, flush=True)
+        names = shown(", ".join(spec.name for spec in bus.served_sites()))
+        url = shown(bus.connected_url)
+        print(f"lwfm-bus: agent for {names} at {url}; Ctrl-C stops it", file=sys.stderr, flush=True)
         await asyncio.Event().wait()
     return 0

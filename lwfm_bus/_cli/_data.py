@@ -8,7 +8,7 @@ from typing import Any
 
 from .._client import connect
 from .._config import BusConfig
-from ._print import data_json, job_json
+from ._print import data_json, job_json, shown, shown_json
 
 __all__ = ["register"]
 
@@ -34,12 +34,12 @@ async def show_data(args: argparse.Namespace, config: BusConfig) -> int:
         print(json.dumps(doc, indent=2))
         return 0
     d = prov.data
-    print(f"data      {d.data_id}\nlocation  {d.site}:{d.location}")
-    print(f"size      {d.size if d.size is not None else '-'}\nchecksum  {d.checksum or '-'}")
+    print(f"data      {shown(d.data_id)}\nlocation  {shown(d.site)}:{shown(d.location)}")
+    print(f"size      {d.size if d.size is not None else '-'}\nchecksum  {shown(d.checksum or '-')}")
     if d.direction:
-        print(f"copied    {d.direction} from {d.origin_site}:{d.origin}")
-    print(f"metadata  {json.dumps(d.metadata, ensure_ascii=False)}")
+        print(f"copied    {d.direction} from {shown(d.origin_site)}:{shown(d.origin)}")
+    print(f"metadata  {shown_json(json.dumps(d.metadata, ensure_ascii=False))}")
     for label, job in [("made by", prov.job), *(("upstream", j) for j in prov.ancestors)]:
         if job is not None:
-            print(f"{label:<9} {job.job_id} {job.state.value:<9} {job.name or ''}")
+            print(f"{label:<9} {shown(job.job_id)} {job.state.value:<9} {shown(job.name or '')}")
     return 0

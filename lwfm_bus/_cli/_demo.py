@@ -11,6 +11,7 @@ from .._config import BusConfig
 from .._ids import new_id
 from .._jobs import JobDefn
 from .._triggers import JoinTrigger
+from ._print import shown
 
 
 def register(sub: Any) -> None:
@@ -31,7 +32,7 @@ async def run(args: argparse.Namespace, config: BusConfig) -> int:
             code = f"import os; print('step {step} of', os.environ['LWFM_WORKFLOW_ID'])"
             job = await bus.submit(JobDefn(argv=(sys.executable, "-c", code), name=step), workflow=wf, parents=parents)
             final = await job.wait(timeout=60)
-            out = (await job.logs()).decode().strip()
+            out = shown((await job.logs()).decode().strip())
             print(f"{step}  {job.job_id}  {final.state.value:<9} exit={final.exit_code}  {out}")
             if not final.state.is_success:
                 return 1
@@ -46,11 +47,11 @@ async def run(args: argparse.Namespace, config: BusConfig) -> int:
             await bus.submit(defn, workflow=wf, job_id=job_id)
         assert isinstance(trigger, JoinTrigger) and trigger.downstream.job_id is not None
         final = await bus.wait(trigger.downstream.job_id, timeout=60)
-        out = (await bus.logs(final.job_id)).decode().strip()
+        out = shown((await bus.logs(final.job_id)).decode().strip())
         print(f"Z  {final.job_id}  {final.state.value:<9} exit={final.exit_code}  {out} (join trigger on X, Y)")
         if not final.state.is_success:
             return 1
         print("workflow jobs:")
         for r in await bus.jobs(workflow=wf):
-            print(f"  {r.name}  {r.state.value}")
+            print(f"  {shown(r.name)}  {r.state.value}")
     return 0

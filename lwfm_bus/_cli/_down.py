@@ -15,6 +15,7 @@ import anyio
 from .._bus._autostart import stop_background, up_record
 from .._bus._connect import running_server_url
 from .._config import BusConfig
+from ._print import shown
 
 
 def register(sub: Any) -> None:
@@ -28,10 +29,10 @@ async def run(args: argparse.Namespace, config: BusConfig) -> int:
     record = up_record(config.home)
     pid = record.get("owner_pid") if record else None
     if url is None or not isinstance(pid, int):
-        print(f"lwfm-bus: nothing is running for {config.home}", file=sys.stderr)
+        print(f"lwfm-bus: nothing is running for {shown(config.home)}", file=sys.stderr)
         return 0
     if not await anyio.to_thread.run_sync(stop_background, pid, args.timeout):
-        print(f"lwfm-bus: the bus at {url} (pid {pid}) did not stop within {args.timeout:g}s", file=sys.stderr)
+        print(f"lwfm-bus: the bus at {shown(url)} (pid {pid}) did not stop within {args.timeout:g}s", file=sys.stderr)
         return 1
-    print(f"lwfm-bus: stopped the bus at {url} (pid {pid})", file=sys.stderr)
+    print(f"lwfm-bus: stopped the bus at {shown(url)} (pid {pid})", file=sys.stderr)
     return 0

@@ -14,6 +14,7 @@ from .._client import connect
 from .._config import BusConfig
 from .._engine._replica import EngineConfig, serve_engine
 from .._errors import ConfigError
+from ._print import shown
 
 _CRASH_POINTS = ("after-claim", "after-submit", "after-fired")
 
@@ -43,7 +44,7 @@ async def run_engine(args: argparse.Namespace, config: BusConfig) -> int:
     async with connect(config.model_copy(update={"engine": "off"}), name="lwfm-bus engine") as bus:
         async with keeping_sources(bus), serve_engine(bus, engine_config) as engine:
             print(
-                f"lwfm-bus: engine {engine.config.name} ready ({len(engine.index)} triggers indexed)",
+                f"lwfm-bus: engine {shown(engine.config.name)} ready ({len(engine.index)} triggers indexed)",
                 file=sys.stderr,
                 flush=True,
             )

@@ -20,6 +20,7 @@ from typing import Any
 from .._config import BusConfig
 from .._errors import ConfigError, EnvBuildError
 from .._pyenv import Installer, list_envs, remove_all, remove_env, run_in_env
+from ._print import shown
 
 __all__ = ["BUILD_FAILED", "register"]
 
@@ -89,14 +90,14 @@ async def exec_(args: argparse.Namespace, config: BusConfig) -> int:
         run_in_env(command, args.requirements, _root(args, config), installer)
     except EnvBuildError as exc:
         for line in exc.output:
-            print(f"  {line}", file=sys.stderr)
-        print(f"lwfm-bus env: {exc}", file=sys.stderr)
+            print(f"  {shown(line)}", file=sys.stderr)
+        print(f"lwfm-bus env: {shown(exc)}", file=sys.stderr)
         return BUILD_FAILED
     except FileNotFoundError:
-        print(f"lwfm-bus env: {command[0]}: command not found in the environment or on PATH", file=sys.stderr)
+        print(f"lwfm-bus env: {shown(command[0])}: command not found in the environment or on PATH", file=sys.stderr)
         return 127
     except OSError as exc:
-        print(f"lwfm-bus env: {command[0]}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"lwfm-bus env: {shown(command[0])}: {shown(exc.strerror or exc)}", file=sys.stderr)
         return 126
 
 
@@ -112,8 +113,8 @@ def _human(size: int) -> str:
 async def ls_(args: argparse.Namespace, config: BusConfig) -> int:
     for record in list_envs(_root(args, config)):
         created = record.created if record.ready else "(incomplete)"
-        reqs = " ".join(record.requirements) or "-"
-        print(f"{record.key}  {created}  {_human(record.size):>10}  {reqs}")
+        reqs = " ".join(shown(r) for r in record.requirements) or "-"
+        print(f"{shown(record.key)}  {shown(created)}  {_human(record.size):>10}  {reqs}")
     return 0
 
 
@@ -123,11 +124,11 @@ async def rm_(args: argparse.Namespace, config: BusConfig) -> int:
     status = 0
     for key, outcome in outcomes.items():
         if outcome == "removed":
-            print(f"removed {key}")
+            print(f"removed {shown(key)}")
         elif outcome == "busy":
-            print(f"lwfm-bus env: {key} is in use or being built; not removed", file=sys.stderr)
+            print(f"lwfm-bus env: {shown(key)} is in use or being built; not removed", file=sys.stderr)
             status = 1
         elif not args.all:
-            print(f"lwfm-bus env: no environment {key} under {root}", file=sys.stderr)
+            print(f"lwfm-bus env: no environment {shown(key)} under {shown(root)}", file=sys.stderr)
             status = 1
     return status

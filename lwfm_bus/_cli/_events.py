@@ -11,6 +11,7 @@ from .._client import connect
 from .._config import BusConfig
 from .._events import DataEvent, Event, JobStatusEvent, SiteHeartbeatEvent, encode_event
 from .._subjects import ROOT
+from ._print import shown
 
 
 def register(sub: Any) -> None:
@@ -28,19 +29,19 @@ def register(sub: Any) -> None:
 
 
 def describe(event: Event) -> str:
-    """A one-line summary for people."""
+    """A one-line summary for people: whatever came with the event is escaped (:func:`._print.shown`)."""
     if isinstance(event, JobStatusEvent):
         d = event.data
         extra = f" exit={d.exit_code}" if d.exit_code is not None else ""
-        info = f" {d.info}" if d.info else ""
-        return f"job {d.job_id} {d.state.value}{extra} on {d.site}{info}"
+        info = f" {shown(d.info)}" if d.info else ""
+        return f"job {shown(d.job_id)} {d.state.value}{extra} on {shown(d.site)}{info}"
     if isinstance(event, DataEvent):
         d2 = event.data
-        meta = " ".join(f"{k}={v}" for k, v in d2.metadata.items())
-        return f"data {d2.location} on {d2.site} {meta}".rstrip()
+        meta = " ".join(f"{shown(k)}={shown(v)}" for k, v in d2.metadata.items())
+        return f"data {shown(d2.location)} on {shown(d2.site)} {meta}".rstrip()
     if isinstance(event, SiteHeartbeatEvent):
-        return f"site {event.data.site} {event.data.status.value} ({event.data.adapter})"
-    return f"{event.type.removeprefix('lwfm.')} {event.subject}"
+        return f"site {shown(event.data.site)} {event.data.status.value} ({shown(event.data.adapter)})"
+    return f"{shown(event.type.removeprefix('lwfm.'))} {shown(event.subject)}"
 
 
 async def run(args: argparse.Namespace, config: BusConfig) -> int:
@@ -56,7 +57,8 @@ async def run(args: argparse.Namespace, config: BusConfig) -> int:
             follow=not args.no_follow,
         )
         async with sub:
-            print(f"lwfm-bus: listening on {args.filter} at {bus.connected_url}", file=sys.stderr, flush=True)
+            where = f"{shown(args.filter)} at {shown(bus.connected_url)}"
+            print(f"lwfm-bus: listening on {where}", file=sys.stderr, flush=True)
             async for event in sub:
                 if args.json:
                     sys.stdout.write(encode_event(event).decode() + "\n")

@@ -11,6 +11,7 @@ from typing import Any
 from .._client import connect
 from .._config import BusConfig
 from .._errors import BundleError
+from ._print import shown
 
 __all__ = ["register"]
 
@@ -42,5 +43,5 @@ async def export(args: argparse.Namespace, config: BusConfig) -> int:
         count = await bus.export_bundle(
             args.output, workflow=args.workflow, since_seq=args.since_seq, since_time=args.since
         )
-    print(f"{count} events written to {args.output}", file=sys.stderr)
+    print(f"{count} events written to {shown(args.output)}", file=sys.stderr)
     return 0

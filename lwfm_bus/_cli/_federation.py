@@ -23,6 +23,7 @@ from .._config import BusConfig
 from .._errors import ConfigError
 from .._federation import Federation, FederationSite, hash_secret, new_secret
 from .._subjects import check_token
+from ._print import shown
 
 __all__ = ["register"]
 
@@ -111,7 +112,7 @@ def _init(out: Path, args: argparse.Namespace) -> None:
     (out / "federation.toml").write_text(_toml(fed))
     for name, secret in secrets.items():
         _write_private(out / "secrets" / f"{name}.secret", secret + "\n")
-    print(f"wrote {out / 'federation.toml'} and {len(secrets)} secrets under {out / 'secrets'}")
+    print(f"wrote {shown(out / 'federation.toml')} and {len(secrets)} secrets under {shown(out / 'secrets')}")
     print("give every site federation.toml, and each site only its own secret (as <home>/federation.secret);")
     print("then at each site: LWFM_BUS_FEDERATION=federation.toml lwfm-bus --site NAME up")
 
@@ -139,9 +140,9 @@ async def status_cmd(args: argparse.Namespace, config: BusConfig) -> int:
                 for s in states]  # fmt: skip
         print(json.dumps({"site": config.site, "messages": messages, "sources": rows}))
         return 0
-    print(f"site {config.site}: {messages} events stored")
+    print(f"site {shown(config.site)}: {messages} events stored")
     for s in states:
         seen = "never" if s.active_s is None else f"{s.active_s:.1f}s ago"
-        error = f", error: {s.error}" if s.error else ""
-        print(f"  {s.filter} from {s.site}: lag {s.lag}, last contact {seen}{error}")
+        error = f", error: {shown(s.error)}" if s.error else ""
+        print(f"  {shown(s.filter)} from {shown(s.site)}: lag {s.lag}, last contact {seen}{error}")
     return 0

@@ -14,7 +14,7 @@ from .._client import connect
 from .._config import BusConfig
 from .._errors import DataError
 from .._query import DataPage
-from ._print import parse_where
+from ._print import parse_where, shown, shown_json
 
 __all__ = ["register"]
 
@@ -73,8 +73,9 @@ async def find(args: argparse.Namespace, config: BusConfig) -> int:
     print(f"{'DATA ID':<32}  {'SITE':<10} {'SIZE':>10}  {'TIME':<19}  LOCATION  METADATA")
     for r in page.records:
         size = "-" if r.size is None else str(r.size)
-        meta = json.dumps(r.metadata, separators=(",", ":"), ensure_ascii=False)
-        print(f"{r.data_id:<32}  {r.site:<10} {size:>10}  {r.time:%Y-%m-%d %H:%M:%S}  {r.location}  {meta}")
+        meta = shown_json(json.dumps(r.metadata, separators=(",", ":"), ensure_ascii=False))
+        when = f"{r.time:%Y-%m-%d %H:%M:%S}"
+        print(f"{shown(r.data_id):<32}  {shown(r.site):<10} {size:>10}  {when}  {shown(r.location)}  {meta}")
     if page.next_offset is not None:
         print(f"(more: --offset {page.next_offset})", file=sys.stderr)
     return 0

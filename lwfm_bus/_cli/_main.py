@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from .._config import BusConfig, load_config
-from .._errors import LwfmBusError
+from .._errors import LwfmBusError, PipelineError, ServerStartError
 from . import (
     _agent,
     _cancel,
@@ -51,6 +51,7 @@ from . import (
     _workflow,
     _workspace,
 )
+from ._print import shown
 
 Command = Callable[[argparse.Namespace, BusConfig], Awaitable[int]]
 
@@ -143,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except LwfmBusError as exc:
-        print(f"lwfm-bus: error: {exc}", file=sys.stderr)
+        print(f"lwfm-bus: error: {_message(exc)}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return _reader_left()
@@ -151,6 +152,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if group.subgroup(BrokenPipeError) is None or group.subgroup(lambda e: not isinstance(e, BrokenPipeError)):
             raise
         return _reader_left()
+
+
+def _message(exc: LwfmBusError) -> str:
+    """The error's message with what it quotes escaped (:func:`._print.shown`), its deliberate lines kept.
+
+    Two errors are several lines on purpose: a refused pipeline (one line per issue) and a
+    server that failed to start (the server's own log lines after the headline).
+    """
+    text = str(exc)
+    if isinstance(exc, PipelineError) and text == "\n".join(str(issue) for issue in exc.issues):
+        return "\n".join(shown(issue) for issue in exc.issues)
+    if isinstance(exc, ServerStartError) and exc.log:
+        head = text.removesuffix("\n" + "\n".join(exc.log))
+        return "\n".join([shown(head), *(shown(line) for line in exc.log)])
+    return shown(text)
 
 
 def _reader_left() -> int:

@@ -6,6 +6,11 @@ so no command module reaches into another's private names.
 Values on the command line (``--meta``, ``--where``) are typed the way JSON reads them --
 ``step=3`` is the number 3, ``ok=true`` a boolean, ``tags=["a","b"]`` a list -- and anything
 that is not JSON is a string; quote it as JSON (``step='"3"'``) to force a string.
+
+Text that came from outside -- a job's info, a job or workflow name, a data location, a metadata
+value, a reason, a path the user gave -- goes through :func:`shown` before it is printed for
+people, so a control character can neither forge an output line nor drive the terminal; JSON
+columns go through :func:`shown_json`.  ``--json`` output needs neither: JSON escapes them already.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import argparse
 import json
 import re
 import sys
+import unicodedata
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +39,75 @@ __all__ = [
     "parse_where",
     "print_issues",
     "print_record",
+    "shown",
+    "shown_json",
 ]
 
 _RECORD: TypeAdapter[DataRecord] = TypeAdapter(DataRecord)
 _CONDITION = re.compile(r"^(?P<key>[^=~<>?]+?)(?P<op>>=|<=|=|~|>|<|\?)(?P<value>.*)$", re.DOTALL)
 _RANGE_OPS = {">=": "ge", ">": "gt", "<=": "le", "<": "lt"}
+
+
+# -- text from outside, made safe for a terminal: one record stays one line --
+
+_SPECIAL = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_NOT_PLAIN = re.compile(r"[^\x20-\x5b\x5d-\x7e]+")  # runs of anything but printable ASCII other than backslash
+_NOT_ASCII = re.compile(r"[^\x00-\x7e]+")  # in JSON text: DEL and beyond (json.dumps escapes the rest)
+
+
+def _hidden(ch: str) -> bool:
+    """Control, format (bidi overrides, zero-width), surrogate, private-use, unassigned, line/paragraph separator."""
+    category = unicodedata.category(ch)
+    return category[0] == "C" or category in ("Zl", "Zp")
+
+
+@lru_cache(maxsize=4096)
+def _escaped(ch: str) -> str:
+    if ch in _SPECIAL:
+        return _SPECIAL[ch]
+    if not _hidden(ch):
+        return ch
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+@lru_cache(maxsize=4096)
+def _json_escaped(ch: str) -> str:
+    if not _hidden(ch):
+        return ch
+    code = ord(ch)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # JSON spells a character beyond the BMP as a surrogate pair
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def shown(text: object) -> str:
+    """``text`` (``str()`` of it) as it may go to a terminal: every invisible or controlling character escaped.
+
+    Escaped, Python-style: C0 controls (``\\n``, ``\\r``, ``\\t``, ``\\x1b``, ``\\x00``...), DEL (``\\x7f``),
+    C1 controls (``\\x85``...), the line and paragraph separators (``\\u2028``, ``\\u2029``), format
+    characters such as the bidi overrides and isolates (``\\u202e``, ``\\u2066``) and zero-width ones,
+    surrogates, private-use and unassigned code points; and the backslash itself (``\\\\``), so the
+    escaping can be read back unambiguously.  Everything else -- printable ASCII, spaces, letters
+    of any script such as ``é`` or ``日本`` -- is kept as it is.  A printed value is thus always one line.
+    """
+    s = text if isinstance(text, str) else str(text)
+    if s.isprintable() and "\\" not in s:  # the common case: nothing to do, no per-character work
+        return s
+    return _NOT_PLAIN.sub(lambda m: "".join(map(_escaped, m[0])), s)
+
+
+def shown_json(doc: str) -> str:
+    """JSON text (from ``json.dumps(..., ensure_ascii=False)``) as it may go to a terminal, still valid JSON.
+
+    JSON escapes C0 controls, quotes and backslashes itself; what :func:`shown` would escape beyond
+    those (DEL, C1, U+2028/U+2029, bidi controls...) becomes a ``\\uXXXX`` escape, which reads back as
+    the same value.  Printable text, ``é`` and ``日本`` included, stays as it is.
+    """
+    if doc.isprintable():
+        return doc
+    return _NOT_ASCII.sub(lambda m: "".join(map(_json_escaped, m[0])), doc)
 
 
 # -- metadata on the command line: notate, put, get (--meta) and find (--where) --
@@ -100,7 +171,7 @@ def print_record(record: DataRecord, as_json: bool) -> None:
     if as_json:
         print(_RECORD.dump_json(record).decode())
     else:
-        print(record.data_id)
+        print(shown(record.data_id))
 
 
 def data_json(record: DataRecord) -> dict[str, Any]:
@@ -140,7 +211,7 @@ def add_set_option(parser: argparse.ArgumentParser) -> None:
 def print_issues(error: PipelineError) -> None:
     """Every problem, one ``FILE:LINE:COL: field: message`` line each, on stderr."""
     for issue in error.issues:
-        print(issue, file=sys.stderr)
+        print(shown(issue), file=sys.stderr)
 
 
 def load_or_report(file: Path, overrides: list[str]) -> Pipeline | None:

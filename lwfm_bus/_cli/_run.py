@@ -16,7 +16,7 @@ from .._config import BusConfig
 from .._errors import PipelineError
 from .._pipeline._run import run_pipeline
 from .._subjects import check_token
-from ._print import add_set_option, load_or_report, print_issues
+from ._print import add_set_option, load_or_report, print_issues, shown
 
 __all__ = ["register"]
 
@@ -47,7 +47,7 @@ async def run(args: argparse.Namespace, config: BusConfig) -> int:
 
     def echo(line: str) -> None:
         if not args.quiet:
-            print(line, flush=True)
+            print(shown(line), flush=True)  # a progress line names jobs and quotes their reasons
 
     # This process judges triggers too while it runs (one more engine replica: never a
     # double firing), so a pipeline runs even where no 'lwfm-bus up' is running.
@@ -62,11 +62,12 @@ async def run(args: argparse.Namespace, config: BusConfig) -> int:
         for err in refused:
             print_issues(err)
         return 2
-    width = max((len(s) for s in report.steps), default=4)
+    width = max((len(shown(s)) for s in report.steps), default=4)
     skipped = f", {report.up_to_date} runs up to date (not run again)" if report.up_to_date else ""
-    print(f"\n{pipeline.name} ({report.workflow_id}): {'complete' if report.ok else 'FAILED'}{skipped}")
+    outcome = "complete" if report.ok else "FAILED"
+    print(f"\n{shown(pipeline.name)} ({shown(report.workflow_id)}): {outcome}{skipped}")
     for step, (done, total) in report.steps.items():
-        print(f"  {step:<{width}}  {done}/{total} complete")
+        print(f"  {shown(step):<{width}}  {done}/{total} complete")
     for failure in report.failures:
-        print(f"  failed: {failure}", file=sys.stderr)
+        print(f"  failed: {shown(failure)}", file=sys.stderr)
     return 0 if report.ok else 1

@@ -9,6 +9,7 @@ from typing import Any
 
 from .._config import BusConfig
 from .._schemas import generate_schemas, render, write_schemas
+from ._print import shown
 
 
 def register(sub: Any) -> None:
@@ -26,8 +27,8 @@ async def run(args: argparse.Namespace, config: BusConfig) -> int:
             if not (args.dir / rel).exists() or (args.dir / rel).read_text() != render(s)
         ]
         for rel in stale:
-            print(f"stale: {args.dir / rel}", file=sys.stderr)
+            print(f"stale: {shown(args.dir / rel)}", file=sys.stderr)
         return 1 if stale else 0
     for path in write_schemas(args.dir):
-        print(path)
+        print(shown(path))
     return 0

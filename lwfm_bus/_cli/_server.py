@@ -9,6 +9,7 @@ from typing import Any
 
 from .._bus._connect import open_event_bus, serve_embedded
 from .._config import BusConfig
+from ._print import shown
 
 
 def register(sub: Any) -> None:
@@ -24,7 +25,7 @@ async def run(args: argparse.Namespace, config: BusConfig) -> int:
         async with open_event_bus(config.model_copy(update={"servers": (server.url,)}), name="lwfm-bus server"):
             pass  # create the streams once, so subscribers can attach at once
         print(
-            f"lwfm-bus: NATS server ready at {server.url} (store {config.store_dir()}); Ctrl-C stops it",
+            f"lwfm-bus: NATS server ready at {shown(server.url)} (store {shown(config.store_dir())}); Ctrl-C stops it",
             file=sys.stderr,
             flush=True,
         )

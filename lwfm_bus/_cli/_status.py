@@ -11,6 +11,7 @@ from .._client import connect
 from .._config import BusConfig
 from .._index._projection import JobRecord
 from .._states import JobState
+from ._print import shown
 
 
 def register(sub: Any) -> None:
@@ -23,9 +24,9 @@ def register(sub: Any) -> None:
 
 def _row(r: JobRecord) -> str:
     code = "" if r.exit_code is None else str(r.exit_code)
-    row = f"{r.job_id}  {r.state.value:<9} {code:>4}  {r.site:<10} {r.name or ''}"
+    row = f"{shown(r.job_id)}  {r.state.value:<9} {code:>4}  {shown(r.site):<10} {shown(r.name or '')}"
     if r.state is JobState.PENDING and r.native_state:
-        row += f"  ({r.native_state})"  # why it waits: queued, or no agent serves the site
+        row += f"  ({shown(r.native_state)})"  # why it waits: queued, or no agent serves the site
     return row
 
 

@@ -16,6 +16,7 @@ from .._config import BusConfig
 from .._errors import ConfigError, TriggerError
 from .._index._projection import TriggerRecord
 from .._triggers import Trigger, trigger_adapter
+from ._print import shown
 
 
 def register(sub: Any) -> None:
@@ -66,12 +67,13 @@ async def add(args: argparse.Namespace, config: BusConfig) -> int:
     async with connect(config, name="lwfm-bus trigger") as bus:
         for trigger in triggers:
             await bus.add_trigger(trigger)
-            print(trigger.trigger_id)
+            print(shown(trigger.trigger_id))
     return 0
 
 
 def _row(r: TriggerRecord) -> str:
-    return f"{r.trigger_id:<34} {r.kind:<11} {r.state:<10} {r.fired:>5}  {r.last_job_id or '-':<34} {r.name or ''}"
+    ident, kind, state, last = (shown(v) for v in (r.trigger_id, r.kind, r.state, r.last_job_id or "-"))
+    return f"{ident:<34} {kind:<11} {state:<10} {r.fired:>5}  {last:<34} {shown(r.name or '')}"
 
 
 async def list_triggers(args: argparse.Namespace, config: BusConfig) -> int:

@@ -18,6 +18,7 @@ from .._bus._autostart import READY_LINE
 from .._bus._connect import serve_embedded
 from .._client import connect
 from .._config import BusConfig
+from ._print import shown
 
 
 def register(sub: Any) -> None:
@@ -38,7 +39,8 @@ async def run(args: argparse.Namespace, config: BusConfig) -> int:
         async with connect(local, name="lwfm-bus up") as bus:
             sites = ", ".join(spec.name for spec in bus.served_sites())
             print(
-                f"lwfm-bus: up at {server.url} (home {config.home}; agents for: {sites}); Ctrl-C stops it",
+                f"lwfm-bus: up at {shown(server.url)} (home {shown(config.home)}; agents for: {shown(sites)}); "
+                "Ctrl-C stops it",
                 file=sys.stderr,
                 flush=True,
             )

@@ -15,7 +15,7 @@ from typing import Any
 from .._config import BusConfig
 from .._errors import PipelineError
 from .._pipeline import Pipeline, load_pipeline, parse_override
-from ._print import add_set_option, print_issues
+from ._print import add_set_option, print_issues, shown
 
 __all__ = ["register"]
 
@@ -40,16 +40,16 @@ def _step_label(pipeline: Pipeline, name: str) -> str:
     if step.until is not None:
         parts.append(f"until, at most {step.max_iterations}")
     if step.pipeline is not None:
-        parts.append(f"nested {step.pipeline}")
+        parts.append(f"nested {shown(step.pipeline)}")
     detail = ", ".join(p for p in parts if p)
-    return f"{name} [{step.scenario}{': ' + detail if detail else ''}]"
+    return f"{shown(name)} [{step.scenario}{': ' + detail if detail else ''}]"
 
 
 def summary(file: Path, pipeline: Pipeline) -> str:
     """``FILE: ok: NAME, N steps: a [1], b [3: for each]``: the scenario number of each step in brackets."""
     steps = ", ".join(_step_label(pipeline, name) for name in pipeline.steps)
     count = len(pipeline.steps)
-    return f"{file}: ok: {pipeline.name}, {count} step{'s' if count != 1 else ''}: {steps}"
+    return f"{shown(file)}: ok: {shown(pipeline.name)}, {count} step{'s' if count != 1 else ''}: {steps}"
 
 
 def _as_json(file: Path, pipeline: Pipeline | None, error: PipelineError | None) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 from .._client import connect
 from .._config import BusConfig
 from .._errors import UnknownJobError
-from ._print import data_json, job_json
+from ._print import data_json, job_json, shown
 
 __all__ = ["register"]
 
@@ -44,15 +44,17 @@ async def show_workflow(args: argparse.Namespace, config: BusConfig) -> int:
         }
         print(json.dumps(doc, indent=2))
         return 0
-    print(f"workflow {args.workflow_id}" + (f"  {record.name}" if record and record.name else ""))
+    print(f"workflow {shown(args.workflow_id)}" + (f"  {shown(record.name)}" if record and record.name else ""))
     print("jobs:")
     for j in jobs:
-        parents = ",".join(j.parent_ids) or "-"
-        print(f"  {j.job_id:<32}  {j.state.value:<9} {j.site:<10} parents {parents}  {j.name or ''}")
+        parents = shown(",".join(j.parent_ids) or "-")
+        print(
+            f"  {shown(j.job_id):<32}  {j.state.value:<9} {shown(j.site):<10} parents {parents}  {shown(j.name or '')}"
+        )
     print("data:")
     for d in data:
-        print(f"  {d.data_id:<32}  {d.site}:{d.location}  from {d.job_id or '-'}")
+        print(f"  {shown(d.data_id):<32}  {shown(d.site)}:{shown(d.location)}  from {shown(d.job_id or '-')}")
     print("triggers:")
     for t in triggers:
-        print(f"  {t.trigger_id:<32}  {t.kind:<11} {t.state:<9} fired {t.fired}")
+        print(f"  {shown(t.trigger_id):<32}  {shown(t.kind):<11} {shown(t.state):<9} fired {t.fired}")
     return 0

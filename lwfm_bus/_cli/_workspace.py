@@ -12,6 +12,7 @@ from typing import Any
 from .._client import connect
 from .._config import BusConfig
 from .._errors import WorkspaceError
+from ._print import shown
 
 __all__ = ["register"]
 
@@ -61,14 +62,14 @@ async def define(args: argparse.Namespace, config: BusConfig) -> int:
     async with connect(config, name="lwfm-bus workspace") as bus:
         ws = await bus.workspaces.define(args.name, _roots(args.root))
     for site, root in sorted(ws.roots.items()):
-        print(f"{site}\t{root}")
+        print(f"{shown(site)}\t{shown(root)}")
     return 0
 
 
 async def add(args: argparse.Namespace, config: BusConfig) -> int:
     async with connect(config, name="lwfm-bus workspace") as bus:
         loc = await bus.workspaces.add(args.name, args.logical, site=args.ws_site, path=args.path)
-    print(f"{loc.site}\t{loc.path}")
+    print(f"{shown(loc.site)}\t{shown(loc.path)}")
     return 0
 
 
@@ -86,7 +87,7 @@ async def delete(args: argparse.Namespace, config: BusConfig) -> int:
 
 async def resolve(args: argparse.Namespace, config: BusConfig) -> int:
     async with connect(config, name="lwfm-bus workspace") as bus:
-        print(await bus.workspaces.resolve(args.reference, site=args.ws_site))
+        print(shown(await bus.workspaces.resolve(args.reference, site=args.ws_site)))
     return 0
 
 
@@ -94,7 +95,7 @@ async def list_workspaces(args: argparse.Namespace, config: BusConfig) -> int:
     async with connect(config, name="lwfm-bus workspace") as bus:
         if args.name is None:
             names = await bus.workspaces.names()
-            print(json.dumps(names) if args.json else "\n".join(names))
+            print(json.dumps(names) if args.json else "\n".join(shown(n) for n in names))
             return 0
         ws = await bus.workspaces.get(args.name)
     if args.json:
@@ -102,8 +103,8 @@ async def list_workspaces(args: argparse.Namespace, config: BusConfig) -> int:
         print(json.dumps({"name": ws.name, "roots": ws.roots, "files": files}, indent=2))
         return 0
     for site, root in sorted(ws.roots.items()):
-        print(f"root  {site}\t{root}")
+        print(f"root  {shown(site)}\t{shown(root)}")
     for logical, locations in ws.files.items():
         for loc in locations:
-            print(f"file  {logical}\t{loc.site}\t{loc.path}")
+            print(f"file  {shown(logical)}\t{shown(loc.site)}\t{shown(loc.path)}")
     return 0
