@@ -15,14 +15,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal, Self, TypeAlias
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeAlias, get_args
 
 from pydantic import (
     AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
-    NonNegativeInt,
     StringConstraints,
     TypeAdapter,
     ValidationError,
@@ -31,6 +30,7 @@ from pydantic import (
 
 from ._errors import EventTooLargeError, InvalidEventError
 from ._ids import new_id
+from ._limits import Int64, NonNegativeInt64
 from ._meta import Metadata
 from ._states import JobState
 from ._subjects import Token, subject_for
@@ -105,7 +105,7 @@ class JobStatus(_Model):
     native_state: ShortText | None = Field(default=None, description="The site's own state word, unmapped.")
     native_info: ShortText | None = Field(default=None, description="The site's own explanation.")
     info: ShortText | None = Field(default=None, description="Free text from the job or the adapter.")
-    exit_code: int | None = Field(default=None, description="Process exit code, when one exists.")
+    exit_code: Int64 | None = Field(default=None, description="Process exit code, when one exists.")
     parent_ids: tuple[Token, ...] = Field(default=(), description="Jobs whose completion started this one.")
 
 
@@ -118,7 +118,7 @@ class DataArrival(_Model):
         description="Path on the site, or a URL."
     )
     metadata: Metadata = Field(default_factory=dict, description="User metadata, typed and bounded.")
-    size: NonNegativeInt | None = Field(default=None, description="Bytes, when known.")
+    size: NonNegativeInt64 | None = Field(default=None, description="Bytes, when known.")
     checksum: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]+:[0-9a-f]{16,128}$")] | None = Field(
         default=None, description="'<algorithm>:<hex digest>', when the bytes were local."
     )
@@ -221,7 +221,7 @@ class TriggerFailed(_TriggerPayload):
     """Dispatch failed for good after bounded retries."""
 
     reason: ShortText = Field(description="The last error.")
-    attempts: NonNegativeInt = Field(default=0, description="How many dispatches were tried.")
+    attempts: NonNegativeInt64 = Field(default=0, description="How many dispatches were tried.")
     firing_key: Annotated[str, StringConstraints(max_length=512)] | None = Field(
         default=None, description="The firing that failed, if one was claimed."
     )
@@ -254,7 +254,9 @@ class SiteHeartbeat(_Model):
     site: Token = Field(description="The site.")
     adapter: Annotated[str, StringConstraints(max_length=128)] = Field(description="Adapter name.")
     status: SiteStatus = Field(default=SiteStatus.UP, description="Health as the adapter sees it.")
-    interval_s: float | None = Field(default=None, gt=0, description="Seconds until the next heartbeat.")
+    interval_s: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False, description="Seconds until the next heartbeat."
+    )
     info: ShortText | None = Field(default=None, description="Free text.")
 
 
@@ -278,8 +280,10 @@ EventData: TypeAlias = (
 class _Envelope(_Model):
     """CloudEvents 1.0 attributes shared by every event."""
 
-    specversion: Literal["1.0"] = "1.0"
-    id: EventId = Field(default_factory=new_id, description="Unique id; also the JetStream Nats-Msg-Id.")
+    # Required on the wire (CloudEvents: id, source, specversion, type): an event without
+    # an id would get a different invented one in every reader.  make_event fills them in.
+    specversion: Literal["1.0"]
+    id: EventId = Field(description="Unique id; also the JetStream Nats-Msg-Id.")
     source: Annotated[str, StringConstraints(min_length=1, max_length=1024)] = Field(
         description="URI-reference of the producer, e.g. /sites/local/engine."
     )
@@ -301,7 +305,7 @@ class _Envelope(_Model):
 
 
 class JobStatusEvent(_Envelope):
-    type: Literal["lwfm.job.status"] = "lwfm.job.status"
+    type: Literal["lwfm.job.status"]
     data: JobStatus
     kind: ClassVar[str] = "job"
 
@@ -311,7 +315,7 @@ class JobStatusEvent(_Envelope):
 
 
 class DataEvent(_Envelope):
-    type: Literal["lwfm.data.arrived"] = "lwfm.data.arrived"
+    type: Literal["lwfm.data.arrived"]
     data: DataArrival
     kind: ClassVar[str] = "data"
 
@@ -331,43 +335,43 @@ class _TriggerEnvelope(_Envelope):
 
 
 class TriggerRegisteredEvent(_TriggerEnvelope):
-    type: Literal["lwfm.trigger.registered"] = "lwfm.trigger.registered"
+    type: Literal["lwfm.trigger.registered"]
     data: TriggerRegistered
     detail: ClassVar[str] = "registered"
 
 
 class TriggerFiredEvent(_TriggerEnvelope):
-    type: Literal["lwfm.trigger.fired"] = "lwfm.trigger.fired"
+    type: Literal["lwfm.trigger.fired"]
     data: TriggerFired
     detail: ClassVar[str] = "fired"
 
 
 class TriggerExpiredEvent(_TriggerEnvelope):
-    type: Literal["lwfm.trigger.expired"] = "lwfm.trigger.expired"
+    type: Literal["lwfm.trigger.expired"]
     data: TriggerExpired
     detail: ClassVar[str] = "expired"
 
 
 class TriggerFailedEvent(_TriggerEnvelope):
-    type: Literal["lwfm.trigger.failed"] = "lwfm.trigger.failed"
+    type: Literal["lwfm.trigger.failed"]
     data: TriggerFailed
     detail: ClassVar[str] = "failed"
 
 
 class TriggerCancelledEvent(_TriggerEnvelope):
-    type: Literal["lwfm.trigger.cancelled"] = "lwfm.trigger.cancelled"
+    type: Literal["lwfm.trigger.cancelled"]
     data: TriggerCancelled
     detail: ClassVar[str] = "cancelled"
 
 
 class TriggerDeadlineEvent(_TriggerEnvelope):
-    type: Literal["lwfm.trigger.deadline"] = "lwfm.trigger.deadline"
+    type: Literal["lwfm.trigger.deadline"]
     data: TriggerDeadline
     detail: ClassVar[str] = "deadline"
 
 
 class SiteHeartbeatEvent(_Envelope):
-    type: Literal["lwfm.site.heartbeat"] = "lwfm.site.heartbeat"
+    type: Literal["lwfm.site.heartbeat"]
     data: SiteHeartbeat
     kind: ClassVar[str] = "site"
 
@@ -376,7 +380,7 @@ class SiteHeartbeatEvent(_Envelope):
 
 
 class WorkflowDefinedEvent(_Envelope):
-    type: Literal["lwfm.workflow.defined"] = "lwfm.workflow.defined"
+    type: Literal["lwfm.workflow.defined"]
     data: WorkflowDefined
     kind: ClassVar[str] = "workflow"
 
@@ -385,7 +389,7 @@ class WorkflowDefinedEvent(_Envelope):
 
 
 class WorkspaceChangedEvent(_Envelope):
-    type: Literal["lwfm.workspace.changed"] = "lwfm.workspace.changed"
+    type: Literal["lwfm.workspace.changed"]
     data: WorkspaceChanged
     kind: ClassVar[str] = "workspace"
 
@@ -442,8 +446,10 @@ def make_event(data: EventData, *, source: str, **envelope: Any) -> Event:
     cls = _BY_PAYLOAD[type(data)]
     if "subject" not in envelope:
         envelope["subject"] = _entity_of(data)
+    envelope.setdefault("id", new_id())
+    envelope.setdefault("specversion", "1.0")
     event: Event = _EVENT_ADAPTER.validate_python(
-        {"type": cls.model_fields["type"].default, "source": source, "data": data, **envelope}
+        {"type": get_args(cls.model_fields["type"].annotation)[0], "source": source, "data": data, **envelope}
     )
     return event
 
@@ -470,6 +476,7 @@ class DecodeFailure(StrEnum):
     UNKNOWN_TYPE = "unknown-type"
     INVALID = "invalid"
     WRONG_SUBJECT = "wrong-subject"
+    UNUSABLE = "unusable"  # a valid event that a reader could not apply (it says why)
 
 
 class EventDecodeError(InvalidEventError):

@@ -46,6 +46,7 @@ from urllib.parse import quote, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ._errors import ConfigError
+from ._limits import load_toml_bounded, read_text_bounded
 from ._subjects import AGENT_ROOT, CANCEL_ROOT, DLQ_ROOT, ROOT, SUBMIT_ROOT, Token
 
 __all__ = [
@@ -260,11 +261,13 @@ class FederationMember:
 def load_federation(path: Path) -> Federation:
     """Read and check a federation file; errors name the file and the field."""
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = load_toml_bounded(read_text_bounded(path, str(path)), str(path))
     except OSError as exc:
         raise ConfigError(f"cannot read federation file {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     try:
         return Federation.model_validate(raw)
     except ValidationError as exc:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from ._ids import new_id
+from ._limits import PositiveInt64
 from ._subjects import Token
 
 __all__ = ["JobContext", "JobDefn", "Resources", "Workflow", "new_job_id"]
@@ -33,14 +34,14 @@ class _Frozen(BaseModel):
 class Resources(_Frozen):
     """Resource hints; each site maps what it understands (Slurm: sbatch options)."""
 
-    nodes: PositiveInt | None = None
-    tasks: PositiveInt | None = None
-    cpus_per_task: PositiveInt | None = None
-    memory_mb: PositiveInt | None = None
-    time_limit_s: PositiveInt | None = None
+    nodes: PositiveInt64 | None = None
+    tasks: PositiveInt64 | None = None
+    cpus_per_task: PositiveInt64 | None = None
+    memory_mb: PositiveInt64 | None = None
+    time_limit_s: PositiveInt64 | None = None
     partition: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.,\-]{1,64}$")] | None = None
     account: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")] | None = None
-    gpus: PositiveInt | None = None
+    gpus: PositiveInt64 | None = None
 
 
 class JobDefn(_Frozen):

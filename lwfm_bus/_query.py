@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
+from pydantic import BaseModel, ConfigDict, Field
 
+from ._limits import NonNegativeInt64
 from ._meta import Metadata, MetaKey
 from ._subjects import Token
 from ._triggers import MAX_SIGNATURE_KEYS, Predicate
@@ -40,7 +41,7 @@ class DataQuery(BaseModel):
     order_by: OrderBy = Field(default="time", description="time (arrival order), location, size, or meta:<key>.")
     descending: bool = Field(default=False, description="Newest (or largest) first.")
     limit: Annotated[int, Field(ge=1, le=MAX_PAGE)] = Field(default=100, description="Page size.")
-    offset: NonNegativeInt = Field(default=0, description="Records to skip: the previous page's next_offset.")
+    offset: NonNegativeInt64 = Field(default=0, description="Records to skip: the previous page's next_offset.")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import TypeAdapter
 
@@ -33,7 +33,7 @@ def generate_schemas() -> dict[str, dict[str, Any]]:
     """Relative path -> schema document, for every event type and file format."""
     out: dict[str, dict[str, Any]] = {}
     for cls in event_classes():
-        type_name = cls.model_fields["type"].default
+        type_name = get_args(cls.model_fields["type"].annotation)[0]
         name = f"events/{type_name}.json"
         out[name] = _finish(cls.model_json_schema(mode="validation"), name)
     out["events/any.json"] = _finish(event_adapter().json_schema(mode="validation"), "events/any.json")

@@ -116,9 +116,14 @@ def data_filter(site: str = "*") -> str:
     return f"{ROOT}.{site}.data.>"
 
 
-def dead_letter_subject(reason: str) -> str:
-    """Where a message that could not be decoded is parked, by reason."""
-    return f"{DLQ_ROOT}.{check_token(reason, 'reason')}"
+def dead_letter_subject(reason: str, stream: str = NONE_TOKEN, seq: int | None = None) -> str:
+    """Where a message that is not a usable event is parked: by reason, then by where it was found.
+
+    ``lwfm-dlq.<reason>.<stream>.<sequence>``: one subject per stored message, so parking
+    it again (another reader, a replay next month) is refused by the server.
+    """
+    where = str(seq) if seq is not None else NONE_TOKEN
+    return f"{DLQ_ROOT}.{check_token(reason, 'reason')}.{check_token(stream, 'stream')}.{where}"
 
 
 def submission_subject(site: str, job_id: str) -> str:

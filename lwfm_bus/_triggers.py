@@ -27,8 +27,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    PositiveFloat,
-    PositiveInt,
     StringConstraints,
     TypeAdapter,
     model_validator,
@@ -36,6 +34,7 @@ from pydantic import (
 
 from ._ids import derived_id, new_id
 from ._jobs import JobDefn
+from ._limits import FiniteFloat, Int64, PositiveFiniteFloat, PositiveInt64
 from ._meta import Metadata, MetaKey, MetaScalar, MetaValue
 from ._states import JobState
 from ._subjects import Token
@@ -155,10 +154,10 @@ class Range(_Model):
     """A numeric value lies within the given bounds (at least one bound)."""
 
     op: Literal["range"] = "range"
-    ge: int | float | None = None
-    gt: int | float | None = None
-    le: int | float | None = None
-    lt: int | float | None = None
+    ge: Int64 | FiniteFloat | None = None
+    gt: Int64 | FiniteFloat | None = None
+    le: Int64 | FiniteFloat | None = None
+    lt: Int64 | FiniteFloat | None = None
 
     @model_validator(mode="after")
     def _some_bound(self) -> Self:
@@ -260,8 +259,8 @@ class JoinTrigger(_TriggerBase):
         min_length=1, max_length=MAX_UPSTREAMS, description="The jobs joined (each at most once)."
     )
     mode: Literal["all", "any", "at-least"] = Field(default="all", description="How many upstreams must be satisfied.")
-    at_least: PositiveInt | None = Field(default=None, description="N, for mode at-least.")
-    within_s: PositiveFloat | None = Field(
+    at_least: PositiveInt64 | None = Field(default=None, description="N, for mode at-least.")
+    within_s: PositiveFiniteFloat | None = Field(
         default=None, description="Seconds after the first satisfied upstream before the join expires."
     )
     fallback: Downstream | None = Field(default=None, description="The job started when the join expires.")

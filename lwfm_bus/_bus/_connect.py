@@ -190,6 +190,7 @@ async def open_event_bus(
         bus = bus_class(nc, config)
         bus.serves_embedded = served
         bus.federation = member
+        stack.callback(_say_dead_letters, bus)
         await bus.ensure_streams()
         yield bus
 
@@ -224,6 +225,13 @@ async def _embedded_servers(config: BusConfig, stack: contextlib.AsyncExitStack)
             return [url], False
         server = await stack.enter_async_context(serve_embedded(config))
         return [server.url], True
+
+
+def _say_dead_letters(bus: EventBus) -> None:
+    """One line for every bad message met, not one per message (a history can hold thousands)."""
+    summary = bus.dead_letter_summary()
+    if summary is not None:
+        log.warning("%s", summary)
 
 
 async def _close(nc: NATS) -> None:

@@ -3,8 +3,9 @@
 One JetStream stream (``LWFM``) captures ``lwfm.>`` on file storage with a duplicate
 window; everything else the system keeps is a projection of it.  Subscriptions are
 async iterators of typed events.  A message that cannot be decoded is never raised
-out of the loop: it is parked on ``lwfm-dlq.<reason>`` (stream ``LWFM_DLQ``) with the
-reason and the original bytes, counted, and iteration goes on.
+out of the loop: it is parked on ``lwfm-dlq.<reason>.<stream>.<seq>`` (stream ``LWFM_DLQ``) with the
+reason and the original bytes, once for good (see :meth:`EventBus.park`), counted, and
+iteration goes on.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -57,7 +59,12 @@ log = logging.getLogger("lwfm_bus.bus")
 STREAM = "LWFM"
 DLQ_STREAM = "LWFM_DLQ"
 SUBMIT_STREAM = "LWFM_SUBMIT"
-_DLQ_MAX_AGE_S = 30 * 24 * 3600.0
+# Dead letters are kept until the stream is full (then the oldest go): a bad message must
+# stay parked as long as the history that holds it can be replayed, or a replay would
+# park it again.
+_DLQ_MAX_BYTES = 1 << 30
+_PARKED_MEMORY = 100_000
+_WRONG_LAST_SEQUENCE = 10071  # JetStream: "wrong last sequence" -- it is parked already
 # A submission is kept this long: an agent takes it long before, and after it the job's
 # own events (in the main stream) still tell an agent that it ran.
 _SUBMIT_MAX_AGE_S = 30 * 24 * 3600.0
@@ -98,6 +105,7 @@ class EventBus:
         self.stats = BusStats()
         self.serves_embedded = False  # True when this process started the embedded server
         self.federation: FederationMember | None = None  # set when this bus is a federation member
+        self._parked: OrderedDict[str, None] = OrderedDict()  # (stream, seq) this process knows are parked
 
     # ------------------------------------------------------------------ plumbing
 
@@ -177,7 +185,8 @@ class EventBus:
                 subjects=[f"{DLQ_ROOT}.>"],
                 storage=StorageType.FILE,
                 retention=RetentionPolicy.LIMITS,
-                max_age=_DLQ_MAX_AGE_S,
+                discard=DiscardPolicy.OLD,
+                max_bytes=_DLQ_MAX_BYTES,
                 duplicate_window=self.config.dedup_window_s,
             )
         )
@@ -309,27 +318,80 @@ class EventBus:
 
     async def dead_letter(self, msg: Msg, error: EventDecodeError) -> None:
         """Park an undecodable message with its reason; never raises."""
-        self.stats.dead_lettered += 1
-        reasons = self.stats.dead_letter_reasons
-        reasons[error.reason.value] = reasons.get(error.reason.value, 0) + 1
-        headers = {
-            "Lwfm-Dlq-Reason": error.reason.value,
-            "Lwfm-Dlq-Error": _header_safe(str(error)),
-            "Lwfm-Dlq-Subject": _header_safe(msg.subject),
-        }
+        where: tuple[str, int] | None
         try:
             meta = msg.metadata
-            headers["Lwfm-Dlq-Stream-Seq"] = str(meta.sequence.stream)
-            # Every subscriber that meets the message parks it under the same id, so the
-            # dead-letter stream keeps one copy however many subscribers there are.
-            headers["Nats-Msg-Id"] = f"dlq:{meta.stream}:{meta.sequence.stream}"
-        except (nats.errors.NotJSMessageError, ValueError, IndexError):
-            pass
-        log.warning("dead-lettered a message on %s: %s", msg.subject, error)
+            where = (meta.stream, meta.sequence.stream)
+        except (nats.errors.NotJSMessageError, ValueError, IndexError, AttributeError):
+            where = None
+        await self.park(msg.subject, msg.data, error.reason.value, str(error), where)
+
+    async def park(self, subject: str, data: bytes, reason: str, detail: str, where: tuple[str, int] | None) -> None:
+        """Park a message that is not a usable event, once for good; never raises.
+
+        Every reader that meets a bad message calls this (the index, each engine, each
+        ``events``).  It is parked under ``lwfm-dlq.<reason>.<stream>.<seq>`` with the
+        server refusing a second message on that subject, and a reader first asks
+        whether it is parked already: so one bad message is one publish, however many
+        readers meet it and however often the history is replayed.
+        """
+        self.stats.dead_lettered += 1
+        reasons = self.stats.dead_letter_reasons
+        reasons[reason] = reasons.get(reason, 0) + 1
+        stream, seq = where if where is not None else ("_", None)
+        key = f"{stream}:{seq}"
+        if seq is not None and key in self._parked:
+            return
+        headers = {
+            "Lwfm-Dlq-Reason": reason,
+            "Lwfm-Dlq-Error": _header_safe(detail),
+            "Lwfm-Dlq-Subject": _header_safe(subject),
+        }
+        target = dead_letter_subject(reason, stream, seq)
         try:
-            await self._js.publish(dead_letter_subject(error.reason.value), msg.data, headers=headers)
+            if seq is not None:
+                if await self._parked_already(stream, seq):
+                    self._remember_parked(key)
+                    return
+                headers["Lwfm-Dlq-Stream-Seq"] = str(seq)
+                headers["Nats-Msg-Id"] = f"dlq:{key}"
+                headers["Nats-Expected-Last-Subject-Sequence"] = "0"
+            await self._js.publish(target, data, headers=headers)
+            log.info("dead-lettered a message on %s: %s", _header_safe(subject), _header_safe(detail))
+        except nats.js.errors.APIError as exc:
+            if exc.err_code != _WRONG_LAST_SEQUENCE:
+                log.error("could not dead-letter a message from %s: %r", _header_safe(subject), exc)
+                return
         except Exception as exc:  # noqa: BLE001 - parking is best effort; the counter already moved
-            log.error("could not dead-letter a message from %s: %r", msg.subject, exc)
+            log.error("could not dead-letter a message from %s: %r", _header_safe(subject), exc)
+            return
+        if seq is not None:
+            self._remember_parked(key)
+
+    async def _parked_already(self, stream: str, seq: int) -> bool:
+        try:
+            await self._js.get_msg(DLQ_STREAM, seq=1, subject=f"{DLQ_ROOT}.*.{stream}.{seq}", next=True)
+        except nats.js.errors.NotFoundError:
+            return False
+        return True
+
+    def _remember_parked(self, key: str) -> None:
+        self._parked[key] = None
+        if len(self._parked) > _PARKED_MEMORY:
+            self._parked.popitem(last=False)
+
+    def dead_letter_summary(self) -> str | None:
+        """One line on the messages this process met that were not valid events, or None."""
+        reasons = self.stats.dead_letter_reasons
+        if not reasons:
+            return None
+        total = sum(reasons.values())
+        counts = ", ".join(f"{reason}: {count}" for reason, count in sorted(reasons.items()))
+        return (
+            f"{total} message{'s' if total != 1 else ''} on the bus {'are' if total != 1 else 'is'} not valid "
+            f"event{'s' if total != 1 else ''} and {'were' if total != 1 else 'was'} skipped ({counts}); "
+            "list them with 'lwfm-bus dead-letters'"
+        )
 
     def dead_letters(self, *, follow: bool = False) -> AsyncIterator[DeadLetter]:
         """Iterate over parked messages (oldest first)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,9 +22,10 @@ from types import TracebackType
 import aiosqlite
 import anyio
 
-from .._bus._eventbus import EventBus
+from .._bus._eventbus import STREAM, EventBus
 from .._events import (
     DataEvent,
+    DecodeFailure,
     Event,
     JobStatusEvent,
     TriggerCancelledEvent,
@@ -45,6 +47,18 @@ from ._ws import WS_SCHEMA, WS_TABLES, apply_workspace, workspace, workspace_nam
 __all__ = ["JobIndex", "JobRecord", "TriggerRecord", "WorkflowRecord"]
 
 log = logging.getLogger("lwfm_bus.index")
+
+# What storing one event can raise: the models bound every value SQLite stores, so these
+# mean an event the models accept and the index cannot hold (a bug, or an old event).
+_UNAPPLICABLE = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    OverflowError,
+    ValueError,
+    TypeError,
+)  # not OperationalError: a locked or full database is retried, never a reason to park
 
 try:
     import fcntl
@@ -102,11 +116,12 @@ CREATE TABLE IF NOT EXISTS triggers (
 );
 CREATE INDEX IF NOT EXISTS triggers_by_workflow ON triggers (workflow_id, registered_at);
 CREATE INDEX IF NOT EXISTS triggers_by_state ON triggers (state, registered_at);
+CREATE TABLE IF NOT EXISTS events_seen (id TEXT PRIMARY KEY) WITHOUT ROWID;
 """
 
 # Bumped when the tables change: an older file is dropped and rebuilt from the stream.
-_SCHEMA_VERSION = 3
-_TABLES = ("meta", "jobs", "job_history", "workflows", "triggers", *DATA_TABLES, *WS_TABLES)
+_SCHEMA_VERSION = 4
+_TABLES = ("meta", "jobs", "job_history", "workflows", "triggers", "events_seen", *DATA_TABLES, *WS_TABLES)
 
 _TRIGGER_EVENTS = (
     TriggerRegisteredEvent,
@@ -221,22 +236,76 @@ class JobIndex:
                 await anyio.to_thread.run_sync(fcntl.flock, lock.fileno(), fcntl.LOCK_EX)
             start = await self.last_seq() + 1
             applied = 0
-            data: list[tuple[DataEvent, int]] = []  # applied in batches: they touch only their own tables
+            batch: list[tuple[Event, int]] = []
             async with self._bus.replay(f"{ROOT}.>", start_seq=start) as history:
                 async for event in history:
-                    if isinstance(event, DataEvent):
-                        data.append((event, history.last_seq))
-                    else:
-                        await self._apply(event, history.last_seq)
+                    batch.append((event, history.last_seq))
                     applied += 1
-                    if applied % 1000 == 0:
-                        await apply_data_many(self.db, data)
-                        data.clear()
+                    if len(batch) >= 1000:
+                        await self._apply_batch(batch)
+                        batch.clear()
                         await self._commit(history.last_seq)
                 if history.last_seq:
-                    await apply_data_many(self.db, data)
+                    await self._apply_batch(batch)
                     await self._commit(history.last_seq)
             return applied
+
+    async def _apply_batch(self, batch: list[tuple[Event, int]]) -> None:
+        """Apply events in stream order, each event id once (a foreign client may store one twice).
+
+        Data events touch only their own tables: they are applied together, in two statements.
+        """
+        seen = await self._seen([event.id for event, _ in batch])
+        fresh: list[tuple[Event, int]] = []
+        for event, seq in batch:
+            if event.id not in seen:
+                seen.add(event.id)
+                fresh.append((event, seq))
+        await self.db.executemany("INSERT OR IGNORE INTO events_seen (id) VALUES (?)", [(e.id,) for e, _ in fresh])
+        data: list[tuple[DataEvent, int]] = []
+        for event, seq in fresh:
+            if isinstance(event, DataEvent):
+                data.append((event, seq))
+            else:
+                await self._apply_or_park(event, seq)
+        await self._apply_data(data)
+
+    async def _seen(self, ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            async with self.db.execute(f"SELECT id FROM events_seen WHERE id IN ({marks})", chunk) as cur:  # noqa: S608
+                found.update(str(r[0]) for r in await cur.fetchall())
+        return found
+
+    async def _apply_or_park(self, event: Event, seq: int) -> None:
+        """Apply one event; one the index cannot store is parked with why, and projection goes on."""
+        try:
+            await self._apply(event, seq)
+        except _UNAPPLICABLE as exc:
+            await self._park(event, seq, exc)
+
+    async def _apply_data(self, batch: list[tuple[DataEvent, int]]) -> None:
+        try:
+            await apply_data_many(self.db, batch)
+        except _UNAPPLICABLE:
+            # One event spoiled the batch: apply them one by one (a repeat is a no-op) and park it.
+            for event, seq in batch:
+                try:
+                    await apply_data_many(self.db, [(event, seq)])
+                except _UNAPPLICABLE as exc:
+                    await self._park(event, seq, exc)
+
+    async def _park(self, event: Event, seq: int, exc: Exception) -> None:
+        log.warning("index: event %s (stream sequence %d) cannot be stored, parked: %r", event.id, seq, exc)
+        await self._bus.park(
+            event.nats_subject(),
+            event.model_dump_json().encode(),
+            DecodeFailure.UNUSABLE.value,
+            f"the index cannot store it: {exc!r}",
+            (STREAM, seq),
+        )
 
     async def _commit(self, seq: int) -> None:
         await self.db.execute(

@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from .._errors import ConfigError
+from .._limits import load_toml_bounded, read_text_bounded
 from .._subjects import check_token
 
 __all__ = ["ENTRY_POINT_GROUP", "AdapterCatalog", "SiteSpec", "discover_adapters", "load_sites"]
@@ -128,9 +129,13 @@ def load_sites(
     specs: dict[str, SiteSpec] = {}
     if path is not None and path.exists():
         try:
-            doc = tomllib.loads(path.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            doc = load_toml_bounded(read_text_bounded(path, str(path)), str(path))
+        except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
         unknown = set(doc) - {"sites"}
         if unknown:
             raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}; expected [sites.<name>] tables")
