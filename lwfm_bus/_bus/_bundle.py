@@ -35,6 +35,7 @@ from ._eventbus import EventBus
 __all__ = ["BUNDLE_VERSION", "BundleHeader", "BundleTrailer", "ImportReport", "export_bundle", "import_bundle"]
 
 BUNDLE_VERSION = 1
+MAX_BUNDLE_BYTES = 1 << 30  # read whole: each line is an event within the bus's event limit
 LEDGER_BUCKET = "lwfm_imported"
 
 
@@ -107,6 +108,9 @@ async def export_bundle(
 def read_bundle(path: Path, max_event_bytes: int) -> tuple[BundleHeader, list[Event]]:
     """Every event of a bundle, checked whole: header, each event, count and digest."""
     try:
+        size = path.stat().st_size
+        if size > MAX_BUNDLE_BYTES:
+            raise BundleError(f"{path}: {size} bytes is larger than a bundle may be ({MAX_BUNDLE_BYTES}); export less")
         raw = path.read_bytes()
     except OSError as exc:
         raise BundleError(f"{path}: cannot read: {exc.strerror}") from None

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from .._config import BusConfig
 from .._errors import ConfigError
 from .._jobside import current_job, data_event, emit, status_event
+from .._limits import load_json_bounded
 from .._meta import MetaValue
 from .._states import JobState
 
@@ -51,7 +51,7 @@ def parse_metadata(pairs: list[str], as_json: str | None) -> dict[str, MetaValue
     meta: dict[str, MetaValue] = {}
     if as_json:
         try:
-            loaded = json.loads(as_json)
+            loaded = load_json_bounded(as_json, "--meta-json")
         except ValueError as exc:
             raise ConfigError(f"--meta-json is not valid JSON: {exc}") from None
         if not isinstance(loaded, dict):

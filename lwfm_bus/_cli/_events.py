@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import OrderedDict
 from datetime import datetime
 from typing import Any
 
 from .._client import connect
 from .._config import BusConfig
 from .._events import DataEvent, Event, JobStatusEvent, SiteHeartbeatEvent, encode_event
-from .._subjects import ROOT
+from .._subjects import DLQ_ROOT, ROOT
 from ._print import shown
+
+_SEEN_IDS = 100_000  # event ids remembered to show each event once
 
 
 def register(sub: Any) -> None:
@@ -48,6 +51,13 @@ async def run(args: argparse.Namespace, config: BusConfig) -> int:
     if args.since is not None and args.since.tzinfo is None:
         print("lwfm-bus: error: --since needs a timezone, e.g. 2026-01-01T00:00:00+00:00", file=sys.stderr)
         return 2
+    if args.filter.split(".", 1)[0] == DLQ_ROOT:
+        print(
+            "lwfm-bus: error: parked messages are not events: list them with 'lwfm-bus dead-letters'", file=sys.stderr
+        )
+        return 2
+    # One event id is one event: a foreign client may have stored a copy (no Nats-Msg-Id).
+    seen: OrderedDict[str, None] = OrderedDict()
     async with connect(config, name="lwfm-bus events") as bus:
         sub = bus.subscribe(
             args.filter,
@@ -60,6 +70,11 @@ async def run(args: argparse.Namespace, config: BusConfig) -> int:
             where = f"{shown(args.filter)} at {shown(bus.connected_url)}"
             print(f"lwfm-bus: listening on {where}", file=sys.stderr, flush=True)
             async for event in sub:
+                if event.id in seen:
+                    continue
+                seen[event.id] = None
+                if len(seen) > _SEEN_IDS:
+                    seen.popitem(last=False)
                 if args.json:
                     sys.stdout.write(encode_event(event).decode() + "\n")
                 else:

@@ -13,6 +13,7 @@ from pydantic import TypeAdapter
 from .._client import connect
 from .._config import BusConfig
 from .._errors import DataError
+from .._limits import load_json_bounded, read_text_bounded
 from .._query import DataPage
 from ._print import parse_where, shown, shown_json
 
@@ -43,11 +44,17 @@ def register(sub: Any) -> None:
 def _query_file(path: Path) -> dict[str, Any]:
     where = "<stdin>" if str(path) == "-" else str(path)
     try:
-        doc = json.loads(sys.stdin.read() if where == "<stdin>" else path.read_text())
+        text = read_text_bounded(sys.stdin if where == "<stdin>" else path, where)
     except OSError as exc:
         raise DataError(f"{where}: cannot read: {exc.strerror}") from None
-    except ValueError as exc:
+    except ValueError as exc:  # too large, not UTF-8
+        raise DataError(str(exc)) from None
+    try:
+        doc = load_json_bounded(text, where)
+    except json.JSONDecodeError as exc:
         raise DataError(f"{where}: not valid JSON: {exc}") from None
+    except ValueError as exc:  # too deep
+        raise DataError(str(exc)) from None
     if not isinstance(doc, dict):
         raise DataError(f"{where}: expected a JSON object (schemas/files/data-query.json)")
     return doc

@@ -24,6 +24,7 @@ from . import (
     _agent,
     _cancel,
     _data,
+    _dead_letters,
     _demo,
     _down,
     _emit,
@@ -84,6 +85,7 @@ _MODULES = (
     _env,
     _emit,
     _events,
+    _dead_letters,
     _schemas,
 )
 

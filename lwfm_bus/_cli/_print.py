@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from .._errors import DataError, PipelineError
+from .._limits import load_json_bounded
 from .._pipeline import Pipeline, load_pipeline, parse_override
 from .._query import DataRecord
 
@@ -116,8 +117,8 @@ def shown_json(doc: str) -> str:
 def _typed(text: str) -> Any:
     """JSON if it parses (objects and null too: the models then say why they are refused), else text."""
     try:
-        return json.loads(text)
-    except ValueError:
+        return load_json_bounded(text, "value")
+    except ValueError:  # not JSON, too deep, or an integer of thousands of digits
         return text
 
 

@@ -15,6 +15,7 @@ from .._client import connect
 from .._config import BusConfig
 from .._errors import ConfigError, TriggerError
 from .._index._projection import TriggerRecord
+from .._limits import load_json_bounded, load_toml_bounded, read_text_bounded
 from .._triggers import Trigger, trigger_adapter
 from ._print import shown
 
@@ -40,13 +41,14 @@ def load_trigger_file(path: Path) -> list[Trigger]:
     """Triggers from a file, validated whole: one bad entry rejects the file, naming the field."""
     where = "<stdin>" if str(path) == "-" else str(path)
     try:
-        text = sys.stdin.read() if where == "<stdin>" else path.read_text()
+        text = read_text_bounded(sys.stdin if where == "<stdin>" else path, where)
+        doc: Any = load_toml_bounded(text, where) if path.suffix == ".toml" else load_json_bounded(text, where)
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read: {exc.strerror}") from None
-    try:
-        doc: Any = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{where}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}") from None
+    except ValueError as exc:  # too large, too deep, not UTF-8
+        raise ConfigError(str(exc)) from None
     if isinstance(doc, dict) and "triggers" in doc and "kind" not in doc:
         doc = doc["triggers"]
     items = doc if isinstance(doc, list) else [doc]

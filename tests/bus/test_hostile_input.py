@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 import lwfm_bus as lb
 from lwfm_bus import JobState
+from lwfm_bus._sites._registry import load_sites
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 CLI = [sys.executable, "-m", "lwfm_bus"]
@@ -191,3 +192,58 @@ async def test_an_event_stored_twice_by_a_foreign_client_is_applied_once(bus: lb
     assert record is not None and record.fired == 1
     index = await bus.index()
     assert len(await index.history(job)) == 1
+
+
+async def test_dead_letters_lists_each_parked_message_on_one_escaped_line(
+    bus: lb.Bus, bus_config: lb.BusConfig
+) -> None:
+    await bus.jetstream.publish("lwfm.local.job._.a.COMPLETE", b"not json\n\x1b[2Kjob FORGED COMPLETE")
+    await bus.jetstream.publish("lwfm.local.job._.b.COMPLETE", b"{}")
+    await bus.publish(lb.make_event(lb.JobStatus(job_id="ok", site="local", state=JobState.COMPLETE), source="/t"))
+    assert (await bus.status("ok")).state is JobState.COMPLETE  # the index has met (and parked) both
+    code, out, err = await _cli(bus_config, "dead-letters")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 2 and "\x1b" not in out
+    assert "not-json" in lines[0] and "lwfm.local.job._.a.COMPLETE" in lines[0] and "\\x1b[2K" in lines[0]
+    assert "unknown-type" in lines[1]
+    code, out, _ = await _cli(bus_config, "dead-letters", "--json", "--reason", "unknown-type")
+    [doc] = [json.loads(line) for line in out.splitlines()]
+    assert doc["subject"] == "lwfm.local.job._.b.COMPLETE" and doc["data"] == "e30="  # base64 of {}
+
+
+async def test_events_shows_an_event_stored_twice_once(bus: lb.Bus, bus_config: lb.BusConfig) -> None:
+    event = lb.make_event(lb.JobStatus(job_id="twice", site="local", state=JobState.INFO, info="x"), source="/t")
+    for _ in range(2):
+        await bus.jetstream.publish(event.nats_subject(), lb.encode_event(event))
+    code, out, err = await _cli(bus_config, "events", "--all", "--no-follow")
+    assert code == 0, err
+    assert len([line for line in out.splitlines() if "twice" in line]) == 1
+    code, out, _ = await _cli(bus_config, "events", "--all", "--no-follow", "--json")
+    assert [json.loads(line)["id"] for line in out.splitlines()] == [event.id]
+
+
+# ------------------------------------------------------------------ 5. depth and size of files
+
+
+async def test_deeply_nested_files_get_one_line(bus_config: lb.BusConfig, tmp_path: Path) -> None:
+    deep_json = tmp_path / "deep.json"
+    deep_json.write_text("[" * 10_000 + "]" * 10_000)
+    deep_toml = tmp_path / "deep.toml"
+    deep_toml.write_text("x = " + "[" * 10_000 + "]" * 10_000 + "\n")
+    for args in (
+        ("trigger", "add", str(deep_json)),
+        ("trigger", "add", str(deep_toml)),
+        ("find", "--query", str(deep_json)),
+    ):
+        code, _, err = await _cli(bus_config, *args)
+        assert code == 2, (args, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and "RecursionError" not in err, err
+        assert "deeper than 64" in err or "not valid JSON" in err, err
+
+
+def test_a_deep_sites_file_is_refused_in_one_line(tmp_path: Path) -> None:
+    sites = tmp_path / "sites.toml"
+    sites.write_text("[sites.local]\nx = " + "[" * 10_000 + "]" * 10_000 + "\n")
+    with pytest.raises(lb.ConfigError, match="nested deeper than 64 levels"):
+        load_sites(sites)
