@@ -27,12 +27,13 @@ from ._bus._connect import open_event_bus
 from ._bus._eventbus import EventBus
 from ._bus._fedkeeper import keeping_sources
 from ._config import BusConfig, load_config
-from ._errors import ConfigError, JobTimeoutError, SiteError, TriggerError, UnknownJobError
+from ._errors import ConfigError, JobTimeoutError, JobWillNotRunError, SiteError, TriggerError, UnknownJobError
 from ._events import (
     JobStatus,
     JobStatusEvent,
     TriggerCancelled,
     TriggerRegistered,
+    TriggerRegisteredEvent,
     WorkflowDefined,
     make_event,
     new_id,
@@ -241,7 +242,12 @@ class Bus(EventBus):
         return defn.model_copy(update={"cwd": os.getcwd()})
 
     async def wait(self, job_id: str, *, timeout: float | None = None) -> JobStatus:
-        """The job's terminal status, woken by its event (it may have ended already)."""
+        """The job's terminal status, woken by its event (it may have ended already).
+
+        A job that a trigger was to start may never run: when every trigger that could
+        start it has ended otherwise (expired, failed or cancelled), this raises
+        :class:`JobWillNotRunError` naming the trigger and why, instead of waiting for ever.
+        """
         subject = f"{ROOT}.*.job.*.{check_token(job_id, 'job id')}.*"
 
         async def terminal() -> JobStatus:
@@ -251,10 +257,44 @@ class Bus(EventBus):
                         return event.data
             raise UnknownJobError(job_id)  # pragma: no cover - a followed subscription does not end
 
+        async def ended() -> JobStatus:
+            done = asyncio.ensure_future(terminal())
+            doomed = asyncio.ensure_future(self._never_runs(job_id))
+            try:
+                await asyncio.wait({done, doomed}, return_when=asyncio.FIRST_COMPLETED)
+                if done.done():
+                    return done.result()
+                doomed.result()  # raises JobWillNotRunError
+                raise AssertionError("unreachable")  # pragma: no cover
+            finally:
+                for task in (done, doomed):
+                    task.cancel()
+                await asyncio.gather(done, doomed, return_exceptions=True)
+
         try:
-            return await asyncio.wait_for(terminal(), timeout)
+            return await asyncio.wait_for(ended(), timeout)
         except TimeoutError:
             raise JobTimeoutError(f"job {job_id} did not finish within {timeout}s") from None
+
+    async def _never_runs(self, job_id: str) -> None:
+        """Raise :class:`JobWillNotRunError` once every trigger that could start ``job_id`` has ended otherwise.
+
+        Returns never otherwise.  Woken by trigger outcomes (subscribed to before the
+        index is read, so none is missed between the two).
+        """
+        async with self.subscribe(f"{ROOT}.*.trigger.>") as outcomes:
+            while True:
+                index = await self.index()
+                if await index.job(job_id) is None:
+                    starters = await index.triggers_starting(job_id)
+                    if starters and all(_cannot_start(t, job_id) for t in starters):
+                        last = starters[-1]
+                        raise JobWillNotRunError(job_id, last.trigger_id, last.state, last.reason)
+                ids = {t.trigger_id for t in await index.triggers_starting(job_id)}
+                async for event in outcomes:
+                    concerns = getattr(event.data, "trigger_id", None) in ids
+                    if concerns or isinstance(event, TriggerRegisteredEvent):
+                        break
 
     async def status(self, job_id: str) -> JobRecord:
         record = await (await self.index()).job(job_id)
@@ -475,6 +515,19 @@ class Bus(EventBus):
 
     async def trigger(self, trigger_id: str) -> TriggerRecord | None:
         return await (await self.index()).trigger(trigger_id)
+
+
+def _cannot_start(t: TriggerRecord, job_id: str) -> bool:
+    """Whether trigger ``t`` has ended without (and can no longer) start the job ``job_id``."""
+    if t.state in ("failed", "cancelled"):
+        return True
+    fallback = t.definition.fallback if isinstance(t.definition, JoinTrigger) else None
+    is_fallback = fallback is not None and fallback.job_id == job_id
+    if t.state == "expired":
+        return not is_fallback  # an expiry starts the fallback, and only it
+    if t.state == "fired":
+        return is_fallback  # a firing starts the downstream, never the fallback
+    return False  # active
 
 
 def _context_of(r: JobRecord) -> JobContext:

@@ -14,7 +14,8 @@ it in, so ``except ValueError`` keeps working for code that does not know us::
     ├── PublishError (RuntimeError)       the server did not acknowledge an event
     ├── JobError                          a job could not be submitted / found / cancelled
     │   ├── UnknownJobError (LookupError)
-    │   └── JobTimeoutError (TimeoutError)
+    │   ├── JobTimeoutError (TimeoutError)
+    │   └── JobWillNotRunError            every trigger that could start the awaited job ended otherwise
     ├── SiteError (RuntimeError)          a site adapter failed or is unknown
     ├── TriggerError (ValueError)         a trigger definition is rejected
     ├── DataError (ValueError)            bad metadata, a bad query, a failed copy
@@ -41,6 +42,7 @@ __all__ = [
     "InvalidTokenError",
     "JobError",
     "JobTimeoutError",
+    "JobWillNotRunError",
     "LwfmBusError",
     "PipelineError",
     "PipelineIssue",
@@ -104,6 +106,18 @@ class UnknownJobError(JobError, LookupError):
 
 class JobTimeoutError(JobError, TimeoutError):
     """A job did not reach the awaited state in time."""
+
+
+class JobWillNotRunError(JobError):
+    """The awaited job has not run, and every trigger that could start it ended otherwise.
+
+    ``trigger_id``, ``state`` (expired, failed or cancelled) and ``reason`` name the last one.
+    """
+
+    def __init__(self, job_id: str, trigger_id: str, state: str, reason: str | None) -> None:
+        self.job_id, self.trigger_id, self.state, self.reason = job_id, trigger_id, state, reason
+        why = f": {reason}" if reason else ""
+        super().__init__(f"job {job_id} will never run: trigger {trigger_id} {state}{why}")
 
 
 class SiteError(LwfmBusError, RuntimeError):

@@ -27,6 +27,7 @@ from ._index._projection import JobRecord
 from ._jobs import JobDefn, Workflow
 from ._query import DataPage, DataRecord
 from ._sites._protocol import LogStream
+from ._subjects import check_token
 from ._triggers import Trigger
 
 __all__ = [
@@ -105,14 +106,16 @@ class SyncJob:
         workflow: Workflow | str | None = None,
         parents: Iterable[str] = (),
         config: BusConfig | None = None,
+        job_id: str | None = None,
     ) -> None:
         self.defn = defn
         self.site = site
         self.workflow = workflow
         self.parents = tuple(parents)
         self._config = config
-        # The id exists before the job runs, so triggers can name it (use cases 3b, 3c).
-        self.job_id: str = new_id()
+        # The id exists before the job runs, so triggers can name it (use cases 3b, 3c); a
+        # given one lets another site wire "B after A" before A is submitted.
+        self.job_id: str = check_token(job_id, "job id") if job_id is not None else new_id()
         self._submitted = False
         self._triggered_by: str | None = None
 
@@ -168,10 +171,15 @@ def make_job(
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
     config: BusConfig | None = None,
+    job_id: str | None = None,
 ) -> SyncJob:
-    """A job for blocking scripts: a list runs a program, a string runs through the shell."""
+    """A job for blocking scripts: a list runs a program, a string runs through the shell.
+
+    ``job_id`` (a token) fixes the job's id in advance, e.g. so that another site can
+    register "B after A" before A is submitted; by default a fresh one is made.
+    """
     defn = command if isinstance(command, JobDefn) else JobDefn.of(command, name=name, env=dict(env or {}), cwd=cwd)
-    return SyncJob(defn, site=site, workflow=workflow, config=config)
+    return SyncJob(defn, site=site, workflow=workflow, config=config, job_id=job_id)
 
 
 def _workflow_id(workflow: Workflow | str | None) -> str | None:

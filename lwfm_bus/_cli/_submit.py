@@ -15,6 +15,9 @@ def register(sub: Any) -> None:
     p.add_argument("--job-site", dest="job_site", default="local", help="site to run on (default: local)")
     p.add_argument("--workflow", help="workflow id to join")
     p.add_argument("--name", help="job name")
+    p.add_argument(
+        "--job-id", dest="job_id", help="the job's id (default: a new one); lets another site wire to it first"
+    )
     p.add_argument("--shell", action="store_true", help="run one string through /bin/sh -c")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment")
     p.add_argument("--cwd", help="working directory")
@@ -42,7 +45,7 @@ def _defn(args: argparse.Namespace) -> JobDefn:
 async def submit(args: argparse.Namespace, config: BusConfig) -> int:
     defn = _defn(args)
     async with connect(config, name="lwfm-bus submit") as bus:
-        job = await bus.submit(defn, site=args.job_site, workflow=args.workflow)
+        job = await bus.submit(defn, site=args.job_site, workflow=args.workflow, job_id=args.job_id)
         print(job.job_id, flush=True)
         if not args.wait:
             return 0

@@ -195,17 +195,26 @@ class JobIndex:
     async def __aenter__(self) -> JobIndex:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._db = await aiosqlite.connect(self._path)
-        self._db.row_factory = aiosqlite.Row
-        async with self._db.execute("PRAGMA user_version") as cur:
+        try:
+            await self._prepare(self._db)
+        except BaseException:  # cancelled or failed half-way: close the connection, do not leak it
+            db, self._db = self._db, None
+            with anyio.CancelScope(shield=True):
+                await db.close()
+            raise
+        return self
+
+    async def _prepare(self, db: aiosqlite.Connection) -> None:
+        db.row_factory = aiosqlite.Row
+        async with db.execute("PRAGMA user_version") as cur:
             row = await cur.fetchone()
         if row is not None and row[0] != _SCHEMA_VERSION:
             for table in _TABLES:
-                await self._db.execute(f"DROP TABLE IF EXISTS {table}")
-            await self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-        await self._db.executescript(_SCHEMA + DATA_SCHEMA + WS_SCHEMA)
-        await self._db.commit()
-        await install_functions(self._db)
-        return self
+                await db.execute(f"DROP TABLE IF EXISTS {table}")
+            await db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        await db.executescript(_SCHEMA + DATA_SCHEMA + WS_SCHEMA)
+        await db.commit()
+        await install_functions(db)
 
     async def __aexit__(
         self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -441,6 +450,16 @@ class JobIndex:
         async with self.db.execute(sql + " ORDER BY registered_at LIMIT ?", (*args, limit)) as cur:
             return [_trigger(r) for r in await cur.fetchall()]
 
+    async def triggers_starting(self, job_id: str) -> list[TriggerRecord]:
+        """The triggers whose firing (or a join's expiry) would start the job ``job_id``."""
+        await self.catch_up()
+        sql = (
+            "SELECT * FROM triggers WHERE json_extract(definition, '$.downstream.job_id') = ? "
+            "OR json_extract(definition, '$.fallback.job_id') = ? ORDER BY registered_at"
+        )
+        async with self.db.execute(sql, (job_id, job_id)) as cur:
+            return [_trigger(r) for r in await cur.fetchall()]
+
     async def find(self, query: DataQuery) -> DataPage:
         await self.catch_up()
         return await find(self.db, query)
@@ -473,6 +492,80 @@ class JobIndex:
             properties=json.loads(row["properties"]),
             created_at=datetime.fromisoformat(row["created_at"]),
         )
+
+    # -- overviews: what ``lwfm-bus workflow ls`` and ``lwfm-bus status`` (no argument) show
+
+    async def recent_workflows(
+        self, limit: int = 20
+    ) -> list[tuple[WorkflowRecord, dict[JobState, int], tuple[str, ...], datetime | None]]:
+        """The most recently started workflows, newest first, each as ``(record, jobs per state, sites, ended)``.
+
+        A workflow is known by its definition or by its jobs alone; it started when it was
+        defined or with its first job, whichever came first (``record.created_at``).  ``ended``
+        is when its last job ended, or None while one has not (or when it has no job).
+        """
+        await self.catch_up()
+        sql = (
+            "SELECT workflow_id, MIN(started) FROM ("
+            "SELECT workflow_id, created_at AS started FROM workflows UNION ALL "
+            "SELECT workflow_id, MIN(created_at) FROM jobs WHERE workflow_id IS NOT NULL GROUP BY workflow_id"
+            ") GROUP BY workflow_id ORDER BY MIN(started) DESC, workflow_id LIMIT ?"
+        )
+        async with self.db.execute(sql, (limit,)) as cur:
+            picked = [(str(r[0]), str(r[1])) for r in await cur.fetchall()]
+        found: dict[str, tuple[str | None, dict[str, object]]] = {}
+        counts: dict[str, dict[JobState, int]] = {w: {} for w, _ in picked}
+        last_end: dict[str, str] = {}
+        sites: dict[str, list[str]] = {w: [] for w, _ in picked}
+        for i in range(0, len(picked), 500):
+            chunk = [w for w, _ in picked[i : i + 500]]
+            marks = ",".join("?" * len(chunk))
+            where = f"WHERE workflow_id IN ({marks})"
+            async with self.db.execute(f"SELECT workflow_id, name, properties FROM workflows {where}", chunk) as cur:  # noqa: S608
+                for r in await cur.fetchall():
+                    found[r[0]] = (r[1], json.loads(r[2]))
+            sql = f"SELECT workflow_id, state, COUNT(*), MAX(updated_at) FROM jobs {where} GROUP BY workflow_id, state"  # noqa: S608
+            async with self.db.execute(sql, chunk) as cur:
+                for r in await cur.fetchall():
+                    counts[r[0]][JobState(r[1])] = int(r[2])
+                    last_end[r[0]] = max(last_end.get(r[0], ""), str(r[3]))
+            sql = f"SELECT DISTINCT workflow_id, site FROM jobs {where} ORDER BY site"  # noqa: S608
+            async with self.db.execute(sql, chunk) as cur:
+                for r in await cur.fetchall():
+                    sites[r[0]].append(str(r[1]))
+        out: list[tuple[WorkflowRecord, dict[JobState, int], tuple[str, ...], datetime | None]] = []
+        for workflow_id, started in picked:
+            name, properties = found.get(workflow_id, (None, {}))
+            record = WorkflowRecord(workflow_id, name, properties, datetime.fromisoformat(started))
+            states = dict(sorted(counts[workflow_id].items(), key=lambda kv: (kv[0].rank, kv[0].value)))
+            over = bool(states) and all(state.is_terminal for state in states)
+            ended = datetime.fromisoformat(last_end[workflow_id]) if over else None
+            out.append((record, states, tuple(sites[workflow_id]), ended))
+        return out
+
+    async def active_jobs(self, limit: int = 1000) -> list[JobRecord]:
+        """Jobs that have not ended (READY, PENDING, RUNNING, INFO, FINISHING), by site, oldest first.
+
+        ``limit`` -1: every one.
+        """
+        await self.catch_up()
+        states = [s.value for s in JobState if not s.is_terminal]
+        marks = ",".join("?" * len(states))
+        sql = f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY site, created_at, seq LIMIT ?"  # noqa: S608
+        async with self.db.execute(sql, (*states, limit)) as cur:
+            return [_job(r) for r in await cur.fetchall()]
+
+    async def active_counts(self) -> dict[str, dict[JobState, int]]:
+        """How many jobs of each site are in each state that has not ended (sites in name order)."""
+        await self.catch_up()
+        states = [s.value for s in JobState if not s.is_terminal]
+        marks = ",".join("?" * len(states))
+        sql = f"SELECT site, state, COUNT(*) FROM jobs WHERE state IN ({marks}) GROUP BY site, state ORDER BY site"  # noqa: S608
+        out: dict[str, dict[JobState, int]] = {}
+        async with self.db.execute(sql, states) as cur:
+            for r in await cur.fetchall():
+                out.setdefault(str(r[0]), {})[JobState(r[1])] = int(r[2])
+        return out
 
 
 def _job(row: Sequence[object] | aiosqlite.Row) -> JobRecord:
