@@ -8,7 +8,7 @@ from __future__ import annotations
 from ._bus._bundle import ImportReport
 from ._bus._eventbus import DeadLetter, PublishAck, Subscription
 from ._bus._server import EmbeddedServer
-from ._client import Bus, Job, connect
+from ._client import Bus, Job, WorkflowStop, connect
 from ._config import BusConfig, EmbeddedServerConfig, default_home, load_config
 from ._engine._replica import Engine, EngineConfig, EngineStats, serve_engine
 from ._errors import (
@@ -185,6 +185,7 @@ __all__ = [
     "WorkflowDefined",
     "WorkflowDefinedEvent",
     "WorkflowRecord",
+    "WorkflowStop",
     "WorkspaceChanged",
     "WorkspaceChangedEvent",
     "WorkspaceError",

@@ -55,7 +55,7 @@ from ._states import JobState
 from ._subjects import ROOT, check_token
 from ._triggers import DataTrigger, Downstream, JobTrigger, JoinTrigger, Match, Trigger, Upstream
 
-__all__ = ["Bus", "Job", "connect"]
+__all__ = ["Bus", "Job", "WorkflowStop", "connect"]
 
 log = logging.getLogger("lwfm_bus.client")
 
@@ -340,6 +340,51 @@ class Bus(EventBus):
         except JobTimeoutError:
             return None
 
+    async def cancel_workflow(
+        self, workflow: Workflow | str, *, reason: str | None = None, wait_s: float = 60.0
+    ) -> WorkflowStop:
+        """Stop a whole run: withdraw its active triggers, cancel its jobs on every site, wait.
+
+        Repeats until nothing of the workflow is active -- a trigger that fired while it
+        was being withdrawn started a job, which is cancelled in turn -- or ``wait_s``
+        passes; woken by the workflow's own events.  Returns what it stopped and what
+        (if anything) is still active.
+        """
+        wf_id = check_token(workflow.workflow_id if isinstance(workflow, Workflow) else workflow, "workflow id")
+        why = reason or "the workflow was cancelled"
+        withdrawn: list[str] = []
+        cancelled: list[str] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        async with self.subscribe(f"{ROOT}.*.*.{wf_id}.>") as news:
+            while True:
+                index = await self.index()
+                triggers = [t for t in await index.triggers(workflow_id=wf_id, state="active", limit=-1)]
+                jobs = [j for j in await index.jobs(workflow_id=wf_id, limit=-1) if not j.state.is_terminal]
+                for t in triggers:
+                    if t.trigger_id not in withdrawn:
+                        await self._withdraw(t, why)
+                        withdrawn.append(t.trigger_id)
+                for j in jobs:
+                    if j.job_id not in cancelled:
+                        await self.cancel(j.job_id, wait_s=None)
+                        cancelled.append(j.job_id)
+                if not triggers and not jobs:
+                    return WorkflowStop(wf_id, tuple(withdrawn), tuple(cancelled), ())
+                left = deadline - loop.time()
+                if left <= 0:
+                    active = tuple(t.trigger_id for t in triggers) + tuple(j.job_id for j in jobs)
+                    return WorkflowStop(wf_id, tuple(withdrawn), tuple(cancelled), active)
+                with contextlib.suppress(TimeoutError):
+                    await news.next(timeout=left)  # something of the workflow moved: look again
+
+    async def _withdraw(self, record: TriggerRecord, reason: str | None) -> None:
+        data = TriggerCancelled(
+            trigger_id=record.trigger_id, site=self.config.site, workflow_id=record.workflow_id, reason=reason
+        )
+        event_id = f"cancelled:{record.trigger_id}"
+        await self.publish(make_event(data, source=f"/sites/{self.config.site}/api", id=event_id))
+
     async def logs(self, job_id: str, stream: LogStream = "stdout") -> bytes:
         ctx = await self._context(job_id)
         return await (await self.site(ctx.site)).logs(ctx, stream)
@@ -502,10 +547,7 @@ class Bus(EventBus):
         record = await (await self.index()).trigger(trigger_id)
         if record is None:
             raise TriggerError(f"no trigger {trigger_id!r} is known to this bus")
-        data = TriggerCancelled(
-            trigger_id=trigger_id, site=self.config.site, workflow_id=record.workflow_id, reason=reason
-        )
-        await self.publish(make_event(data, source=f"/sites/{self.config.site}/api", id=f"cancelled:{trigger_id}"))
+        await self._withdraw(record, reason)
 
     async def triggers(
         self, *, workflow: Workflow | str | None = None, state: str | None = None
@@ -515,6 +557,16 @@ class Bus(EventBus):
 
     async def trigger(self, trigger_id: str) -> TriggerRecord | None:
         return await (await self.index()).trigger(trigger_id)
+
+
+@dataclass(frozen=True)
+class WorkflowStop:
+    """What :meth:`Bus.cancel_workflow` stopped, and what was still active when it gave up (if anything)."""
+
+    workflow_id: str
+    triggers_withdrawn: tuple[str, ...]
+    jobs_cancelled: tuple[str, ...]
+    still_active: tuple[str, ...]
 
 
 def _cannot_start(t: TriggerRecord, job_id: str) -> bool:
