@@ -10,12 +10,23 @@ the server drops a repeat within its duplicate window; beyond it, a ledger (the 
 bucket ``lwfm_imported``, one key per event id) makes a second import publish
 nothing.  An event is recorded in the ledger only after it was stored, so an import
 that dies half-way is finished, not skipped, by the next attempt.
+
+An import brings facts, never work.  Every bus has an identity (:func:`bus_identity`:
+a random id created once, kept in the bus's own KV bucket ``lwfm_identity``), so two
+singleton homes differ although both call their site ``local``; ``export`` writes it
+into the header (``source_bus``), and ``import`` stores every event with the header
+``Lwfm-Origin: <that id>`` (``unknown`` from a bundle written before identities).  The
+engine never takes a trigger event that carries it for its own (:func:`imported_from`):
+an imported registration is never indexed, so it never fires here -- the origin ran
+its jobs already -- while imported job and data events fire the importer's own
+triggers, as they should.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,15 +39,32 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, NonNegativeInt
 
 from .._errors import BundleError
 from .._events import Event, EventDecodeError, decode_event, encode_event
-from .._ids import derived_id
+from .._ids import derived_id, new_id
 from .._subjects import ROOT, Token, workflow_filter
 from ._eventbus import EventBus
 
-__all__ = ["BUNDLE_VERSION", "BundleHeader", "BundleTrailer", "ImportReport", "export_bundle", "import_bundle"]
+__all__ = [
+    "BUNDLE_VERSION",
+    "ORIGIN_HEADER",
+    "BundleHeader",
+    "BundleTrailer",
+    "ImportReport",
+    "bus_identity",
+    "export_bundle",
+    "import_bundle",
+    "imported_from",
+]
 
 BUNDLE_VERSION = 1
 MAX_BUNDLE_BYTES = 1 << 30  # read whole: each line is an event within the bus's event limit
 LEDGER_BUCKET = "lwfm_imported"
+IDENTITY_BUCKET = "lwfm_identity"
+_IDENTITY_KEY = "bus"
+ORIGIN_HEADER = "Lwfm-Origin"
+"""The header of every imported event: the identity of the bus it was exported from."""
+UNKNOWN_ORIGIN = "unknown"
+"""The origin of events from a bundle whose header names no bus (written before identities)."""
+_ORIGIN_FOLDED = ORIGIN_HEADER.lower()
 
 
 class BundleHeader(BaseModel):
@@ -48,6 +76,11 @@ class BundleHeader(BaseModel):
     version: Literal[1] = 1
     created: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
     source_site: Token = Field(description="Site of the bus the events were exported from.")
+    source_bus: Token | None = Field(
+        default=None,
+        description="Identity of the bus the events were exported from (each bus has its own, whatever its "
+        "site's name); absent in bundles written before buses had one.",
+    )
     workflow_id: Token | None = Field(default=None, description="Only this workflow's events, if given.")
     since_seq: NonNegativeInt | None = Field(default=None, description="Only events from this stream sequence on.")
     since_time: AwareDatetime | None = Field(default=None, description="Only events from this time on.")
@@ -70,6 +103,37 @@ class ImportReport:
     events: int
     published: int
     already: int
+    origin: str = UNKNOWN_ORIGIN  # the identity of the bus the bundle came from, as its events are marked
+
+
+async def bus_identity(bus: EventBus) -> str:
+    """This bus's identity: a random id created once, kept in the bus (KV ``lwfm_identity``).
+
+    It belongs to the stream, not to a process or a home directory: every process on
+    one bus reads the same id, and two buses have two, even when both call their site
+    ``local``.  Created on first use, race-free (create-if-absent).
+    """
+    kv = await _bucket(bus, IDENTITY_BUCKET, "lwfm-bus identity of this bus")
+    try:
+        entry = await kv.get(_IDENTITY_KEY)
+    except nats.js.errors.KeyNotFoundError:
+        mine = new_id()
+        try:
+            await kv.create(_IDENTITY_KEY, mine.encode())
+            return mine
+        except nats.js.errors.KeyWrongLastSequenceError:
+            entry = await kv.get(_IDENTITY_KEY)  # another process created it first
+    return bytes(entry.value or b"").decode()
+
+
+def imported_from(headers: Mapping[str, str] | None) -> str | None:
+    """The bus an event was imported from (its ``Lwfm-Origin`` header), or None for an event made here."""
+    if not headers:
+        return None
+    found = headers.get(ORIGIN_HEADER)
+    if found is None:  # header names are case-sensitive on the wire; a foreign tool may differ
+        found = next((v for k, v in headers.items() if k.lower() == _ORIGIN_FOLDED), None)
+    return found
 
 
 async def export_bundle(
@@ -86,7 +150,11 @@ async def export_bundle(
     if since_time is not None and since_time.tzinfo is None:
         raise BundleError("since_time must be timezone-aware")
     header = BundleHeader(
-        source_site=bus.config.site, workflow_id=workflow_id, since_seq=since_seq, since_time=since_time
+        source_site=bus.config.site,
+        source_bus=await bus_identity(bus),
+        workflow_id=workflow_id,
+        since_seq=since_seq,
+        since_time=since_time,
     )
     subject = workflow_filter(workflow_id) if workflow_id else f"{ROOT}.>"
     digest = hashlib.sha256()
@@ -149,9 +217,11 @@ def read_bundle(path: Path, max_event_bytes: int) -> tuple[BundleHeader, list[Ev
 
 
 async def import_bundle(bus: EventBus, path: Path) -> ImportReport:
-    """Replay a bundle's events on ``bus``, each at most once (see the module docstring)."""
-    _, events = await anyio.to_thread.run_sync(read_bundle, path, bus.config.max_event_bytes)
-    ledger = await _ledger(bus)
+    """Replay a bundle's events on ``bus``, each at most once, marked with their origin (see the module docstring)."""
+    header, events = await anyio.to_thread.run_sync(read_bundle, path, bus.config.max_event_bytes)
+    origin = header.source_bus or UNKNOWN_ORIGIN
+    marked = {ORIGIN_HEADER: origin}
+    ledger = await _bucket(bus, LEDGER_BUCKET, "lwfm-bus imported event ids")
     published = already = 0
     for event in events:
         key = "e." + derived_id(event.id)
@@ -161,7 +231,7 @@ async def import_bundle(bus: EventBus, path: Path) -> ImportReport:
             continue
         except nats.js.errors.KeyNotFoundError:
             pass
-        ack = await bus.publish(event)
+        ack = await bus.publish(event, headers=marked)
         # A concurrent import of the same bundle may have recorded it first: that is fine.
         with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
             await ledger.create(key, str(ack.seq).encode())
@@ -169,23 +239,21 @@ async def import_bundle(bus: EventBus, path: Path) -> ImportReport:
             already += 1
         else:
             published += 1
-    return ImportReport(events=len(events), published=published, already=already)
+    return ImportReport(events=len(events), published=published, already=already, origin=origin)
 
 
-async def _ledger(bus: EventBus) -> Any:
+async def _bucket(bus: EventBus, name: str, description: str) -> Any:
     js = bus.jetstream
     try:
-        return await js.key_value(LEDGER_BUCKET)
+        return await js.key_value(name)
     except nats.js.errors.BucketNotFoundError:
         pass
     try:
         return await js.create_key_value(
-            KeyValueConfig(
-                bucket=LEDGER_BUCKET, description="lwfm-bus imported event ids", history=1, storage=StorageType.FILE
-            )
+            KeyValueConfig(bucket=name, description=description, history=1, storage=StorageType.FILE)
         )
     except nats.js.errors.BadRequestError:
-        return await js.key_value(LEDGER_BUCKET)
+        return await js.key_value(name)  # another process created it first
 
 
 def _first(exc: ValidationError) -> str:

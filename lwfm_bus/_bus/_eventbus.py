@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -242,17 +242,19 @@ class EventBus:
 
     # ------------------------------------------------------------------ publish
 
-    async def publish(self, event: Event) -> PublishAck:
+    async def publish(self, event: Event, *, headers: Mapping[str, str] | None = None) -> PublishAck:
         """Publish one event and wait until the server has stored it.
 
         The event id is sent as ``Nats-Msg-Id``, so publishing the same event again
         within the duplicate window is acknowledged as a duplicate and not stored.
+        ``headers`` are stored with it (an import names the event's origin so).
         """
         self._check_open()
         subject = event.nats_subject()
         payload = encode_event(event, self.config.max_event_bytes)
+        sent = {**headers, "Nats-Msg-Id": event.id} if headers else {"Nats-Msg-Id": event.id}
         try:
-            ack = await self._js.publish(subject, payload, headers={"Nats-Msg-Id": event.id}, stream=STREAM)
+            ack = await self._js.publish(subject, payload, headers=sent, stream=STREAM)
         except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
             why = f"{exc!r}"
             if isinstance(exc, nats.js.errors.NoStreamResponseError) and self.federation is not None:

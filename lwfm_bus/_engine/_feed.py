@@ -8,6 +8,11 @@ sequence *s*, the feed must have applied every trigger event before *s*;
 :meth:`TriggerFeed.barrier` asks the server one question per batch ("is there a
 trigger event after the feed's position and at or before the newest work message?")
 rather than one per event.
+
+Only this bus's own trigger events are applied.  One that came with an import (it
+carries the ``Lwfm-Origin`` header, see :mod:`.._bus._bundle`) tells what the origin
+registered or fired; it never becomes a trigger here, at start (the index is rebuilt
+from the stream) or later, nor is it read back by sequence as one.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from .._bus._bundle import imported_from
 from .._bus._eventbus import STREAM, EventBus
 from .._events import (
     Event,
@@ -85,7 +91,7 @@ class TriggerFeed:
                 except EventDecodeError as err:
                     await self._bus.dead_letter(msg, err)
                     event = None
-                if event is not None:
+                if event is not None and imported_from(msg.headers) is None:
                     self._apply(event, seq)
                 async with self._moved:
                     self._seq = seq
@@ -158,5 +164,10 @@ class TriggerFeed:
         event = decode_event(raw.data or b"", self._bus.config.max_event_bytes, raw.subject)
         if not isinstance(event, TriggerRegisteredEvent) or event.data.trigger_id != trigger_id:
             raise RuntimeError(f"stream sequence {reg_seq} is not the registration of trigger {trigger_id}")
+        origin = imported_from(raw.headers)
+        if origin is not None:
+            raise RuntimeError(
+                f"stream sequence {reg_seq} is a registration imported from bus {origin}, not a trigger of this bus"
+            )
         self.remember(event.data.definition)
         return event.data.definition

@@ -22,6 +22,11 @@ the index.  So no firing is missed, whichever replica sees what first.
 
 Exactly once: see :mod:`._firing`.  The engine never opens a site itself: it works
 the same for every site, here or federated.
+
+Imports.  Trigger events that came with an import (``Lwfm-Origin``, see
+:mod:`.._bus._bundle`) are the origin's: neither the feed nor the work loop takes
+them, so an imported registration never fires here and an imported outcome settles
+nothing here.  Imported job and data events are judged like any others.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Protocol, runtime_checkable
 
 import anyio
@@ -39,6 +44,7 @@ from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from .._bus._bundle import imported_from
 from .._bus._eventbus import STREAM, EventBus, deliveries
 from .._events import EventDecodeError, decode_event
 from .._sites._dispatch import Dispatcher
@@ -73,18 +79,24 @@ class Dispatching(Protocol):
     dispatcher: Dispatcher
 
 
-def _is_work(subject: str, trigger_site: str = "*") -> bool:
-    """Job and data events, and the trigger events the engine acts on (by subject alone).
+def _is_work(subject: str, trigger_site: str = "*", headers: Mapping[str, str] | None = None) -> bool:
+    """Job and data events, and the trigger events the engine acts on (by subject and headers alone).
 
     In a federation an engine owns only the triggers registered at its own site
     (``trigger_site``): the others' arrive here by sourcing, to be judged at home.
+    An imported trigger event (``headers`` name its origin) is the origin's, never work.
     """
     parts = subject.split(".")
     if len(parts) < 3:
         return False
     if parts[2] in _WORK_KINDS:
         return True
-    return parts[2] == "trigger" and parts[-1] in _WORK_TRIGGER_DETAILS and trigger_site in ("*", parts[1])
+    return (
+        parts[2] == "trigger"
+        and parts[-1] in _WORK_TRIGGER_DETAILS
+        and trigger_site in ("*", parts[1])
+        and imported_from(headers) is None
+    )
 
 
 class Engine:
@@ -182,7 +194,7 @@ class Engine:
                 async for msg in sub.messages:
                     seq = _stream_seq(msg)
                     self._feed.saw_work(seq)
-                    if not _is_work(msg.subject, self._trigger_site):
+                    if not _is_work(msg.subject, self._trigger_site, msg.headers):
                         await settle(msg.ack())
                         continue
                     await self._slots.acquire()
