@@ -22,6 +22,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import nats.errors
+
 from ._bus._bundle import ImportReport, export_bundle, import_bundle
 from ._bus._connect import open_event_bus
 from ._bus._eventbus import EventBus
@@ -33,7 +35,6 @@ from ._events import (
     JobStatusEvent,
     TriggerCancelled,
     TriggerRegistered,
-    TriggerRegisteredEvent,
     WorkflowDefined,
     make_event,
     new_id,
@@ -282,7 +283,10 @@ class Bus(EventBus):
         Returns never otherwise.  Woken by trigger outcomes (subscribed to before the
         index is read, so none is missed between the two).
         """
-        async with self.subscribe(f"{ROOT}.*.trigger.>") as outcomes:
+        # A plain subscription, not a JetStream consumer: only outcomes from now on are
+        # needed (the index holds the past), and it is cheap beside the job's own consumer.
+        outcomes = await self.nats.subscribe(f"{ROOT}.*.trigger.>")
+        try:
             while True:
                 index = await self.index()
                 if await index.job(job_id) is None:
@@ -291,10 +295,13 @@ class Bus(EventBus):
                         last = starters[-1]
                         raise JobWillNotRunError(job_id, last.trigger_id, last.state, last.reason)
                 ids = {t.trigger_id for t in await index.triggers_starting(job_id)}
-                async for event in outcomes:
-                    concerns = getattr(event.data, "trigger_id", None) in ids
-                    if concerns or isinstance(event, TriggerRegisteredEvent):
+                while True:  # lwfm.<site>.trigger.<workflow>.<trigger>.<what>
+                    parts = (await outcomes.next_msg(timeout=None)).subject.split(".")
+                    if len(parts) == 6 and (parts[4] in ids or parts[5] == "registered"):
                         break
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await outcomes.unsubscribe()
 
     async def status(self, job_id: str) -> JobRecord:
         record = await (await self.index()).job(job_id)
