@@ -242,7 +242,15 @@ class JobIndex:
     async def catch_up(self) -> int:
         """Apply every event stored since the last catch-up; return how many were applied."""
         async with self._catching_up:
-            return await self._catch_up()
+            try:
+                return await self._catch_up()
+            except BaseException:
+                # Cancelled (a waiter that lost its race) or failed half-way through a batch: what
+                # it applied is not committed, and must not stay in the open transaction -- a later
+                # catch-up would find the batch's event ids marked as seen and skip them for good.
+                with anyio.CancelScope(shield=True):
+                    await self.db.rollback()
+                raise
 
     async def _catch_up(self) -> int:
         with open(self._path.with_suffix(".lock"), "a+") as lock:  # noqa: ASYNC230 - a lock file
