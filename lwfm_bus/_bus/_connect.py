@@ -130,8 +130,33 @@ def _tls_context(config: BusConfig) -> ssl.SSLContext | None:
     return ctx
 
 
+def _refused(config: BusConfig, servers: list[str]) -> str:
+    """Why the server refused this client's login, and what to set, in one line."""
+    where = ", ".join(servers)
+    record = up_record(config.home) or {}
+    if config.federation_file is None and ("leaf_port" in record or config.federation_secret_path().exists()):
+        return (
+            f"the bus at {where} refused this client: it serves a federation member, and this command was not "
+            "given the federation file (--federation FILE, or LWFM_BUS_FEDERATION)"
+        )
+    return (
+        f"the bus at {where} refused this client's login (Authorization Violation): check its credentials "
+        "(LWFM_BUS_USER and LWFM_BUS_PASSWORD, LWFM_BUS_TOKEN or LWFM_BUS_CREDS)"
+    )
+
+
+def _is_refusal(exc: Exception) -> bool:
+    return isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in str(exc).lower()
+
+
 async def _nats_connect(servers: list[str], config: BusConfig, name: str) -> NATS:
+    failures: list[Exception] = []  # of the first connection's attempts: said once, in the error, if it fails
+    connected = False
+
     async def on_error(exc: Exception) -> None:
+        if not connected:
+            failures.append(exc)
+            return
         log.warning("nats: %r", exc)
 
     async def on_disconnect() -> None:
@@ -166,8 +191,14 @@ async def _nats_connect(servers: list[str], config: BusConfig, name: str) -> NAT
     try:
         nc = await nats.connect(**options)
     except (nats.errors.Error, OSError, TimeoutError) as exc:
+        if any(_is_refusal(failure) for failure in failures):
+            raise ConfigError(_refused(config, servers)) from exc
         # Never echo the options: they may hold secrets.
-        raise LwfmBusError(f"cannot connect to NATS at {', '.join(servers)}: {exc!r}") from exc
+        why = failures[-1] if failures else exc  # nats-py's own error is only "no servers" after retries
+        raise LwfmBusError(f"cannot connect to NATS at {', '.join(servers)}: {why!r}") from exc
+    connected = True
+    for failure in failures:
+        log.info("nats: before connecting: %r", failure)
     nc.options["max_reconnect_attempts"] = -1
     return nc
 

@@ -1,8 +1,13 @@
-"""``lwfm-bus demo``: the seed's use cases on the embedded bus -- 3a (A -> B -> C), then a join (3c)."""
+"""``lwfm-bus demo``: the seed's use cases on the embedded bus -- 3a (A -> B -> C), then a join (3c).
+
+It ends with a few commands to try next (on stderr, ready to paste), naming this run's
+workflow and jobs and the global options it was given.
+"""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from typing import Any
 
@@ -15,8 +20,31 @@ from ._print import shown
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("demo", help="run an example workflow (A -> B -> C, then a join) and print each job's status")
+    p = sub.add_parser(
+        "demo",
+        help="run an example workflow (A -> B -> C, then a join) and print each job's status",
+        description="Run a small example workflow of real local jobs and print each job's status: A, B and C one "
+        "after another, each started when the previous one completed; then X and Y side by side, and Z, started by "
+        "a join trigger once both have completed. With no bus running for this home, the demo serves one from this "
+        "process for its duration (what it ran stays recorded in the home). It ends with commands to look at what "
+        "it did.",
+    )
     p.set_defaults(func=run)
+
+
+def _next_commands(args: argparse.Namespace, workflow_id: str, z_id: str) -> list[str]:
+    """Commands that show this run, with the global options the demo was given (so they reach the same bus)."""
+    cli = ["lwfm-bus"]
+    for flag, value in (("--home", args.home), ("--url", args.url), ("--site", args.site)):
+        if value is not None:
+            cli += [flag, str(value)]
+    if args.federation is not None:
+        cli += ["--federation", str(args.federation)]
+    return [
+        f"{shlex.join([*cli, 'workflow', 'show', workflow_id])}   # its jobs, their states and parents",
+        f"{shlex.join([*cli, 'logs', z_id])}   # what the joined job Z printed",
+        f"{shlex.join([*cli, 'events', '--all', '--no-follow', f'lwfm.*.*.{workflow_id}.>'])}   # its events",
+    ]
 
 
 async def run(args: argparse.Namespace, config: BusConfig) -> int:
@@ -54,4 +82,7 @@ async def run(args: argparse.Namespace, config: BusConfig) -> int:
         print("workflow jobs:")
         for r in await bus.jobs(workflow=wf):
             print(f"  {shown(r.name)}  {r.state.value}")
+    print("\nnext, try:", file=sys.stderr)
+    for line in _next_commands(args, wf.workflow_id, final.job_id):
+        print(f"  {shown(line)}", file=sys.stderr)
     return 0

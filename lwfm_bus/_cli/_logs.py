@@ -1,4 +1,9 @@
-"""``lwfm-bus logs``: the bytes a job wrote to standard output or standard error, unchanged."""
+"""``lwfm-bus logs``: the bytes a job wrote to standard output or standard error, unchanged.
+
+A job that has not started yet (READY or PENDING) has no log: that is one line on stderr
+and exit code 1, rather than empty output that looks like a job that printed nothing
+(and rather than asking its site, which may be out of reach until an agent takes it).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,10 @@ from typing import Any
 
 from .._client import connect
 from .._config import BusConfig
+from .._states import JobState
+from ._print import shown
+
+_NOT_STARTED = 1  # like a missing file: a script can tell "no log yet" from an empty one
 
 
 def register(sub: Any) -> None:
@@ -19,6 +28,15 @@ def register(sub: Any) -> None:
 
 async def logs(args: argparse.Namespace, config: BusConfig) -> int:
     async with connect(config, name="lwfm-bus logs") as bus:
+        record = await bus.status(args.job)
+        if record.state in (JobState.READY, JobState.PENDING):
+            why = f": {shown(record.native_state)}" if record.native_state else ""
+            print(
+                f"lwfm-bus logs: job {shown(record.job_id)} has not started yet ({record.state.value}{why}); "
+                f"no log yet -- 'lwfm-bus status {shown(record.job_id)}' says where it is",
+                file=sys.stderr,
+            )
+            return _NOT_STARTED
         data = await bus.logs(args.job, "stderr" if args.stderr else "stdout")
     sys.stdout.buffer.write(data)
     return 0

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import logging
 import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .._config import BusConfig, load_config
 from .._errors import LwfmBusError, PipelineError, ServerStartError
@@ -49,6 +51,7 @@ from . import (
     _trigger,
     _up,
     _validate,
+    _wait,
     _workflow,
     _workspace,
 )
@@ -64,6 +67,7 @@ _MODULES = (
     _demo,
     _submit,
     _status,
+    _wait,
     _cancel,
     _logs,
     _engine,
@@ -90,8 +94,26 @@ _MODULES = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a mistyped choice (``lwfm-bus sumbit``) is one line that suggests the nearest.
+
+    Subcommand parsers are made of the same class, so ``workflow shwo`` and ``--format svh`` say it too.
+    """
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        choices = action.choices
+        if choices is None or not isinstance(value, str) or value in choices:
+            super()._check_value(action, value)
+            return
+        names = [str(choice) for choice in choices]
+        close = difflib.get_close_matches(value, names, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "choose from " + ", ".join(names)
+        option = f"argument {'/'.join(action.option_strings)}: " if action.option_strings else ""
+        self.exit(2, f"{self.prog}: error: {option}invalid choice: '{shown(value)}' ({hint})\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lwfm-bus",
         description="Lightweight event-driven workflow manager on NATS JetStream.",
     )

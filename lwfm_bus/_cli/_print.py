@@ -16,6 +16,7 @@ columns go through :func:`shown_json`.  ``--json`` output needs neither: JSON es
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
@@ -26,13 +27,17 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from .._config import BusConfig
 from .._errors import DataError, PipelineError
+from .._federation import load_federation
 from .._limits import load_json_bounded
 from .._pipeline import Pipeline, load_pipeline, parse_override
 from .._query import DataRecord
+from .._sites._registry import discover_adapters, load_sites
 
 __all__ = [
     "add_set_option",
+    "configured_sites",
     "data_json",
     "job_json",
     "load_or_report",
@@ -215,10 +220,28 @@ def print_issues(error: PipelineError) -> None:
         print(shown(issue), file=sys.stderr)
 
 
-def load_or_report(file: Path, overrides: list[str]) -> Pipeline | None:
-    """The pipeline with ``--set`` applied, or None once its problems are printed (the caller exits 2)."""
+def configured_sites(config: BusConfig) -> frozenset[str]:
+    """The sites a pipeline step may name here: the sites file's (``local`` always), and a federation's members.
+
+    The same names ``run`` can reach: a step on any other site is refused at its line
+    (``validate``, ``run``) rather than failing once the run has started.
+    """
+    names = set(load_sites(config.sites_path(), discover_adapters(), home_site=config.site))
+    if config.federation_file is not None:
+        federation = load_federation(config.federation_file)
+        names.update(name for member in federation.sites for name in federation.names_of(member))
+    return frozenset(names)
+
+
+def load_or_report(file: Path, overrides: list[str], config: BusConfig | None = None) -> Pipeline | None:
+    """The pipeline with ``--set`` applied, or None once its problems are printed (the caller exits 2).
+
+    With ``config``, a step on a site that is not configured there is one of the problems.
+    """
+    sites = functools.partial(configured_sites, config) if config is not None else None
+    sites_file = config.sites_path() if config is not None else None
     try:
-        return load_pipeline(file, dict(parse_override(text) for text in overrides))
+        return load_pipeline(file, dict(parse_override(text) for text in overrides), sites=sites, sites_file=sites_file)
     except PipelineError as exc:
         print_issues(exc)
         return None

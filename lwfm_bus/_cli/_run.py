@@ -1,7 +1,9 @@
 """``lwfm-bus run FILE``: compile a pipeline into jobs and triggers on the bus and follow it.
 
-Exit code 0 when every step completed, 1 when a step failed (each failure is listed),
-2 when the file is refused (every problem as ``FILE:LINE:COL: field: message``).
+Exit code 0 when every step completed, 1 when a step failed (each failure is listed,
+and its progress line shows the job and the end of its stderr), 2 when the file is
+refused (every problem as ``FILE:LINE:COL: field: message``: a step on a site this home
+does not configure is one) or the bus refuses the run (one line).
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from typing import Any
 
 from .._client import connect
 from .._config import BusConfig
-from .._errors import PipelineError
-from .._pipeline._run import run_pipeline
+from .._errors import LwfmBusError, PipelineError
+from .._pipeline._run import plural, run_pipeline
 from .._subjects import check_token
 from ._print import add_set_option, load_or_report, print_issues, shown
 
@@ -41,7 +43,7 @@ def _token(text: str) -> str:
 
 
 async def run(args: argparse.Namespace, config: BusConfig) -> int:
-    pipeline = load_or_report(args.file, args.overrides)
+    pipeline = load_or_report(args.file, args.overrides, config)
     if pipeline is None:
         return 2
 
@@ -52,18 +54,21 @@ async def run(args: argparse.Namespace, config: BusConfig) -> int:
     # This process judges triggers too while it runs (one more engine replica: never a
     # double firing), so a pipeline runs even where no 'lwfm-bus up' is running.
     engine = "on" if config.engine == "auto" else config.engine
-    refused: list[PipelineError] = []
+    refused: list[LwfmBusError] = []
     try:
         async with connect(config.model_copy(update={"engine": engine}), name=f"lwfm-bus run {pipeline.name}") as bus:
             report = await run_pipeline(bus, pipeline, echo, resume=args.resume)
-    except* PipelineError as group:  # a glob that matches nothing, a query that finds nothing...
-        refused += [e for e in group.exceptions if isinstance(e, PipelineError)]
+    except* LwfmBusError as group:  # a glob that matches nothing, a query that finds nothing, a site...
+        refused += [e for e in group.exceptions if isinstance(e, LwfmBusError)]
     if refused:
         for err in refused:
-            print_issues(err)
+            if isinstance(err, PipelineError):
+                print_issues(err)
+            else:  # raised inside the engine's task group: one line, as for any other command
+                print(f"lwfm-bus: error: {shown(err)}", file=sys.stderr)
         return 2
     width = max((len(shown(s)) for s in report.steps), default=4)
-    skipped = f", {report.up_to_date} runs up to date (not run again)" if report.up_to_date else ""
+    skipped = f", {plural(report.up_to_date, 'run')} up to date (not run again)" if report.up_to_date else ""
     outcome = "complete" if report.ok else "FAILED"
     print(f"\n{shown(pipeline.name)} ({shown(report.workflow_id)}): {outcome}{skipped}")
     for step, (done, total) in report.steps.items():

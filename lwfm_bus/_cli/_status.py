@@ -1,4 +1,6 @@
-"""``lwfm-bus status``: one job's record, or every job of a workflow, as a table row or JSON."""
+"""``lwfm-bus status``: one job's record, every job of a workflow, or -- with neither -- what is
+pending and running now, per site; as table rows or JSON (one object per job and line).
+"""
 
 from __future__ import annotations
 
@@ -13,12 +15,22 @@ from .._index._projection import JobRecord
 from .._states import JobState
 from ._print import shown
 
+_RUNNING = (JobState.RUNNING, JobState.INFO, JobState.FINISHING)  # INFO: a running job that said something
+_PENDING = (JobState.READY, JobState.PENDING)
+
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("status", help="a job's status, or every job of a workflow")
+    p = sub.add_parser(
+        "status",
+        help="a job's status, every job of a workflow, or (with neither) what is pending and running, per site",
+    )
     p.add_argument("job", nargs="?", help="job id")
     p.add_argument("--workflow", help="list the jobs of this workflow")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--limit", type=int, default=50, metavar="N",
+        help="without a job or workflow: list at most N of the unfinished jobs (default 50; the counts are all)",
+    )  # fmt: skip
     p.set_defaults(func=status)
 
 
@@ -39,10 +51,42 @@ def _json(r: JobRecord) -> str:
     return json.dumps(d)
 
 
+def _counts(states: dict[JobState, int]) -> str:
+    running = sum(states.get(s, 0) for s in _RUNNING)
+    pending = sum(states.get(s, 0) for s in _PENDING)
+    return ", ".join(f"{n} {word}" for n, word in ((running, "running"), (pending, "pending")) if n)
+
+
+async def _overview(args: argparse.Namespace, config: BusConfig) -> int:
+    """What is pending and running now, per site: a count line per site, then its jobs, oldest first."""
+    async with connect(config, name="lwfm-bus status") as bus:
+        index = await bus.index()
+        counts = await index.active_counts()
+        records = await index.active_jobs(limit=max(args.limit, 0))
+    if args.json:
+        for r in records:
+            print(_json(r))
+        return 0
+    if not counts:
+        print("nothing is pending or running")
+        return 0
+    for site, states in counts.items():
+        print(f"{shown(site)}: {_counts(states)}")
+        for r in records:
+            if r.site == site:
+                print(f"  {_row(r)}")
+    hidden = sum(n for states in counts.values() for n in states.values()) - len(records)
+    if hidden > 0:
+        print(f"... and {hidden} more (--limit N shows more)")
+    return 0
+
+
 async def status(args: argparse.Namespace, config: BusConfig) -> int:
-    if bool(args.job) == bool(args.workflow):
-        print("lwfm-bus status: give a job id or --workflow W", file=sys.stderr)
+    if args.job and args.workflow:
+        print("lwfm-bus status: give a job id or --workflow W, not both", file=sys.stderr)
         return 2
+    if not args.job and not args.workflow:
+        return await _overview(args, config)
     async with connect(config, name="lwfm-bus status") as bus:
         records = [await bus.status(args.job)] if args.job else await bus.jobs(workflow=args.workflow)
     for r in records:

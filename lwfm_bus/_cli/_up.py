@@ -27,7 +27,8 @@ def register(sub: Any) -> None:
         help="start the embedded server, a trigger engine and the site agents; Ctrl-C (or 'lwfm-bus down') stops them",
         description="Run the whole lwfm-bus singleton for this home in the foreground: the embedded NATS server, "
         "a trigger engine replica, and an agent for every site served here (local, and each site of sites.toml "
-        "whose served_by_up is true). Jobs keep running when it stops; the next 'up' adopts them.",
+        "whose served_by_up is true). Ctrl-C, or 'lwfm-bus down' from another terminal, stops it; jobs keep "
+        "running when it stops, and the next 'up' adopts them.",
     )
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=run)

@@ -2,12 +2,14 @@
 
 Valid files print one summary line each (steps and their LAS scenarios); any problem
 prints as ``FILE:LINE:COL: field.path: message`` on stderr, every problem of every
-file, and the exit code is 2.
+file, and the exit code is 2.  A step's site must be one this home configures (its
+sites file, and a federation's members), as ``run`` needs.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 from .._config import BusConfig
 from .._errors import PipelineError
 from .._pipeline import Pipeline, load_pipeline, parse_override
-from ._print import add_set_option, print_issues, shown
+from ._print import add_set_option, configured_sites, print_issues, shown
 
 __all__ = ["register"]
 
@@ -75,14 +77,17 @@ def _as_json(file: Path, pipeline: Pipeline | None, error: PipelineError | None)
 
 
 async def validate(args: argparse.Namespace, config: BusConfig) -> int:
-    """Never connects: ``config`` is unused, a pipeline is checked on its own."""
+    """Never connects: ``config`` gives only the configured sites, the pipeline is checked on its own."""
     overrides = dict(parse_override(text) for text in args.overrides)
+    # Read once, and only if a file names a site: it imports every adapter plugin.
+    sites = functools.cache(functools.partial(configured_sites, config))
+    sites_file = config.sites_path()
     status = 0
     for file in args.files:
         pipeline: Pipeline | None = None
         error: PipelineError | None = None
         try:
-            pipeline = load_pipeline(file, overrides)
+            pipeline = load_pipeline(file, overrides, sites=sites, sites_file=sites_file)
         except PipelineError as exc:
             error, status = exc, 2
             print_issues(exc)

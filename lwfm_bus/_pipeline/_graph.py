@@ -5,9 +5,12 @@ People who do not program read a pipeline best as a transit map: a chain of step
 a data-flow dependency is a dashed *feeder* from a "data" terminus, and a nested
 pipeline is a framed *sub-map* that a viewer can collapse.
 
-Lines: a step with exactly one predecessor that itself has exactly one successor
-continues its predecessor's line; every other step starts a new line.  Line numbers run
-on through nested maps, so no two lines share a colour until the palette wraps.
+Lines: a step continues the line of its first predecessor whose line still ends there --
+so at a fork the first branch (in file order) goes on along the line and every other
+branch starts a line of its own, and at a join the line of the first branch goes on;
+a step with no such predecessor starts a new line.  A fork/join pipeline thus reads as
+one line with branches, not as one line per step.  Line numbers run on through nested
+maps, so no two lines share a colour until the palette wraps.
 
 This module holds the model (what is drawn, in whole pixels) and the job-name convention
 that live status is read from; :mod:`._layout` places the stations (:func:`metro_map`), :mod:`._status`
@@ -148,8 +151,13 @@ class MetroMap:
 
 
 def badge(step: Step) -> str:
-    """How a step runs, in a few characters: ``x4``, ``each``, ``on data``, ``seq 3``, ``until <=20``."""
-    fan = {"once": "", "parallel": f"x{step.parallel}", "for_each": "each", "product": "each", "on_data": "on data"}
+    """How a step runs, in a few characters: ``x4``, ``each``, ``3x2``, ``on data``, ``seq 3``, ``until <=20``.
+
+    A product shows its shape, the size of each of its sources (``?`` where only running it tells).
+    """
+    fan = {"once": "", "parallel": f"x{step.parallel}", "for_each": "each", "on_data": "on data"}
+    if step.product is not None:
+        fan["product"] = "x".join(str(source.size() or "?") for source in step.product.values())
     parts = [fan[step.fan_out]]
     if step.sequence is not None:
         parts.append(f"seq {step.sequence}")

@@ -82,13 +82,16 @@ class Layout:
         for name, step in steps.items():
             for before in step.after:
                 succs[before].append(name)
-        # Lines, in dependency order so a step's predecessors already have theirs.
+        # Lines, in dependency order so a step's predecessors already have theirs: a step goes on along the
+        # line of its first predecessor that still ends its line (see the module docstring of _graph).
         line_of: dict[str, int] = {}
+        continues: dict[str, str] = {}  # step -> the predecessor whose line it continues
         chains: list[list[str]] = []
         for name in order:
-            after = steps[name].after
-            if len(after) == 1 and len(succs[after[0]]) == 1:
-                line_of[name] = line_of[after[0]]
+            ends = [b for b in steps[name].after if chains[line_of[b]][-1] == b]
+            if ends:
+                continues[name] = ends[0]
+                line_of[name] = line_of[ends[0]]
             else:
                 line_of[name] = len(chains)
                 chains.append([])
@@ -116,7 +119,9 @@ class Layout:
             after = step.after
             if not after:
                 preferred = 0
-            elif len(after) == 1 or line_of[name] in (line_of[a] for a in after):
+            elif name in continues:  # along its line
+                preferred = nodes[continues[name]].row
+            elif len(after) == 1:  # a branch: beside its source, or below
                 preferred = nodes[after[0]].row
             else:
                 preferred = min(nodes[a].row for a in after)

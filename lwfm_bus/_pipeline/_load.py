@@ -14,10 +14,11 @@ part that exists, and that part's position is the error's position.  Checks rais
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path as FsPath
 from typing import Any
 
@@ -59,13 +60,22 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def load_pipeline(path: str | os.PathLike[str], overrides: Mapping[str, Any] | None = None) -> Pipeline:
+def load_pipeline(
+    path: str | os.PathLike[str],
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    sites: Collection[str] | Callable[[], Collection[str]] | None = None,
+    sites_file: str | os.PathLike[str] | None = None,
+) -> Pipeline:
     """Load, validate and resolve a pipeline file and every nested one.
 
     ``overrides`` replace the top pipeline's ``params`` defaults (each must name a
-    declared param).  Raises :class:`PipelineError` listing every issue found.
+    declared param).  ``sites``, when given, are the site names a step may run on (the
+    configured ones, read from ``sites_file``): any other is an issue at its line.  A
+    callable is called once, and only when a file names a site.
+    Raises :class:`PipelineError` listing every issue found.
     """
-    loader = _Loader()
+    loader = _Loader(sites, None if sites_file is None else os.fspath(sites_file))
     result = loader.load(os.fspath(path), dict(overrides or {}), (), ())
     if loader.issues or result is None:
         unique = dict.fromkeys(loader.issues)  # a file nested twice is reported once
@@ -75,7 +85,11 @@ def load_pipeline(path: str | os.PathLike[str], overrides: Mapping[str, Any] | N
 
 
 class _Loader:
-    def __init__(self) -> None:
+    def __init__(
+        self, sites: Collection[str] | Callable[[], Collection[str]] | None = None, sites_file: str | None = None
+    ) -> None:
+        self.sites = sites
+        self.sites_file = sites_file
         self.issues: list[PipelineIssue] = []
         # A file nested by many steps is loaded once per (file, ancestors' workspaces, depth): without this, a
         # few files that each nest the next one ten times would be loaded ten to the power of the depth times.
@@ -101,6 +115,7 @@ class _Loader:
         pipeline._source = real
         if pipeline.workspace is not None and pipeline.workspace in workspaces:
             self._at(doc, ("workspace",), "a nested pipeline gets its own workspace and cannot use its parent's")
+        self._check_sites(doc, pipeline)
         inner = (*workspaces, pipeline.workspace) if pipeline.workspace else workspaces
         outputs: dict[str, frozenset[str]] = {}
         for name, step in pipeline.steps.items():
@@ -158,6 +173,27 @@ class _Loader:
     def _at_key(self, doc: Document, path: Path, message: str) -> None:
         line, column = doc.keys.get(path, (None, None))
         self.issues.append(PipelineIssue(message, path, doc.file, line, column) if line else _issue(doc, path, message))
+
+    def _check_sites(self, doc: Document, pipeline: Pipeline) -> None:
+        """Every site a step runs on (its own, or the pipeline's default) is one of ``self.sites``."""
+        if self.sites is None:
+            return
+        written: list[tuple[Path, str]] = []
+        if isinstance(doc.data, dict) and "site" in doc.data:  # the default "local" is always there
+            written.append((("site",), pipeline.site))
+        written += [(("steps", name, "site"), step.site) for name, step in pipeline.steps.items() if step.site]
+        if not written:
+            return
+        if callable(self.sites):
+            self.sites = frozenset(self.sites())  # read once, and only for a file that names a site
+        known = sorted(self.sites)
+        listed = ", ".join(known)
+        where = f"; see {self.sites_file}" if self.sites_file else ""
+        for path, site in written:
+            if site not in known:
+                close = difflib.get_close_matches(site, known, n=1, cutoff=0.6)
+                guess = f"did you mean {close[0]!r}? " if close else ""
+                self._at(doc, path, f"unknown site {site!r} ({guess}configured: {listed}{where})")
 
     def _override(self, doc: Document, overrides: dict[str, Any]) -> None:
         if not overrides or not isinstance(doc.data, dict):

@@ -97,6 +97,7 @@ class Plan:
     jobs: list[PlannedJob] = field(default_factory=list)
     finals: dict[str, list[str]] = field(default_factory=dict)  # step path -> jobs whose COMPLETE ends a unit
     standing: list[str] = field(default_factory=list)  # per-arrival steps: their trigger stays registered
+    loops: list[tuple[str, ...]] = field(default_factory=list)  # each loop's iterations in order, then its gate
 
 
 @dataclass
@@ -319,7 +320,9 @@ class _Compiler:
             previous = job_id
         if step.repeat == "until":
             done = OnData({"lwfm_unit": unit, "lwfm_loop": "done"}, workflow=True)
-            return [self._gate(path, label, "loop", site, done)]
+            gate = self._gate(path, label, "loop", site, done)
+            self.plan.loops.append((*ids, gate))
+            return [gate]
         return [ids[-1]]
 
     def _gate(self, path: str, label: str, why: str, site: str, start: OnData) -> str:

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sys
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .._client import Bus
-from .._errors import LwfmBusError, WorkspaceError
+from .._errors import LwfmBusError, PipelineError, PipelineIssue, WorkspaceError
 from .._events import (
     JobStatusEvent,
     TriggerCancelledEvent,
@@ -38,9 +38,11 @@ from ._model import Pipeline
 from ._plan import AfterJobs, OnData, Plan, PlannedJob, Root, compile_plan
 from ._stepexec import UP_TO_DATE
 
-__all__ = ["RunReport", "run_pipeline"]
+__all__ = ["RunReport", "plural", "run_pipeline"]
 
 Echo = Callable[[str], None]
+StderrTail = Callable[[str], Awaitable[list[str]]]
+_TAIL_LINES, _TAIL_BYTES, _TAIL_WIDTH = 3, 64 * 1024, 300  # of a failed job's stderr, in its progress line
 _SETTLED = (TriggerFiredEvent, TriggerExpiredEvent, TriggerFailedEvent, TriggerCancelledEvent)
 
 
@@ -82,21 +84,70 @@ def _trigger_for(job: PlannedJob, workflow_id: str) -> Trigger:
 
 
 class _Follower:
-    def __init__(self, plan: Plan, echo: Echo) -> None:
+    """Follows a run's jobs: their states, the lines that show them, the failures.
+
+    A loop's jobs are shown in the loop's order, though their events may come otherwise:
+    an iteration's step runner notates the marker that starts the next iteration (or the
+    gate that stands for the finished loop) before its own process exits, so the next
+    one -- or the gate, a no-op -- often starts, or even completes, before the end of
+    the iteration that started it is reported.  Such lines wait until every earlier job
+    of the loop that started has ended; the states themselves are taken at once.
+    """
+
+    def __init__(self, plan: Plan, echo: Echo, stderr_tail: StderrTail | None = None) -> None:
         self.plan = plan
         self.echo = echo
+        self.stderr_tail = stderr_tail
         self.jobs = {j.job_id: j for j in plan.jobs}
         self.triggers = {_trigger_id(j): j for j in plan.jobs if not isinstance(j.start, Root)}
         self.state: dict[str, JobState] = {}
         self.finals = {j for ids in plan.finals.values() for j in ids}
+        self.loop_of = {job_id: loop for loop in plan.loops for job_id in loop}
+        self.held: dict[str, list[Callable[[], list[str]]]] = {}  # a loop job's lines, waiting for earlier ones
         self.failures: list[str] = []
         self.up_to_date: set[str] = set()
         self.started = time.monotonic()
 
-    def _say(self, text: str) -> None:
-        self.echo(f"{time.monotonic() - self.started:7.1f}s  {text}")
+    def _say(self, lines: list[str]) -> None:
+        """A progress line, after the time since the start; the lines after it (a stderr tail) below it."""
+        if lines:
+            self.echo(f"{time.monotonic() - self.started:7.1f}s  {lines[0]}")
+        for line in lines[1:]:
+            self.echo(f"{'':10}| {line}")
 
-    def on_job(self, event: JobStatusEvent) -> None:
+    def _show(self, job_id: str, lines: Callable[[], list[str]]) -> None:
+        """Say ``lines()`` now, or once the jobs before this one in its loop have ended."""
+        if job_id not in self.loop_of:
+            self._say(lines())
+            return
+        self.held.setdefault(job_id, []).append(lines)
+        self._release(self.loop_of[job_id])
+
+    def _release(self, loop: tuple[str, ...], everything: bool = False) -> None:
+        """Say the held lines of ``loop``'s jobs, in order, up to the first job still running."""
+        for job_id in loop:
+            for lines in self.held.pop(job_id, []):
+                self._say(lines())
+            state = self.state.get(job_id)
+            if state is not None and not state.is_terminal and not everything:
+                return
+
+    def flush(self) -> None:
+        """Say every line still held (the run ends: nothing more will come)."""
+        for loop in self.plan.loops:
+            self._release(loop, everything=True)
+
+    def _progress(self, job: PlannedJob, state: JobState, exit_code: int | None, tail: list[str]) -> list[str]:
+        extra = f" (exit {exit_code})" if state is JobState.FAILED and exit_code is not None else ""
+        finals = self.plan.finals.get(job.step, [])
+        if state.is_terminal and finals:  # the step's progress: its finished runs (already shown) out of all
+            done = sum(self.state.get(j) is JobState.COMPLETE and j not in self.held for j in finals)
+            extra += f"   [{job.step}: {done}/{len(finals)}]"
+        if state.is_terminal and state is not JobState.COMPLETE:
+            extra += f"   job {job.job_id}"  # for 'lwfm-bus logs JOB --stderr'
+        return [f"{job.name:<40} {state.value}{extra}", *tail]
+
+    async def on_job(self, event: JobStatusEvent) -> None:
         d = event.data
         job = self.jobs.get(d.job_id)
         if job is None:
@@ -104,26 +155,24 @@ class _Follower:
         if d.state is JobState.INFO:
             if d.info == UP_TO_DATE:
                 self.up_to_date.add(d.job_id)
-                self._say(f"{job.name:<40} up to date (not run again)")
+                self._show(d.job_id, lambda: [f"{job.name:<40} up to date (not run again)"])
             return
         before = self.state.get(d.job_id)
         if before is not None and not d.state.at_or_after(before):
             return  # the state order, not arrival order, says what a job is in
         self.state[d.job_id] = d.state
         if d.state is JobState.RUNNING or d.state.is_terminal:
-            extra = f" (exit {d.exit_code})" if d.state is JobState.FAILED and d.exit_code is not None else ""
-            finals = self.plan.finals.get(job.step, [])
-            if d.state.is_terminal and finals:  # the step's progress: its finished runs out of all
-                done = sum(self.state.get(j) is JobState.COMPLETE for j in finals)
-                extra += f"   [{job.step}: {done}/{len(finals)}]"
-            self._say(f"{job.name:<40} {d.state.value}{extra}")
+            tail: list[str] = []
+            if d.state is JobState.FAILED and self.stderr_tail is not None:
+                tail = await self.stderr_tail(d.job_id)
+            self._show(d.job_id, functools.partial(self._progress, job, d.state, d.exit_code, tail))
         if d.state.is_terminal and d.state is not JobState.COMPLETE:
             self.failures.append(f"{job.name}: {d.state.value}" + (f" ({d.info})" if d.info else ""))
 
     def on_trigger_failed(self, trigger_id: str, reason: str) -> None:
         job = self.triggers.get(trigger_id)
         if job is not None:
-            self._say(f"{job.name:<40} NOT STARTED: {reason}")
+            self._say([f"{job.name:<40} NOT STARTED: {reason}"])
             self.failures.append(f"{job.name}: could not be started: {reason}")
 
     @property
@@ -149,16 +198,47 @@ def _sites(pipeline: Pipeline) -> set[str]:
     return found
 
 
+def _known_sites(bus: Bus) -> set[str]:
+    """The sites a step may run on: the configured ones, and the members of this bus's federation."""
+    known = set(bus.site_specs())
+    member = bus.federation
+    if member is not None:
+        fed = member.federation
+        known.update(name for site in fed.sites for name in fed.names_of(site))
+    return known
+
+
+def _check_sites(bus: Bus, pipeline: Pipeline) -> None:
+    """Refuse, before anything is on the bus, a pipeline whose steps run on a site nobody configured.
+
+    ``lwfm-bus run`` says it at the line of the file first (``load_pipeline(sites=...)``);
+    this is the same check for a pipeline run from Python.
+    """
+    known = _known_sites(bus)
+    unknown = sorted(_sites(pipeline) - known)
+    if unknown:
+        listed = ", ".join(sorted(known))
+        issues = [
+            PipelineIssue(f"unknown site {site!r} (configured: {listed}; see {bus.config.sites_path()})")
+            for site in unknown
+        ]
+        raise PipelineError(issues=issues)
+
+
 async def _site_pythons(bus: Bus, pipeline: Pipeline) -> dict[str, str]:
     """The interpreter with lwfm-bus on each site the pipeline uses: ours here, the adapter's elsewhere.
 
     The step runner runs under it (``python -m lwfm_bus step-exec``); an adapter says
     which through a ``python`` attribute (the ssh and slurm sites' option of that name).
+    Another member of the federation, not configured here, gets ``python3``.
     """
     out = {}
     for site in _sites(pipeline):
         if bus.is_local_site(site):
             out[site] = sys.executable
+            continue
+        if site not in bus.site_specs():
+            out[site] = "python3"
             continue
         adapter = await bus.site(site)
         configured = getattr(adapter, "python", None)
@@ -207,13 +287,31 @@ async def _retire_standing(bus: Bus, pipeline: Pipeline, echo: Echo) -> None:
                 echo(f"withdrew {record.trigger_id} of an earlier run ({record.workflow_id}): this run replaces it")
 
 
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``1 job``, ``2 jobs``: the count and the noun that goes with it."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
+async def _stderr_tail(bus: Bus, job_id: str) -> list[str]:
+    """The last lines (up to 3, non-blank, each cut to a readable width) of a job's stderr; none if unreadable."""
+    try:
+        data = await bus.logs(job_id, "stderr")
+    except (LwfmBusError, OSError):
+        return []  # a site that cannot be reached now: the failure is reported all the same
+    lines = [line.rstrip() for line in data[-_TAIL_BYTES:].decode(errors="replace").splitlines() if line.strip()]
+    return [line if len(line) <= _TAIL_WIDTH else line[: _TAIL_WIDTH - 3] + "..." for line in lines[-_TAIL_LINES:]]
+
+
 async def run_pipeline(bus: Bus, pipeline: Pipeline, echo: Echo = print, *, resume: str | None = None) -> RunReport:
     """Compile ``pipeline`` onto the bus, follow it, and report how it ended.
 
     ``resume`` continues an earlier run (its workflow id) instead of starting a new one:
     its jobs have the same ids, so what already ran or still runs is not started again,
-    and its triggers are the same triggers.
+    and its triggers are the same triggers.  A step on a site that is neither configured
+    nor a member of this bus's federation is refused (:class:`PipelineError`) before
+    anything is published.
     """
+    _check_sites(bus, pipeline)
     await _ensure_workspaces(bus, pipeline, echo)
     if resume is None:
         await _retire_standing(bus, pipeline, echo)
@@ -234,10 +332,11 @@ async def run_pipeline(bus: Bus, pipeline: Pipeline, echo: Echo = print, *, resu
         return pythons.get(site, "python3")
 
     plan = await compile_plan(pipeline, wf.workflow_id, finder, python=python, home=bus.config.home)
-    follower = _Follower(plan, echo)
+    follower = _Follower(plan, echo, functools.partial(_stderr_tail, bus))
     roots = [j for j in plan.jobs if isinstance(j.start, Root)]
-    counts = Counter(type(j.start).__name__ for j in plan.jobs)
-    echo(f"run {wf.workflow_id} of {pipeline.name}: {len(plan.jobs)} jobs ({counts['Root']} now, the rest by trigger)")
+    later = len(plan.jobs) - len(roots)
+    how = f"{len(roots)} now, {later} by trigger" if later else "all now"
+    echo(f"run {wf.workflow_id} of {pipeline.name}: {plural(len(plan.jobs), 'job')} ({how})")
     async with bus.subscribe(workflow_filter(wf.workflow_id), from_start=True) as events:
         for job in plan.jobs:
             if not isinstance(job.start, Root):
@@ -249,7 +348,7 @@ async def run_pipeline(bus: Bus, pipeline: Pipeline, echo: Echo = print, *, resu
         settled: set[str] = set()
         async for event in events:
             if isinstance(event, JobStatusEvent):
-                follower.on_job(event)
+                await follower.on_job(event)
             elif isinstance(event, TriggerFailedEvent):
                 follower.on_trigger_failed(event.data.trigger_id, event.data.reason)
             if isinstance(event, _SETTLED):
@@ -261,6 +360,7 @@ async def run_pipeline(bus: Bus, pipeline: Pipeline, echo: Echo = print, *, resu
                 break  # nothing of this run runs, and nothing can start any more
             if failed_at is None and follower.done and not follower.active:
                 break  # a loop's gate may complete while its last iteration's job is still exiting
+    follower.flush()
     ok = not follower.failures
     if ok:
         await _withdraw(bus, follower, "the run is complete", keep=set(plan.standing))  # unneeded loop iterations

@@ -16,7 +16,8 @@
    gate that stands for the finished loop.
 
 The exit code is CMD's, except in a loop stopped by exit code (another code means
-"again", not failure) and when the loop runs out of iterations (3).
+"again", not failure) and when the loop runs out of iterations (3).  A CMD that cannot be
+started is one line on stderr (``command not found: solvr``) and a shell's code (127, 126).
 """
 
 from __future__ import annotations
@@ -129,9 +130,47 @@ async def _recorded(bus: Bus, spec: StepSpec, key: str, cwd: Path) -> dict[str, 
     return found
 
 
+NOT_FOUND, NOT_RUNNABLE = 127, 126  # what a shell answers for a command it cannot find, or cannot run
+
+
+class _NotStarted(Exception):
+    """The command could not be started (said on stderr); ``code`` is the step's exit code.
+
+    It fails the step even in a loop stopped by exit code: no later iteration would start it either.
+    """
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _cannot_start(argv: list[str], exc: OSError) -> tuple[int, str]:
+    """The exit code and the one line a shell would give for a command that could not be started.
+
+    ``command not found: solvr`` (127), as the local site's wrapper says it for a plain job;
+    ``permission denied: ./run.sh`` (126); anything else with the system's reason (126).
+    """
+    name = argv[0]
+    if isinstance(exc, FileNotFoundError) and exc.filename in (None, name):
+        return NOT_FOUND, f"command not found: {name}"
+    if isinstance(exc, PermissionError) and exc.filename in (None, name):
+        return NOT_RUNNABLE, f"permission denied: {name}"
+    where = f" ({exc.filename})" if exc.filename not in (None, name) else ""
+    return NOT_RUNNABLE, f"cannot run {name}: {exc.strerror or exc}{where}"
+
+
 async def _run_command(argv: list[str], cwd: Path) -> tuple[int, str]:
-    """Run CMD, passing its output through; its exit code and the tail of its stdout."""
-    proc = await asyncio.create_subprocess_exec(*argv, cwd=cwd, stdout=asyncio.subprocess.PIPE)
+    """Run CMD, passing its output through; its exit code and the tail of its stdout.
+
+    A command that cannot be started is one line on stderr, never a traceback (the line is
+    what ``run`` shows), and :class:`_NotStarted` with a shell's exit code.
+    """
+    try:
+        proc = await asyncio.create_subprocess_exec(*argv, cwd=cwd, stdout=asyncio.subprocess.PIPE)
+    except OSError as exc:
+        code, line = _cannot_start(argv, exc)
+        print(line, file=sys.stderr, flush=True)
+        raise _NotStarted(code) from None
     loop = asyncio.get_running_loop()
 
     def forward(signum: int) -> None:
@@ -257,7 +296,10 @@ async def run_step(bus: Bus, spec: StepSpec, argv: list[str]) -> int:
             await bus.publish(make_event(info, source=f"/sites/{job.site}/step-exec"))
         code, done = int(recorded.get("lwfm_exit", 0)), recorded.get("lwfm_loop") == "done"
     else:
-        code, output = await _run_command(argv, cwd)
+        try:
+            code, output = await _run_command(argv, cwd)
+        except _NotStarted as failed:
+            return failed.code
         looping = spec.until is not None
         tolerated = looping and spec.until is not None and spec.until.kind == "exit_code"
         if code != 0 and not tolerated:

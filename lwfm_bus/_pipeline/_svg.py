@@ -57,11 +57,22 @@ def _points(points: tuple[tuple[int, int], ...]) -> str:
     return " ".join(f"{x},{y}" for x, y in points)
 
 
+def _drawn(m: MetroMap) -> set[int]:
+    """The lines whose colour the map draws: on a link, or as a station's ring (an interchange is black)."""
+    maps = [m, *(s.submap for s in m.walk() if s.submap is not None)]
+    used = {link.line for mm in maps for link in mm.links if link.line is not None}
+    return used | {s.line for mm in maps for s in mm.stations if s.submap is None and not s.interchange}
+
+
 def to_svg(m: MetroMap, status: Mapping[str, StationStatus] | None = None) -> str:
-    """The map as an SVG document; with ``status`` (by step path), stations are coloured and counted."""
+    """The map as an SVG document; with ``status`` (by step path), stations are coloured and counted.
+
+    The legend lists the lines drawn, and only those.
+    """
     st = with_nested(m, status) if status is not None else None
-    lines = list(m.all_lines())
-    legend_w = max(len(_line_text(line)) for line in lines) * CHAR_W + 60
+    drawn = _drawn(m)
+    lines = [line for line in m.all_lines() if line.index in drawn]
+    legend_w = max((len(_line_text(line)) for line in lines), default=0) * CHAR_W + 60
     title = _fit(m.name, 80)
     desc = _fit(m.description or "", 140)
     width = int(max(m.width + 2 * _MARGIN, legend_w + 2 * _MARGIN, len(desc) * CHAR_W + 2 * _MARGIN, 480))

@@ -56,9 +56,12 @@ except ImportError:  # pragma: no cover - Windows
 # When nobody watches it any more -- the launcher process died, or the site that
 # launched it was closed (its owner file is gone) -- the wrapper starts a small reporter
 # so the job's end is still published (only orphans pay for that Python start-up).
+# A command that cannot be found is one line, the same the pipeline step runner writes
+# (``command not found: solvr``), with a shell's exit code; `command -v` is a builtin.
 _WRAPPER = (
     'printf "%s\\n" "$$" > "$LWFM_JOB_DIR/wrapper_pid"; '
-    '"$@"; rc=$?; '
+    'if command -v "$1" >/dev/null 2>&1; then "$@"; rc=$?; '
+    'else printf "command not found: %s\\n" "$1" >&2; rc=127; fi; '
     'printf "%s\\n" "$rc" > "$LWFM_JOB_DIR/exit_status"; '
     'if ! kill -0 "$LWFM_LAUNCHER_PID" 2>/dev/null || [ ! -e "$LWFM_OWNER_FILE" ]; then '
     '"$LWFM_PYTHON" -m lwfm_bus._orphan >/dev/null 2>&1; fi; '

@@ -172,7 +172,7 @@ def test_badges_say_how_each_step_runs() -> None:
     badges = {p.stem: {s.path: s.badge for s in metro_map(load_pipeline(p)).walk() if s.badge} for p in EXAMPLES}
     assert badges["02-parallel"] == {"sample": "x4"}
     assert badges["03-for-each"] == {"stats": "each"}
-    assert badges["05-product"] == {"sample": "each"}
+    assert badges["05-product"] == {"sample": "3x3"}  # the product of 3 sizes and 3 seeds
     assert badges["06-sequence"] == {"walk": "seq 10"}
     assert badges["07-for-each-sequence"] == {"walk": "each, seq 5"}
     assert badges["08-loop-until"] == {"solve": "until <=20"}
@@ -201,9 +201,11 @@ def test_layout_keeps_lines_straight_and_off_other_stations(tmp_path: Path) -> N
     m = metro_map(load_pipeline(write_tree(tmp_path, RICH)))
     by_path = {s.path: s for s in m.walk()}
     lines = {line.index: line.stations for line in m.all_lines()}
-    # A fork starts new lines; a chain continues one; a join starts a new one.
-    assert lines[by_path["train"].line] == ("train", "evaluate")
-    assert len({by_path[p].line for p in ("fetch", "clean", "index", "report")}) == 4
+    # A line goes on through a fork (along its first branch) and a join (the first branch's line); the other
+    # branches start lines of their own.
+    assert lines[by_path["train"].line] == ("fetch", "clean", "train", "evaluate", "report")
+    assert lines[by_path["index"].line] == ("index",) and lines[by_path["late-data"].line] == ("late-data",)
+    assert lines[by_path["evaluate/prep"].line] == ("evaluate/prep", "evaluate/score-a", "evaluate/merge")
     assert {p for p, s in by_path.items() if s.interchange} == {
         "fetch",
         "train",
