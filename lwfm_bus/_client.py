@@ -31,11 +31,13 @@ from ._bus._fedkeeper import keeping_sources
 from ._config import BusConfig, load_config
 from ._errors import ConfigError, JobTimeoutError, JobWillNotRunError, SiteError, TriggerError, UnknownJobError
 from ._events import (
+    EventDecodeError,
     JobStatus,
     JobStatusEvent,
     TriggerCancelled,
     TriggerRegistered,
     WorkflowDefined,
+    decode_event,
     make_event,
     new_id,
 )
@@ -258,19 +260,38 @@ class Bus(EventBus):
                         return event.data
             raise UnknownJobError(job_id)  # pragma: no cover - a followed subscription does not end
 
+        async def live() -> JobStatus:
+            # The same events as they are published here, on a plain subscription: a second
+            # way to hear the end, should the JetStream consumer above miss it (seen, rarely,
+            # under load).  A job's end reported on another site arrives through the stream.
+            sub = await self.nats.subscribe(subject)
+            try:
+                while True:
+                    msg = await sub.next_msg(timeout=None)
+                    try:
+                        event = decode_event(msg.data, self.config.max_event_bytes, msg.subject)
+                    except EventDecodeError:
+                        continue  # parked by the readers of the stream
+                    if isinstance(event, JobStatusEvent) and event.data.state.is_terminal:
+                        return event.data
+            finally:
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
+
         async def ended() -> JobStatus:
-            done = asyncio.ensure_future(terminal())
+            heard = [asyncio.ensure_future(live()), asyncio.ensure_future(terminal())]
             doomed = asyncio.ensure_future(self._never_runs(job_id))
             try:
-                await asyncio.wait({done, doomed}, return_when=asyncio.FIRST_COMPLETED)
-                if done.done():
-                    return done.result()
+                await asyncio.wait({*heard, doomed}, return_when=asyncio.FIRST_COMPLETED)
+                for task in heard:
+                    if task.done():
+                        return task.result()
                 doomed.result()  # raises JobWillNotRunError
                 raise AssertionError("unreachable")  # pragma: no cover
             finally:
-                for task in (done, doomed):
-                    task.cancel()
-                await asyncio.gather(done, doomed, return_exceptions=True)
+                for pending in (*heard, doomed):
+                    pending.cancel()
+                await asyncio.gather(*heard, doomed, return_exceptions=True)
 
         try:
             return await asyncio.wait_for(ended(), timeout)

@@ -72,6 +72,7 @@ __all__ = [
     "remove_all",
     "remove_env",
     "run_in_env",
+    "terminate_on_signal",
 ]
 
 log = logging.getLogger(__name__)
@@ -340,6 +341,50 @@ def _redact(arg: str) -> str:
     return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
+# While an installer step is being started, a termination signal must wait: raised inside
+# Popen's constructor it would leave the step running unknown to us (it then writes the
+# environment's directory after we removed it).  Deferred, it is raised once the step's
+# process exists, where stopping the build kills it.
+_spawning = False
+_deferred: int | None = None
+
+
+def terminate_on_signal(signum: int, frame: object) -> None:
+    """A SIGTERM handler for a process that builds environments: exit 128+signum, cleanly.
+
+    The build is stopped and its directory removed (see :func:`_build`).
+    """
+    global _deferred
+    if _spawning:
+        _deferred = signum
+        return
+    raise SystemExit(128 + signum)
+
+
+def _start(argv: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    global _spawning, _deferred
+    _spawning = True
+    try:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+    finally:
+        _spawning = False
+
+
+def _raise_deferred() -> None:
+    global _deferred
+    signum, _deferred = _deferred, None
+    if signum is not None:
+        raise SystemExit(128 + signum)
+
+
 def _run(argv: list[str], headline: str) -> str:
     """Run an installer step; on failure raise with its last error line and the tail of its output."""
     env = {k: v for k, v in os.environ.items() if k not in _INSTALLER_UNSET}
@@ -347,16 +392,9 @@ def _run(argv: list[str], headline: str) -> str:
     # Its own process group: a step starts processes of its own (venv runs ensurepip, pip runs
     # builds), and a build stopped half-way must stop them all before its directory is removed,
     # or they write into it again after the removal.
-    with subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    ) as proc:
+    with _start(argv, env) as proc:
         try:
+            _raise_deferred()  # a signal that came while it was being started
             stdout, stderr = proc.communicate()
         except BaseException:
             _stop_group(proc)

@@ -14,12 +14,11 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from .._config import BusConfig
 from .._errors import ConfigError, EnvBuildError
-from .._pyenv import Installer, list_envs, remove_all, remove_env, run_in_env
+from .._pyenv import Installer, list_envs, remove_all, remove_env, run_in_env, terminate_on_signal
 from ._print import shown
 
 __all__ = ["BUILD_FAILED", "register"]
@@ -67,10 +66,6 @@ def _root(args: argparse.Namespace, config: BusConfig) -> Path:
     return root
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
 async def exec_(args: argparse.Namespace, config: BusConfig) -> int:
     command = list(args.command)
     if command[:1] == ["--"]:
@@ -81,7 +76,7 @@ async def exec_(args: argparse.Namespace, config: BusConfig) -> int:
     # raise at once, so pip is killed and the half-built environment removed before we exit.
     if sys.platform != "win32":
         asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGTERM, terminate_on_signal)
     logger = logging.getLogger("lwfm_bus._pyenv")
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)  # a build is worth one line in the job's log

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 from pathlib import Path
 
 import lwfm_bus as lb
@@ -49,3 +52,30 @@ async def test_many_trigger_lookups_make_no_consumer_each(bus: lb.Bus) -> None:
     after = (await bus.jetstream.stream_info("LWFM")).state.consumer_count
     assert after - before < 5, (before, after)
     assert {r.state for r in await bus.triggers()} == {"cancelled"}
+
+
+async def test_workflow_cancel_from_the_shell(bus: lb.Bus, bus_config: lb.BusConfig) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_")}
+    cli = [sys.executable, "-m", "lwfm_bus", "--home", str(bus_config.home), "--url", bus_config.servers[0]]
+    async with lb.serve_engine(bus, _ENGINE):
+        wf = await bus.define_workflow("shell")
+        a = await bus.submit(lb.JobDefn.of(["sleep", "300"]), workflow=wf)
+        t = await bus.set_job_trigger(lb.JobDefn.of(["true"]), a, workflow=wf)
+        await wait_state(bus, a.job_id, JobState.RUNNING)
+        proc = await asyncio.create_subprocess_exec(
+            *cli, "workflow", "cancel", wf.workflow_id, "--reason", "typo in input",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().splitlines() == [
+        f"workflow {wf.workflow_id}: 1 trigger(s) withdrawn, 1 job(s) cancelled",
+        f"  cancelled {a.job_id}",
+    ]
+    record = await bus.trigger(t.trigger_id)
+    assert record is not None and (record.state, record.reason) == ("cancelled", "typo in input")
+    nope = await asyncio.create_subprocess_exec(
+        *cli, "workflow", "cancel", "no-such-workflow", stderr=asyncio.subprocess.PIPE, env=env
+    )
+    _, err = await asyncio.wait_for(nope.communicate(), 60)
+    assert nope.returncode == 2 and len(err.decode().strip().splitlines()) == 1
