@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import nats.errors
+import nats.js.errors
 
 from ._bus._bundle import ImportReport, export_bundle, import_bundle
 from ._bus._connect import open_event_bus
-from ._bus._eventbus import EventBus
+from ._bus._eventbus import STREAM, EventBus
 from ._bus._fedkeeper import keeping_sources
 from ._config import BusConfig, load_config
 from ._errors import ConfigError, JobTimeoutError, JobWillNotRunError, SiteError, TriggerError, UnknownJobError
@@ -260,11 +261,10 @@ class Bus(EventBus):
                         return event.data
             raise UnknownJobError(job_id)  # pragma: no cover - a followed subscription does not end
 
-        async def live() -> JobStatus:
+        async def live(sub: Any) -> JobStatus:
             # The same events as they are published here, on a plain subscription: a second
-            # way to hear the end, should the JetStream consumer above miss it (seen, rarely,
+            # way to hear the end, should the JetStream consumer below miss it (seen, rarely,
             # under load).  A job's end reported on another site arrives through the stream.
-            sub = await self.nats.subscribe(subject)
             try:
                 while True:
                     msg = await sub.next_msg(timeout=None)
@@ -278,8 +278,28 @@ class Bus(EventBus):
                 with contextlib.suppress(nats.errors.Error):
                     await sub.unsubscribe()
 
+        async def stored() -> JobStatus:
+            # An end already stored, read by subject (no consumer): with ``live`` subscribed
+            # first, an end is either here or heard there.
+            for state in (JobState.COMPLETE, JobState.FAILED, JobState.CANCELLED):
+                try:
+                    raw = await self.jetstream.get_msg(
+                        STREAM, seq=1, subject=f"{ROOT}.*.job.*.{job_id}.{state.value}", next=True
+                    )
+                except nats.js.errors.NotFoundError:
+                    continue
+                with contextlib.suppress(EventDecodeError):
+                    event = decode_event(raw.data or b"", self.config.max_event_bytes, raw.subject)
+                    if isinstance(event, JobStatusEvent):
+                        return event.data
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")  # pragma: no cover
+
         async def ended() -> JobStatus:
-            heard = [asyncio.ensure_future(live()), asyncio.ensure_future(terminal())]
+            # Subscribed before the store is read (one connection keeps the order): an end is
+            # either stored by then, or heard.
+            listening = asyncio.ensure_future(live(await self.nats.subscribe(subject)))
+            heard = [listening, asyncio.ensure_future(stored()), asyncio.ensure_future(terminal())]
             doomed = asyncio.ensure_future(self._never_runs(job_id))
             try:
                 await asyncio.wait({*heard, doomed}, return_when=asyncio.FIRST_COMPLETED)
@@ -301,25 +321,41 @@ class Bus(EventBus):
     async def _never_runs(self, job_id: str) -> None:
         """Raise :class:`JobWillNotRunError` once every trigger that could start ``job_id`` has ended otherwise.
 
-        Returns never otherwise.  Woken by trigger outcomes (subscribed to before the
-        index is read, so none is missed between the two).
+        Returns never otherwise.  The index is read once (after subscribing, so nothing
+        is missed between the two); from then on the outcomes heard on a plain
+        subscription are applied here, so many waiters cost no index work per event.
         """
-        # A plain subscription, not a JetStream consumer: only outcomes from now on are
-        # needed (the index holds the past), and it is cheap beside the job's own consumer.
         outcomes = await self.nats.subscribe(f"{ROOT}.*.trigger.>")
         try:
+            index = await self.index()
+            if await index.job(job_id) is not None:
+                await asyncio.Event().wait()  # it exists: its own end will come
+            starters = {
+                t.trigger_id: _Starter(t.definition, t.state, t.reason) for t in await index.triggers_starting(job_id)
+            }
+            last = ""
             while True:
-                index = await self.index()
-                if await index.job(job_id) is None:
-                    starters = await index.triggers_starting(job_id)
-                    if starters and all(_cannot_start(t, job_id) for t in starters):
-                        last = starters[-1]
-                        raise JobWillNotRunError(job_id, last.trigger_id, last.state, last.reason)
-                ids = {t.trigger_id for t in await index.triggers_starting(job_id)}
-                while True:  # lwfm.<site>.trigger.<workflow>.<trigger>.<what>
-                    parts = (await outcomes.next_msg(timeout=None)).subject.split(".")
-                    if len(parts) == 6 and (parts[4] in ids or parts[5] == "registered"):
-                        break
+                if starters and all(_cannot_start(s, job_id) for s in starters.values()):
+                    tid = last or next(iter(starters))
+                    raise JobWillNotRunError(job_id, tid, starters[tid].state, starters[tid].reason)
+                msg = await outcomes.next_msg(timeout=None)
+                parts = msg.subject.split(".")  # lwfm.<site>.trigger.<workflow>.<trigger>.<what>
+                if len(parts) != 6 or (parts[4] not in starters and parts[5] != "registered"):
+                    continue
+                try:
+                    event = decode_event(msg.data, self.config.max_event_bytes, msg.subject)
+                except EventDecodeError:
+                    continue
+                data = event.data
+                if isinstance(data, TriggerRegistered):
+                    if _starts(data.definition, job_id):
+                        starters[data.trigger_id] = _Starter(data.definition, "active", None)
+                    continue
+                state = _OUTCOME_STATES.get(parts[5])
+                if state is not None:
+                    reason = getattr(data, "reason", None)
+                    starters[parts[4]] = _Starter(starters[parts[4]].definition, state, reason)
+                    last = parts[4]
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await outcomes.unsubscribe()
@@ -597,7 +633,24 @@ class WorkflowStop:
     still_active: tuple[str, ...]
 
 
-def _cannot_start(t: TriggerRecord, job_id: str) -> bool:
+@dataclass(frozen=True)
+class _Starter:
+    """A trigger that could start an awaited job, as far as the waiter knows."""
+
+    definition: Trigger
+    state: str
+    reason: str | None
+
+
+_OUTCOME_STATES = {"fired": "fired", "expired": "expired", "failed": "failed", "cancelled": "cancelled"}
+
+
+def _starts(trigger: Trigger, job_id: str) -> bool:
+    fallback = trigger.fallback if isinstance(trigger, JoinTrigger) else None
+    return trigger.downstream.job_id == job_id or (fallback is not None and fallback.job_id == job_id)
+
+
+def _cannot_start(t: _Starter, job_id: str) -> bool:
     """Whether trigger ``t`` has ended without (and can no longer) start the job ``job_id``."""
     if t.state in ("failed", "cancelled"):
         return True

@@ -9,13 +9,15 @@ does not configure is one) or the bus refuses the run (one line).
 from __future__ import annotations
 
 import argparse
+import asyncio
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
 from .._client import connect
 from .._config import BusConfig
-from .._errors import LwfmBusError, PipelineError
+from .._errors import BusClosedError, LwfmBusError, PipelineError, PublishError
 from .._pipeline._run import plural, run_pipeline
 from .._subjects import check_token
 from ._print import add_set_option, load_or_report, print_issues, shown
@@ -55,11 +57,27 @@ async def run(args: argparse.Namespace, config: BusConfig) -> int:
     # double firing), so a pipeline runs even where no 'lwfm-bus up' is running.
     engine = "on" if config.engine == "auto" else config.engine
     refused: list[LwfmBusError] = []
+    started: list[str] = []  # the run's workflow id, once it is defined
     try:
-        async with connect(config.model_copy(update={"engine": engine}), name=f"lwfm-bus run {pipeline.name}") as bus:
-            report = await run_pipeline(bus, pipeline, echo, resume=args.resume)
-    except* LwfmBusError as group:  # a glob that matches nothing, a query that finds nothing, a site...
-        refused += [e for e in group.exceptions if isinstance(e, LwfmBusError)]
+        try:
+            async with connect(
+                config.model_copy(update={"engine": engine}), name=f"lwfm-bus run {pipeline.name}"
+            ) as bus:
+                report = await run_pipeline(bus, pipeline, echo, resume=args.resume, started=started.append)
+        except* LwfmBusError as group:  # a glob that matches nothing, a query that finds nothing, a site...
+            refused += [e for e in group.exceptions if isinstance(e, LwfmBusError)]
+        except* (ConnectionError, TimeoutError) as group:  # the server went away: closing the connection failed
+            gone = group.exceptions[0]
+            refused += [_lost(gone) or BusClosedError(f"the connection failed: {gone!r}")]
+    except (asyncio.CancelledError, KeyboardInterrupt):  # Ctrl-C (or SIGTERM): say how to go on, then end as before
+        if started:
+            _print_next_steps(args, started[0])
+        raise
+    lost = [e for e in refused if isinstance(e, (PublishError, BusClosedError))]
+    if lost and started:  # the bus went away under the run: what ran so far stays; say how to go on
+        resume = _resume_command(args, started[0])
+        print(f"lwfm-bus: error: lost the bus ({shown(lost[0])}); resume with '{shown(resume)}'", file=sys.stderr)
+        return 2
     if refused:
         for err in refused:
             if isinstance(err, PipelineError):
@@ -76,3 +94,32 @@ async def run(args: argparse.Namespace, config: BusConfig) -> int:
     for failure in report.failures:
         print(f"  failed: {shown(failure)}", file=sys.stderr)
     return 0 if report.ok else 1
+
+
+def _print_next_steps(args: argparse.Namespace, workflow_id: str) -> None:
+    """After an interruption: the commands that resume the run, or cancel what of it still runs."""
+    resume = _resume_command(args, workflow_id)
+    cancel = shlex.join(["lwfm-bus", "workflow", "cancel", workflow_id])
+    print(f"\ninterrupted: the jobs and triggers of run {shown(workflow_id)} stay on the bus", file=sys.stderr)
+    print(f"  resume it with: {shown(resume)}", file=sys.stderr)
+    print(f"  or cancel it with: {shown(cancel)}", file=sys.stderr)
+
+
+def _resume_command(args: argparse.Namespace, workflow_id: str) -> str:
+    """``lwfm-bus run FILE [--set ...] --resume W``: this command again, continuing run ``W``."""
+    sets = [word for value in args.overrides for word in ("--set", value)]
+    return shlex.join(["lwfm-bus", "run", str(args.file), *sets, "--resume", workflow_id])
+
+
+def _lost(error: BaseException) -> LwfmBusError | None:
+    """The bus error the run ended with, when closing the connection then failed too (in ``__context__``)."""
+    seen: BaseException | None = error.__context__
+    while seen is not None:
+        if isinstance(seen, BaseExceptionGroup):
+            found = seen.subgroup(LwfmBusError)
+            if found is not None:
+                return next((e for e in found.exceptions if isinstance(e, LwfmBusError)), None)
+        elif isinstance(seen, LwfmBusError):
+            return seen
+        seen = seen.__context__
+    return None

@@ -302,20 +302,50 @@ async def _stderr_tail(bus: Bus, job_id: str) -> list[str]:
     return [line if len(line) <= _TAIL_WIDTH else line[: _TAIL_WIDTH - 3] + "..." for line in lines[-_TAIL_LINES:]]
 
 
-async def run_pipeline(bus: Bus, pipeline: Pipeline, echo: Echo = print, *, resume: str | None = None) -> RunReport:
+async def _check_resume(bus: Bus, pipeline: Pipeline, workflow_id: str) -> None:
+    """Refuse to resume a workflow that is not a run of ``pipeline``, saying what it is.
+
+    A run is the workflow ``run_pipeline`` defines: named after its pipeline, with the
+    pipeline's file among its properties.
+    """
+    record = await bus.workflow(workflow_id)
+    if record is not None and "pipeline" in record.properties:
+        if record.name == pipeline.name:
+            return
+        raise LwfmBusError(f"{workflow_id!r} is a run of pipeline {record.name!r}, not of {pipeline.name!r}")
+    jobs = await bus.jobs(workflow=workflow_id, limit=None)
+    if record is None and not jobs:
+        raise LwfmBusError(f"no workflow {workflow_id!r} is known")
+    raise LwfmBusError(f"{workflow_id!r} is not a pipeline run (a workflow with {plural(len(jobs), 'job')})")
+
+
+async def run_pipeline(
+    bus: Bus,
+    pipeline: Pipeline,
+    echo: Echo = print,
+    *,
+    resume: str | None = None,
+    started: Callable[[str], None] | None = None,
+) -> RunReport:
     """Compile ``pipeline`` onto the bus, follow it, and report how it ended.
 
     ``resume`` continues an earlier run (its workflow id) instead of starting a new one:
     its jobs have the same ids, so what already ran or still runs is not started again,
-    and its triggers are the same triggers.  A step on a site that is neither configured
-    nor a member of this bus's federation is refused (:class:`PipelineError`) before
-    anything is published.
+    and its triggers are the same triggers.  A workflow that is not a run of this
+    pipeline is refused (:class:`LwfmBusError`, saying what it is).  A step on a site
+    that is neither configured nor a member of this bus's federation is refused
+    (:class:`PipelineError`).  Both before anything is published.  ``started`` is told
+    the run's workflow id as soon as it is defined (what to resume after an interruption).
     """
     _check_sites(bus, pipeline)
+    if resume is not None:
+        await _check_resume(bus, pipeline, resume)
     await _ensure_workspaces(bus, pipeline, echo)
     if resume is None:
         await _retire_standing(bus, pipeline, echo)
     wf = await bus.define_workflow(pipeline.name, {"pipeline": str(pipeline.source or "")}, workflow_id=resume)
+    if started is not None:
+        started(wf.workflow_id)
 
     async def finder(query: DataQuery) -> list[DataRecord]:
         records: list[DataRecord] = []
