@@ -351,10 +351,9 @@ class Bus(EventBus):
                     if _starts(data.definition, job_id):
                         starters[data.trigger_id] = _Starter(data.definition, "active", None)
                     continue
-                state = _OUTCOME_STATES.get(parts[5])
-                if state is not None:
+                if parts[5] in _OUTCOMES:
                     reason = getattr(data, "reason", None)
-                    starters[parts[4]] = _Starter(starters[parts[4]].definition, state, reason)
+                    starters[parts[4]] = _Starter(starters[parts[4]].definition, parts[5], reason)
                     last = parts[4]
         finally:
             with contextlib.suppress(nats.errors.Error):
@@ -642,24 +641,26 @@ class _Starter:
     reason: str | None
 
 
-_OUTCOME_STATES = {"fired": "fired", "expired": "expired", "failed": "failed", "cancelled": "cancelled"}
+_OUTCOMES = frozenset({"fired", "expired", "failed", "cancelled"})  # the index's trigger states, as subject tokens
+
+
+def _is_fallback(trigger: Trigger, job_id: str) -> bool:
+    fallback = trigger.fallback if isinstance(trigger, JoinTrigger) else None
+    return fallback is not None and fallback.job_id == job_id
 
 
 def _starts(trigger: Trigger, job_id: str) -> bool:
-    fallback = trigger.fallback if isinstance(trigger, JoinTrigger) else None
-    return trigger.downstream.job_id == job_id or (fallback is not None and fallback.job_id == job_id)
+    return trigger.downstream.job_id == job_id or _is_fallback(trigger, job_id)
 
 
 def _cannot_start(t: _Starter, job_id: str) -> bool:
     """Whether trigger ``t`` has ended without (and can no longer) start the job ``job_id``."""
     if t.state in ("failed", "cancelled"):
         return True
-    fallback = t.definition.fallback if isinstance(t.definition, JoinTrigger) else None
-    is_fallback = fallback is not None and fallback.job_id == job_id
     if t.state == "expired":
-        return not is_fallback  # an expiry starts the fallback, and only it
+        return not _is_fallback(t.definition, job_id)  # an expiry starts the fallback, and only it
     if t.state == "fired":
-        return is_fallback  # a firing starts the downstream, never the fallback
+        return _is_fallback(t.definition, job_id)  # a firing starts the downstream, never the fallback
     return False  # active
 
 
