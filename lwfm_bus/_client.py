@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import nats.errors
 import nats.js.errors
 
@@ -275,7 +277,7 @@ class Bus(EventBus):
                     if isinstance(event, JobStatusEvent) and event.data.state.is_terminal:
                         return event.data
             finally:
-                with contextlib.suppress(nats.errors.Error):
+                with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):
                     await sub.unsubscribe()
 
         async def stored() -> JobStatus:
@@ -288,35 +290,51 @@ class Bus(EventBus):
                     )
                 except nats.js.errors.NotFoundError:
                     continue
+                except nats.errors.Error as exc:  # the other two ways still hear it
+                    log.debug("wait %s: the stored end could not be read: %r", job_id, exc)
+                    break
                 with contextlib.suppress(EventDecodeError):
                     event = decode_event(raw.data or b"", self.config.max_event_bytes, raw.subject)
                     if isinstance(event, JobStatusEvent):
                         return event.data
-            await asyncio.Event().wait()
+            await anyio.sleep_forever()
             raise AssertionError("unreachable")  # pragma: no cover
 
         async def ended() -> JobStatus:
             # Subscribed before the store is read (one connection keeps the order): an end is
-            # either stored by then, or heard.
-            listening = asyncio.ensure_future(live(await self.nats.subscribe(subject)))
-            heard = [listening, asyncio.ensure_future(stored()), asyncio.ensure_future(terminal())]
-            doomed = asyncio.ensure_future(self._never_runs(job_id))
-            try:
-                await asyncio.wait({*heard, doomed}, return_when=asyncio.FIRST_COMPLETED)
-                for task in heard:
-                    if task.done():
-                        return task.result()
-                doomed.result()  # raises JobWillNotRunError
-                raise AssertionError("unreachable")  # pragma: no cover
-            finally:
-                for pending in (*heard, doomed):
-                    pending.cancel()
-                await asyncio.gather(*heard, doomed, return_exceptions=True)
+            # either stored by then, or heard.  The first of the four to finish decides.
+            #
+            # The race runs in an anyio task group, not in asyncio tasks cancelled once:
+            # on Python 3.11, a task cancelled while nats-py awaits a reply inside
+            # ``asyncio.wait_for`` can lose the cancellation (the reply had arrived), and
+            # a loser cancelled once would then wait for ever -- and so would this call,
+            # after the job had ended.  anyio cancels again at every await until the
+            # loser has left.
+            sub = await self.nats.subscribe(subject)
+            outcome: list[JobStatus | Exception] = []
+            async with anyio.create_task_group() as tg:
 
-        try:
-            return await asyncio.wait_for(ended(), timeout)
-        except TimeoutError:
-            raise JobTimeoutError(f"job {job_id} did not finish within {timeout}s") from None
+                async def first(racer: Callable[[], Awaitable[JobStatus | None]]) -> None:
+                    result: JobStatus | Exception | None
+                    try:
+                        result = await racer()
+                    except Exception as exc:  # noqa: BLE001 - JobWillNotRunError, or a lost connection: raised below, unwrapped
+                        result = exc
+                    if result is not None:
+                        outcome.append(result)
+                        tg.cancel_scope.cancel()
+
+                tg.start_soon(first, functools.partial(live, sub))
+                tg.start_soon(first, stored)
+                tg.start_soon(first, terminal)
+                tg.start_soon(first, functools.partial(self._never_runs, job_id))
+            if isinstance(outcome[0], Exception):
+                raise outcome[0]
+            return outcome[0]
+
+        with anyio.move_on_after(timeout):
+            return await ended()
+        raise JobTimeoutError(f"job {job_id} did not finish within {timeout}s")
 
     async def _never_runs(self, job_id: str) -> None:
         """Raise :class:`JobWillNotRunError` once every trigger that could start ``job_id`` has ended otherwise.
@@ -329,7 +347,7 @@ class Bus(EventBus):
         try:
             index = await self.index()
             if await index.job(job_id) is not None:
-                await asyncio.Event().wait()  # it exists: its own end will come
+                await anyio.sleep_forever()  # it exists: its own end will come
             starters = {
                 t.trigger_id: _Starter(t.definition, t.state, t.reason) for t in await index.triggers_starting(job_id)
             }
@@ -356,7 +374,7 @@ class Bus(EventBus):
                     starters[parts[4]] = _Starter(starters[parts[4]].definition, parts[5], reason)
                     last = parts[4]
         finally:
-            with contextlib.suppress(nats.errors.Error):
+            with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):
                 await outcomes.unsubscribe()
 
     async def status(self, job_id: str) -> JobRecord:

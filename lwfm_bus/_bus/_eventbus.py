@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
 
+import anyio
 import nats
 import nats.errors
 import nats.js.errors
@@ -497,7 +498,9 @@ class Subscription:
     async def close(self) -> None:
         sub, self._sub = self._sub, None
         if sub is not None:
-            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+            # Shielded: closed by a cancelled task (a waiter that lost its race), the
+            # unsubscribe must still reach the server.
+            with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
                 await sub.unsubscribe()
 
     def __aiter__(self) -> Subscription:

@@ -78,6 +78,35 @@ async def test_a_plain_job_is_still_waited_for(bus: lb.Bus) -> None:
     assert (await job.wait(timeout=60)).state is JobState.COMPLETE
 
 
+async def test_wait_returns_when_a_losing_watch_swallows_its_cancellation(
+    bus: lb.Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job's end is heard; the watches that lost must stop, even one that ignores a cancel.
+
+    On Python 3.11 nats-py awaits replies inside ``asyncio.wait_for``, which returns the
+    reply instead of raising when the cancel lands as the reply arrives: a watch cancelled
+    once then waited for ever, and so did ``wait()`` after the job had ended (two engines'
+    50-trigger test, about one run in six).  That race cannot be produced on demand, so
+    this fake trigger watch swallows the first cancel as nats-py does.  It failed before
+    the fix (JobTimeoutError).
+    """
+    swallowed = asyncio.Event()
+
+    async def swallows_one_cancel(self: lb.Bus, job_id: str) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            swallowed.set()  # lost, as in nats-py's wait_for
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(lb.Bus, "_never_runs", swallows_one_cancel)
+    job = lb.new_id()
+    await bus.publish(lb.make_event(lb.JobStatus(job_id=job, site="local", state=JobState.COMPLETE), source="/t"))
+    final = await bus.wait(job, timeout=30)
+    assert final.state is JobState.COMPLETE
+    assert swallowed.is_set()
+
+
 @pytest.fixture
 def laptop(tmp_path: Path) -> Iterator[lb.BusConfig]:
     config = lb.BusConfig(home=tmp_path / "home")
