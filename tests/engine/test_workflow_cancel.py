@@ -43,6 +43,17 @@ async def test_cancel_workflow_withdraws_its_triggers_and_cancels_its_jobs(bus: 
         assert again == lb.WorkflowStop(wf.workflow_id, (), (), ())
 
 
+async def test_many_trigger_lookups_make_no_consumer_each(bus: lb.Bus) -> None:
+    """920 cancel_trigger calls in a loop crashed with 'maximum consumers limit reached'."""
+    triggers = [await bus.set_job_trigger(lb.JobDefn.of(["true"]), lb.new_id()) for _ in range(300)]
+    before = (await bus.jetstream.stream_info("LWFM")).state.consumer_count
+    for t in triggers:
+        await bus.cancel_trigger(t.trigger_id)
+    after = (await bus.jetstream.stream_info("LWFM")).state.consumer_count
+    assert after - before < 5, (before, after)
+    assert {r.state for r in await bus.triggers()} == {"cancelled"}
+
+
 async def test_workflow_cancel_from_the_shell(bus: lb.Bus, bus_config: lb.BusConfig) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_")}
     cli = [sys.executable, "-m", "lwfm_bus", "--home", str(bus_config.home), "--url", bus_config.servers[0]]
