@@ -9,12 +9,14 @@ processes racing to start the server end up sharing one.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import os
 import ssl
 import sys
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, Any
@@ -32,7 +34,16 @@ from ._autostart import start_background, up_record
 from ._eventbus import EventBus
 from ._server import EmbeddedServer
 
-__all__ = ["federation_member", "open_event_bus", "running_server_url", "serve_embedded"]
+__all__ = [
+    "OUTAGE",
+    "connection_lost_for",
+    "federation_member",
+    "hide_outages",
+    "is_connection_trouble",
+    "open_event_bus",
+    "running_server_url",
+    "serve_embedded",
+]
 
 log = logging.getLogger("lwfm_bus.connect")
 
@@ -145,6 +156,68 @@ def _refused(config: BusConfig, servers: list[str]) -> str:
     )
 
 
+OUTAGE: dict[str, Any] = {"lwfm_outage": True}  # ``extra=`` of a log line that only says the server is away
+
+
+def hide_outages(handler: logging.Handler) -> None:
+    """Drop the lines marked :data:`OUTAGE` from ``handler``.
+
+    For a foreground command that says itself, in one line, that it lost the bus:
+    the connection's and the reporters' running commentary would only repeat it.
+    """
+    handler.addFilter(lambda record: not getattr(record, "lwfm_outage", False))
+
+
+class _Liveness:
+    """Whether a connection is up, as events: set by the connection's callbacks."""
+
+    def __init__(self) -> None:
+        self.up, self.down = asyncio.Event(), asyncio.Event()
+        self.up.set()
+
+
+_LIVENESS: weakref.WeakKeyDictionary[NATS, _Liveness] = weakref.WeakKeyDictionary()
+
+
+async def connection_lost_for(nc: NATS, grace_s: float) -> None:
+    """Return once ``nc`` has been disconnected for ``grace_s`` seconds on end.
+
+    nats-py reconnects for ever, and a subscription waits through an outage without a
+    word: a foreground command that follows events races this to end with "lost the
+    bus" instead of hanging, while a server that comes back within the grace is survived.
+    """
+    live = _LIVENESS.get(nc)
+    if live is None:  # pragma: no cover - every connection is made by _nats_connect
+        await anyio.sleep_forever()
+        return
+    while True:
+        await live.down.wait()
+        with anyio.move_on_after(grace_s):
+            await live.up.wait()
+            continue
+        return
+
+
+def is_connection_trouble(exc: BaseException, nc: NATS | None = None) -> bool:
+    """Whether ``exc`` says the connection to NATS is down (or ``nc`` is reconnecting).
+
+    Such a failure is retried by whoever met it and said once by the connection; callers
+    log it in one line, without a traceback, instead of as a fault of their own.
+    """
+    if nc is not None and not nc.is_connected:
+        return True
+    return isinstance(
+        exc,
+        (
+            OSError,
+            nats.errors.ConnectionClosedError,
+            nats.errors.UnexpectedEOF,
+            nats.errors.StaleConnectionError,
+            nats.errors.NoServersError,
+        ),
+    )
+
+
 def _is_refusal(exc: Exception) -> bool:
     return isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in str(exc).lower()
 
@@ -153,17 +226,34 @@ async def _nats_connect(servers: list[str], config: BusConfig, name: str) -> NAT
     failures: list[Exception] = []  # of the first connection's attempts: said once, in the error, if it fails
     connected = False
 
+    said_outage = False  # an outage is said once, not once per reconnect attempt (one a second)
+    live = _Liveness()
+
     async def on_error(exc: Exception) -> None:
+        nonlocal said_outage
         if not connected:
             failures.append(exc)
             return
-        log.warning("nats: %r", exc)
+        if not is_connection_trouble(exc):
+            log.warning("nats: %r", exc)
+        elif said_outage:
+            log.debug("nats: still reconnecting: %r", exc)
+        else:
+            said_outage = True
+            log.warning("nats: connection lost (%r); reconnecting", exc, extra=OUTAGE)
 
     async def on_disconnect() -> None:
+        live.up.clear()
+        live.down.set()
         log.info("nats: disconnected")
 
     async def on_reconnect() -> None:
-        log.info("nats: reconnected")
+        nonlocal said_outage
+        live.down.clear()
+        live.up.set()
+        if said_outage:
+            log.warning("nats: reconnected", extra=OUTAGE)
+        said_outage = False
 
     options: dict[str, Any] = {
         "servers": servers,
@@ -197,6 +287,7 @@ async def _nats_connect(servers: list[str], config: BusConfig, name: str) -> NAT
         why = failures[-1] if failures else exc  # nats-py's own error is only "no servers" after retries
         raise LwfmBusError(f"cannot connect to NATS at {', '.join(servers)}: {why!r}") from exc
     connected = True
+    _LIVENESS[nc] = live
     for failure in failures:
         log.info("nats: before connecting: %r", failure)
     nc.options["max_reconnect_attempts"] = -1

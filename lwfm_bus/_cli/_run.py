@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import logging
 import shlex
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from .._client import connect
+import anyio
+
+from .._bus._connect import connection_lost_for, hide_outages
+from .._client import Bus, connect
 from .._config import BusConfig
 from .._errors import BusClosedError, LwfmBusError, PipelineError, PublishError
-from .._pipeline._run import plural, run_pipeline
+from .._pipeline._run import RunReport, plural, run_pipeline
 from .._subjects import check_token
 from ._print import add_set_option, load_or_report, print_issues, shown
 
@@ -53,6 +59,8 @@ async def run(args: argparse.Namespace, config: BusConfig) -> int:
         if not args.quiet:
             print(shown(line), flush=True)  # a progress line names jobs and quotes their reasons
 
+    for handler in logging.getLogger().handlers:  # a lost bus is said once, at the end, with how to resume
+        hide_outages(handler)
     # This process judges triggers too while it runs (one more engine replica: never a
     # double firing), so a pipeline runs even where no 'lwfm-bus up' is running.
     engine = "on" if config.engine == "auto" else config.engine
@@ -63,11 +71,14 @@ async def run(args: argparse.Namespace, config: BusConfig) -> int:
             async with connect(
                 config.model_copy(update={"engine": engine}), name=f"lwfm-bus run {pipeline.name}"
             ) as bus:
-                report = await run_pipeline(bus, pipeline, echo, resume=args.resume, started=started.append)
+                report = await _unless_lost(
+                    bus,
+                    functools.partial(run_pipeline, bus, pipeline, echo, resume=args.resume, started=started.append),
+                )
         except* LwfmBusError as group:  # a glob that matches nothing, a query that finds nothing, a site...
-            refused += [e for e in group.exceptions if isinstance(e, LwfmBusError)]
+            refused += [e for e in _leaves(group) if isinstance(e, LwfmBusError)]
         except* (ConnectionError, TimeoutError) as group:  # the server went away: closing the connection failed
-            gone = group.exceptions[0]
+            gone = _leaves(group)[0]
             refused += [_lost(gone) or BusClosedError(f"the connection failed: {gone!r}")]
     except (asyncio.CancelledError, KeyboardInterrupt):  # Ctrl-C (or SIGTERM): say how to go on, then end as before
         if started:
@@ -94,6 +105,39 @@ async def run(args: argparse.Namespace, config: BusConfig) -> int:
     for failure in report.failures:
         print(f"  failed: {shown(failure)}", file=sys.stderr)
     return 0 if report.ok else 1
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    """The exceptions of ``group`` and of the groups nested in it (task groups within task groups)."""
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return out
+
+
+_LOST_AFTER_S = 10.0  # a bus restarted within this is survived; longer, and run says how to resume
+
+
+async def _unless_lost(bus: Bus, follow: Callable[[], Awaitable[RunReport]]) -> RunReport:
+    """``follow()``, unless the connection to the bus is down for :data:`_LOST_AFTER_S` first.
+
+    A run following its events through an outage would otherwise wait for ever, silently
+    (nats-py reconnects without end): it ends instead with the one "lost the bus" line.
+    """
+    report: list[RunReport] = []
+    async with anyio.create_task_group() as tg:
+
+        async def run() -> None:
+            report.append(await follow())
+            tg.cancel_scope.cancel()
+
+        async def watch() -> None:
+            await connection_lost_for(bus.nats, _LOST_AFTER_S)
+            raise BusClosedError(f"no connection to the bus for {_LOST_AFTER_S:g}s")
+
+        tg.start_soon(run)
+        tg.start_soon(watch)
+    return report[0]
 
 
 def _print_next_steps(args: argparse.Namespace, workflow_id: str) -> None:

@@ -45,6 +45,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from .._bus._bundle import imported_from
+from .._bus._connect import is_connection_trouble
 from .._bus._eventbus import STREAM, EventBus, deliveries
 from .._events import EventDecodeError, decode_event
 from .._sites._dispatch import Dispatcher
@@ -229,7 +230,10 @@ class Engine:
             await self._judge.judge(event, seq, redelivered, msg)
         except Exception as exc:
             self.stats.errors += 1
-            log.warning("engine: event %s (seq %d) will be retried: %r", event.id, seq, exc, exc_info=True)
+            if is_connection_trouble(exc, self._bus.nats):  # said once by the connection; the stream redelivers
+                log.info("engine: event %s (seq %d) will be retried: %r", event.id, seq, exc)
+            else:
+                log.warning("engine: event %s (seq %d) will be retried: %r", event.id, seq, exc, exc_info=True)
             await settle(msg.nak(delay=min(30.0, 0.5 * deliveries(msg))))
             return
         finally:

@@ -34,6 +34,7 @@ from .._query import DataQuery, DataRecord
 from .._states import JobState
 from .._subjects import workflow_filter
 from .._triggers import DataTrigger, Downstream, JobTrigger, JoinTrigger, Trigger, Upstream
+from ._again import run_again
 from ._model import Pipeline
 from ._plan import AfterJobs, OnData, Plan, PlannedJob, Root, compile_plan
 from ._stepexec import UP_TO_DATE
@@ -58,7 +59,11 @@ class RunReport:
 
 
 def _trigger_id(job: PlannedJob) -> str:
-    return f"t-{job.job_id}"
+    return _trigger_of(job.job_id)
+
+
+def _trigger_of(job_id: str) -> str:
+    return f"t-{job_id}"
 
 
 def _trigger_for(job: PlannedJob, workflow_id: str) -> Trigger:
@@ -362,6 +367,10 @@ async def run_pipeline(
         return pythons.get(site, "python3")
 
     plan = await compile_plan(pipeline, wf.workflow_id, finder, python=python, home=bus.config.home)
+    if resume is not None:  # what failed or was cancelled runs again, as its next attempt
+        jobs = {r.job_id: r.state for r in await bus.jobs(workflow=wf.workflow_id, limit=None)}
+        triggers = {r.trigger_id: r.state for r in await bus.triggers(workflow=wf.workflow_id)}
+        plan = run_again(plan, jobs, triggers, _trigger_of)
     follower = _Follower(plan, echo, functools.partial(_stderr_tail, bus))
     roots = [j for j in plan.jobs if isinstance(j.start, Root)]
     later = len(plan.jobs) - len(roots)

@@ -14,6 +14,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
+from .._bus._connect import OUTAGE
 from .._bus._eventbus import EventBus
 from .._errors import ConfigError, LwfmBusError
 from .._jobs import JobContext, JobDefn
@@ -100,7 +101,9 @@ class Dispatcher:
         except LwfmBusError as exc:
             # Stored is what matters: the job runs and its agent reports it.  Raising now
             # would invite a retry under another id.
-            log.warning("job %s is submitted, but its READY/PENDING were not recorded: %s", ctx.job_id, exc)
+            log.warning(
+                "job %s is submitted, but its READY/PENDING were not recorded: %s", ctx.job_id, exc, extra=OUTAGE
+            )
         return True
 
     async def _say_submitted(self, ctx: JobContext, agent: bool, always_warn: bool) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 
+from .._bus._connect import OUTAGE
 from .._bus._eventbus import EventBus
 from .._errors import BusClosedError, PublishError
 from .._events import Event, JobStatus, make_event
@@ -69,13 +70,13 @@ async def publish_until_acked(
             try:
                 await bus.publish(event)
                 if warned:
-                    log.warning("event %s reached the server after all", event.id)
+                    log.warning("event %s reached the server after all", event.id, extra=OUTAGE)
                 return
             except BusClosedError:
                 raise
             except PublishError as exc:
                 if not warned:
-                    log.warning("event %s not acknowledged (retrying until it is): %s", event.id, exc)
+                    log.warning("event %s not acknowledged (retrying until it is): %s", event.id, exc, extra=OUTAGE)
                     warned = True
                 await anyio.sleep(delay)  # back-off between attempts, not synchronisation
                 delay = min(_MAX_DELAY_S, delay * 2)

@@ -7,6 +7,7 @@ command starts the home's background bus, stopped at the end with ``lwfm-bus dow
 
 from __future__ import annotations
 
+import json
 import queue
 import signal
 import subprocess
@@ -141,3 +142,98 @@ def test_resume_refuses_a_workflow_that_is_not_a_run_of_this_pipeline(tmp_path: 
     assert first.returncode == 0, first.stdout + first.stderr
     again = _cli(home, "run", str(mine), "--resume", _workflow_id(first.stdout.splitlines()[0]))
     assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_resume_runs_again_what_failed_and_nothing_that_completed(tmp_path: Path, home: Path) -> None:
+    """A step that failed -- its runner could not reach the bus, or its command was fixed since
+    -- runs again on resume, as a new attempt; what completed does not.  Before, a resumed run
+    kept the failed job's id and ended FAILED at once."""
+    flag, out = tmp_path / "fixed", tmp_path / "ran.txt"
+    path = tmp_path / "chain.yaml"
+    path.write_text(
+        textwrap.dedent(f"""\
+            pipeline: 1
+            name: chain
+            steps:
+              first:
+                run: [sh, -c, 'echo first >> {out}']
+              flaky:
+                after: first
+                run: [sh, -c, 'test -e {flag} && echo flaky >> {out}']
+              last:
+                after: flaky
+                run: [sh, -c, 'echo last >> {out}']
+        """)
+    )
+    failed = _cli(home, "run", str(path))
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    wf = _workflow_id(failed.stdout.splitlines()[0])
+    assert out.read_text() == "first\n"
+
+    flag.touch()
+    resumed = _cli(home, "run", str(path), "--resume", wf)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"chain ({wf}): complete" in resumed.stdout
+    assert out.read_text() == "first\nflaky\nlast\n"  # first did not run again
+
+    shown = _cli(home, "workflow", "show", wf, "--json")
+    assert shown.returncode == 0, shown.stderr
+    states = sorted((j["name"], j["state"]) for j in json.loads(shown.stdout)["jobs"])
+    assert states == [
+        ("chain:first", "COMPLETE"),
+        ("chain:flaky", "COMPLETE"),  # the new attempt
+        ("chain:flaky", "FAILED"),  # the first attempt, kept in the record
+        ("chain:last", "COMPLETE"),
+    ]
+    again = _cli(home, "run", str(path), "--resume", wf)  # nothing is left to run
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert out.read_text() == "first\nflaky\nlast\n"
+
+
+def test_a_bus_lost_mid_run_is_one_line_and_resume_completes_the_run(tmp_path: Path, home: Path) -> None:
+    """'up' stopped while 'run' registers and submits: one line naming the resume command
+    (it was ~460 lines: a reconnect warning a second and an engine traceback per event),
+    then the resume completes every step, the steps that failed for want of a bus included."""
+    out = tmp_path / "ran"
+    out.mkdir()
+    path = tmp_path / "fan.yaml"
+    path.write_text(
+        textwrap.dedent(f"""\
+            pipeline: 1
+            name: fan
+            steps:
+              work:
+                parallel: 8
+                run: [sh, -c, 'touch {out}/work-{{index}}']
+              next:
+                after: work
+                parallel: 8
+                run: [sh, -c, 'touch {out}/next-{{index}}']
+        """)
+    )
+    assert _cli(home, "status").returncode == 0  # the home's bus, in the background
+    with subprocess.Popen(
+        [*CLI, "--home", str(home), "run", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            lines = _Lines(proc)
+            wf = _workflow_id(lines.until("run "))
+            stopped = _cli(home, "down")
+            assert stopped.returncode == 0, stopped.stderr
+            assert proc.wait(timeout=TIMEOUT) == 2
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        lines.thread.join(timeout=TIMEOUT)
+        assert proc.stderr is not None
+        said = proc.stderr.read().splitlines()
+    resume = f"lwfm-bus run {path} --resume {wf}"
+    assert len(said) == 1, said
+    assert said[0].startswith("lwfm-bus: error: lost the bus (") and said[0].endswith(f"; resume with '{resume}'")
+
+    resumed = _cli(home, "run", str(path), "--resume", wf)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"fan ({wf}): complete" in resumed.stdout
+    assert "work  8/8 complete" in resumed.stdout and "next  8/8 complete" in resumed.stdout
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{s}-{i}" for s in ("work", "next") for i in range(8))
