@@ -27,6 +27,8 @@ import anyio
 
 from lwfm_bus import SiteError
 
+from ._scripts import RESOLVE_DIR
+
 __all__ = [
     "CommandFailed",
     "CommandResult",
@@ -34,6 +36,7 @@ __all__ = [
     "Host",
     "HostUnreachable",
     "LocalHost",
+    "resolve_dir",
     "sha256_file",
 ]
 
@@ -108,6 +111,19 @@ class Host(Protocol):
     async def get(self, site_path: str, local_path: Path) -> str:
         """Copy a file off the host, verified; return its ``sha256:<hex>``."""
         ...
+
+
+async def resolve_dir(host: Host, path: str, timeout: float) -> str:
+    """``path`` on ``host`` (relative: to the login directory), created 0700, as an absolute path.
+
+    Absolute because it is written into jobs' environments and scheduler options, which
+    must not depend on the directory a job starts in.
+    """
+    result = await host.run(["/bin/sh", "-c", RESOLVE_DIR, "lwfm-resolve", path], timeout=timeout)
+    resolved = result.check().text().strip()
+    if not resolved.startswith("/") or "\n" in resolved:
+        raise CommandFailed(f"cannot resolve {path} on {host.label}: {resolved[:300]!r}")
+    return resolved
 
 
 def sha256_file(path: Path) -> str:

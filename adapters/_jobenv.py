@@ -1,4 +1,4 @@
-"""The environment a remote job starts with: who it is, and how it reaches the bus.
+"""The environment a remote job starts with: who it is, how it reaches the bus, its home there.
 
 It travels as a file in the job's directory, created with mode 0600 and sourced by the
 job's wrapper -- never on a command line, where ``ps`` on a shared login node would
@@ -55,16 +55,31 @@ class BusReach(BaseModel):
         description="LWFM_BUS_URL as seen from the site (default: the one this process uses).",
     )
     forward_credentials: bool = Field(default=True, description="Give jobs the bus credentials (LWFM_BUS_*).")
+    bus_home: str | None = Field(
+        default=None,
+        pattern=r"^[^\x00\n]{1,4096}$",
+        description="LWFM_BUS_HOME of the site's jobs, a directory on the site (relative: to the login "
+        "directory); created 0700 when the site opens.  Default: 'home' in the site's job directory root "
+        "on a remote host; this process's own home for a slurm site without [ssh] (the same machine).",
+    )
 
 
-def job_environment(runtime: SiteRuntime, ctx: JobContext, defn: JobDefn, reach: BusReach) -> dict[str, str]:
+def job_environment(
+    runtime: SiteRuntime, ctx: JobContext, defn: JobDefn, reach: BusReach, *, home: str | None
+) -> dict[str, str]:
     """Bus address and credentials, then the job's own variables, then its identity (which wins).
 
-    ``LWFM_JOB_DIR`` is set by the wrapper itself: only the site knows the absolute path.
+    ``home`` is the job's ``LWFM_BUS_HOME`` on the site (absolute, resolved there), or None
+    for the agent's own.  A remote job must never get this machine's home: the path means
+    nothing there, or -- on a shared filesystem, as another user -- an index whose lock it
+    may not take.  ``LWFM_JOB_DIR`` is set by the wrapper itself: only the site knows the
+    absolute path.
     """
     env = {k: v for k, v in runtime.job_env.items() if reach.forward_credentials or k not in _CREDENTIALS}
     if reach.bus_url:
         env["LWFM_BUS_URL"] = reach.bus_url
+    if home is not None:
+        env["LWFM_BUS_HOME"] = home
     env.update(defn.env)
     env.update(identity_env(ctx))
     env.update(

@@ -7,9 +7,11 @@ reach the same login node with the same settings share that connection.
 
 Why self-healing: a laptop sleeps, a VPN drops, a login node reboots.  A lost
 connection is noticed (keepalives, or a failed channel), and the next operation
-reconnects with exponential backoff up to ``reconnect_timeout_s``.  Refusals that
-retrying cannot fix -- a host key that is unknown or has changed, a refused key --
-are raised at once with what to do about them.
+reconnects with exponential backoff up to ``reconnect_timeout_s``, saying so once
+per outage (one WARNING, the further attempts at DEBUG).  Refusals that retrying
+cannot fix -- a host name that does not resolve, a host key that is unknown or has
+changed, a refused key, a missing key or known_hosts file -- are raised at once, in
+one line, with what to do about them: a minute of retries would only hide a typo.
 
 Security: host keys are always verified against a known_hosts file (never disabled,
 no trust-on-first-use), authentication is by key only, and no secret is logged.
@@ -22,6 +24,7 @@ import contextlib
 import logging
 import re
 import shlex
+import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -33,7 +36,17 @@ from lwfm_bus import SiteError
 
 from ._hosts import CommandFailed, CommandResult, CommandTimeout, HostUnreachable, sha256_file
 
-__all__ = ["HostKeyRejected", "SshHost", "SshPool", "SshTarget", "acquire_pool", "release_pool"]
+__all__ = [
+    "AuthRejected",
+    "HostKeyRejected",
+    "HostNotFound",
+    "SshHost",
+    "SshMisconfigured",
+    "SshPool",
+    "SshTarget",
+    "acquire_pool",
+    "release_pool",
+]
 
 log = logging.getLogger("lwfm_bus.adapters.ssh")
 
@@ -50,6 +63,22 @@ class HostKeyRejected(SiteError):
 
 class AuthRejected(SiteError):
     """The server refused every key we offered."""
+
+
+class HostNotFound(SiteError):
+    """The host name does not resolve (``Name or service not known``): a typo, or a name this
+    machine's resolver does not know.  A resolver that could not answer *now* (``EAI_AGAIN``)
+    is transient instead, and retried."""
+
+
+class SshMisconfigured(SiteError):
+    """A setting of the site cannot work as written (a key file that does not exist)."""
+
+
+# Refusals that no retry can fix: raised at once, never retried by the pool.
+_PERMANENT = (HostKeyRejected, AuthRejected, HostNotFound, SshMisconfigured)
+# getaddrinfo's "this name does not exist" answers (EAI_NODATA is not defined everywhere).
+_NO_SUCH_NAME = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 
 
 class SshTarget(BaseModel):
@@ -97,16 +126,21 @@ class SshPool:
         self._changed = asyncio.Condition()
         self.connects = 0
         self.failed_attempts = 0
+        self._outage_said = False  # a failure was warned about, and no connection has worked since
 
     # ------------------------------------------------------------------ connection
 
-    async def connection(self) -> asyncssh.SSHClientConnection:
-        """A live connection, reconnecting (with backoff) if the last one is gone."""
+    async def connection(self, *, retry: bool = True) -> asyncssh.SSHClientConnection:
+        """A live connection, reconnecting (with backoff) if the last one is gone.
+
+        ``retry=False`` makes one attempt: for a caller with a back-off loop of its own
+        (a site agent opening the site), which reports the failure itself at once.
+        """
         async with self._lock:
             if self._conn is not None and not self._conn.is_closed():
                 return self._conn
             await self._close_quietly()
-            self._conn = await self._reconnect()
+            self._conn = await self._reconnect(retry=retry)
             return self._conn
 
     async def wait_for(self, predicate: Any, timeout: float) -> None:
@@ -122,31 +156,45 @@ class SshPool:
         async with self._changed:
             self._changed.notify_all()
 
-    async def _reconnect(self) -> asyncssh.SSHClientConnection:
+    async def _reconnect(self, *, retry: bool = True) -> asyncssh.SSHClientConnection:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.target.reconnect_timeout_s
         delay = 0.1
         while True:
             try:
                 conn = await self._connect_once()
-            except (HostKeyRejected, AuthRejected, SiteError):
+            except _PERMANENT:
+                self.failed_attempts += 1
+                await self._notify()
                 raise
             except (OSError, asyncssh.Error, TimeoutError) as exc:
                 self.failed_attempts += 1
                 await self._notify()
                 why = _describe(exc)
+                if not retry:
+                    raise HostUnreachable(f"cannot reach {self.label}: {why}") from exc
                 if loop.time() + delay > deadline:
                     raise HostUnreachable(
                         f"cannot reach {self.label} (gave up after {self.target.reconnect_timeout_s:g}s): {why}"
                     ) from exc
-                log.warning("ssh %s: connection failed (%s); retrying in %.1fs", self.label, why, delay)
+                # One warning per outage, however many operations meet it; each further attempt is detail.
+                level = logging.DEBUG if self._outage_said else logging.WARNING
+                self._outage_said = True
+                log.log(
+                    level,
+                    "ssh %s: connection failed (%s); retrying with back-off for up to %gs",
+                    self.label, why, self.target.reconnect_timeout_s,
+                )  # fmt: skip
                 await asyncio.sleep(delay)  # backoff between attempts, not synchronisation
                 delay = min(delay * 2, 5.0)
                 continue
             self.connects += 1
             await self._notify()
-            if self.connects > 1:
+            if self._outage_said:
+                log.warning("ssh %s: reconnected", self.label)  # the end of the outage warned about
+            elif self.connects > 1:
                 log.info("ssh %s: reconnected", self.label)
+            self._outage_said = False
             return conn
 
     def _options(self, user: str | None) -> dict[str, Any]:
@@ -170,7 +218,11 @@ class SshPool:
         if user:
             opts["username"] = user
         if t.identity_files:
-            opts["client_keys"] = [str(p.expanduser()) for p in t.identity_files]
+            keys = [p.expanduser() for p in t.identity_files]
+            missing = [str(k) for k in keys if not k.is_file()]
+            if missing:
+                raise SshMisconfigured(f"ssh {t.host}:{t.port}: identity file {missing[0]} does not exist")
+            opts["client_keys"] = [str(k) for k in keys]
             opts["agent_path"] = None
         return opts
 
@@ -197,6 +249,13 @@ class SshPool:
             if tunnel is not None:
                 return await asyncssh.connect(host, port, tunnel=tunnel, **opts)
             return await asyncssh.connect(host, port, **opts)
+        except socket.gaierror as exc:
+            if exc.errno not in _NO_SUCH_NAME:
+                raise  # the resolver could not answer now (EAI_AGAIN): transient, retried
+            raise HostNotFound(
+                f"ssh {host}:{port}: the host name {host!r} does not resolve ({exc.strerror}); "
+                "check the site's host (or jump_host) setting"
+            ) from None
         except asyncssh.HostKeyNotVerifiable as exc:
             raise HostKeyRejected(_host_key_message(host, port, Path(opts["known_hosts"]), exc)) from None
         except asyncssh.PermissionDenied as exc:

@@ -223,9 +223,15 @@ class Watcher:
         try:
             found = await self._query(jobs)
         except Exception as exc:  # noqa: BLE001 - any failure of one poll is logged; the next one retries
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            log.warning("%s: status query failed (retrying in %gs): %s", self.label, self.interval_s, self.last_error)
+            error = f"{type(exc).__name__}: {exc}"
+            # Said once per outage (again only if the reason changes): a poll every few
+            # seconds repeating one warning would bury everything else.
+            level = logging.DEBUG if error == self.last_error else logging.WARNING
+            log.log(level, "%s: status query failed (retrying every %gs): %s", self.label, self.interval_s, error)
+            self.last_error = error
             return
+        if self.last_error is not None:
+            log.warning("%s: status queries work again", self.label)
         self.last_error = None
         for job_id, obs in found.items():
             try:

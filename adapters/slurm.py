@@ -29,9 +29,9 @@ from pydantic import BaseModel, Field, PositiveFloat, field_validator
 
 from lwfm_bus import JobContext, JobDefn, JobState, LogStream, SiteError, SiteRuntime
 
-from ._hosts import CommandFailed, CommandResult, Host, LocalHost
+from ._hosts import CommandFailed, CommandResult, Host, LocalHost, resolve_dir
 from ._jobenv import BusReach, env_file, job_environment
-from ._scripts import JOB_FILES, MARK_CANCELLED, RESOLVE_DIR, SLURM_SUBMIT, WRAPPER
+from ._scripts import JOB_FILES, MARK_CANCELLED, SLURM_SUBMIT, WRAPPER
 from ._slurm_parse import (
     SQUEUE_FORMAT,
     SlurmOutputError,
@@ -102,6 +102,7 @@ class SlurmSite:
         self._pool: SshPool | None = None
         self._host: Host = LocalHost()
         self._root = ""
+        self._home: str | None = None  # the jobs' LWFM_BUS_HOME on the cluster (None: this process's own)
         self._sacct = options.sacct
         self._store = JobStore(runtime.state_dir / "jobs")
         interval = options.callback_poll_s if options.callback else options.poll_interval_s
@@ -127,14 +128,17 @@ class SlurmSite:
             self._pool = acquire_pool(self._opts.ssh)
             self._host = SshHost(self._pool, self._opts.command_timeout_s)
         try:
+            if self._pool is not None:
+                # One attempt for an agent, which retries opening with its own back-off and
+                # reports once (see SshSite.open); a client rides out a restarting host.
+                await self._pool.connection(retry=self._rt.role != "agent")
             default = f".lwfm-bus/sites/{self._rt.site}" if self._pool else str(self._rt.state_dir / "work")
-            resolved = await self._host.run(
-                ["/bin/sh", "-c", RESOLVE_DIR, "lwfm-resolve", self._opts.job_root or default],
-                timeout=self._opts.command_timeout_s,
-            )
-            self._root = resolved.check().text().strip()
-            if not self._root.startswith("/") or "\n" in self._root:
-                raise CommandFailed(f"cannot resolve the job directory root on {self._host.label}: {self._root!r}")
+            self._root = await resolve_dir(self._host, self._opts.job_root or default, self._opts.command_timeout_s)
+            if self._opts.bus_home is not None or self._pool is not None:
+                # Over SSH the jobs run on another machine (maybe as another user): never this
+                # one's home.  Without [ssh] they share this machine, and this home, by default.
+                home = self._opts.bus_home or f"{self._root}/home"
+                self._home = await resolve_dir(self._host, home, self._opts.command_timeout_s)
             version = await self._slurm(["sbatch", "--version"])
             if version.returncode != 0:
                 raise CommandFailed(f"sbatch --version on {self._host.label}: {version.error_text()[:300]}")
@@ -203,7 +207,7 @@ class SlurmSite:
         if all(k is not None and k.ctx.native_id for k in known):
             return [k.ctx.native_id or "" for k in known if k is not None]  # submitted before: once only
         d = f"{self._root}/arrays/{first.job_id}" if array else self._job_dir(first.job_id)
-        env = job_environment(self._rt, first, defn, self._opts)
+        env = job_environment(self._rt, first, defn, self._opts, home=self._home)
         await self._host.write_file(f"{d}/env", env_file(env))
         await self._host.write_file(f"{d}/job.sh", f"#!/bin/sh\n{WRAPPER}".encode())
         if array:

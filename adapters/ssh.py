@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field, PositiveFloat
 
 from lwfm_bus import JobContext, JobDefn, JobState, LogStream, SiteError, SiteRuntime
 
-from ._hosts import CommandFailed
+from ._hosts import CommandFailed, resolve_dir
 from ._jobenv import BusReach, env_file, job_environment
 from ._scripts import SSH_CANCEL, SSH_STATUS, SSH_SUBMIT, WRAPPER
 from ._sshconn import SshHost, SshPool, SshTarget, acquire_pool, release_pool
@@ -66,6 +66,7 @@ class SshSite:
         self._root = f"{options.root.rstrip('/') or '/'}/{runtime.site}"
         self._pool: SshPool | None = None
         self._host: SshHost | None = None
+        self._home: str | None = None  # the jobs' LWFM_BUS_HOME on the host, resolved at open
         self._store = JobStore(runtime.state_dir / "jobs")
         interval = options.callback_poll_s if options.callback else options.poll_interval_s
         self.watcher = Watcher(
@@ -101,13 +102,24 @@ class SshSite:
         self._pool = acquire_pool(self._opts.target())
         self._host = SshHost(self._pool, self._opts.command_timeout_s)
         try:
-            await self._pool.connection()
+            # An agent retries a failed open with a back-off of its own and says so once: one
+            # attempt here.  A client (logs, put, get) rides out a restarting host instead.
+            await self._pool.connection(retry=self._rt.role != "agent")
+            if self._rt.role == "agent":  # a bad bus_home is said now, not at the first job
+                await self._job_home()
         except BaseException:
             await release_pool(self._pool)
             self._pool = self._host = None
             raise
         if self._rt.role == "agent":  # a client (logs, put, get) neither adopts nor watches
             await self.watcher.start()  # adopts unfinished jobs; those that ended meanwhile are reported now
+
+    async def _job_home(self) -> str:
+        """The jobs' LWFM_BUS_HOME on the host: ``bus_home``, by default ``<root>/<site>/home``."""
+        if self._home is None:
+            path = self._opts.bus_home or f"{self._root}/home"
+            self._home = await resolve_dir(self.host, path, self._opts.command_timeout_s)
+        return self._home
 
     async def close(self) -> None:
         """Stop watching; jobs keep running on the host and are adopted by the next open."""
@@ -123,7 +135,7 @@ class SshSite:
 
     async def submit(self, ctx: JobContext, defn: JobDefn) -> str:
         job_dir = self._job_dir(ctx.job_id)
-        env = job_environment(self._rt, ctx, defn, self._opts)
+        env = job_environment(self._rt, ctx, defn, self._opts, home=await self._job_home())
         argv = ["/bin/sh", "-c", SSH_SUBMIT, "lwfm-submit", WRAPPER, self._root, ctx.job_id, defn.cwd or ""]
         result = await self.host.run(
             [*argv, *defn.command()], stdin=env_file(env), timeout=self._opts.command_timeout_s

@@ -98,7 +98,9 @@ class Bus(EventBus):
         super().__init__(nc, config)
         self._specs: dict[str, SiteSpec] | None = None
         self._adapters: dict[str, SiteAdapter] = {}
-        self._adapter_lock = asyncio.Lock()
+        # One lock per site: a site that takes a minute to reach (a host down) must never
+        # hold up opening another (issue 22: one unreachable site delayed every local job).
+        self._adapter_locks: dict[str, asyncio.Lock] = {}
         self._index: JobIndex | None = None
         self._index_lock = asyncio.Lock()
         self._agents: dict[str, SiteAgent] = {}
@@ -155,7 +157,7 @@ class Bus(EventBus):
         Jobs run only through the site's agents; an adapter opened here never runs,
         adopts or watches one.
         """
-        async with self._adapter_lock:
+        async with self._adapter_locks.setdefault(name, asyncio.Lock()):
             if name in self._adapters:
                 return self._adapters[name]
             spec = self.site_specs().get(name)

@@ -118,8 +118,11 @@ class _Scope:
 
 
 class _Compiler:
-    def __init__(self, plan: Plan, finder: Finder, python: Callable[[str], str], home: Path | None) -> None:
+    def __init__(
+        self, plan: Plan, finder: Finder, python: Callable[[str], str], home: Path | None, local: Callable[[str], bool]
+    ) -> None:
         self.plan = plan
+        self.local = local
         self.finder = finder
         self.python = python
         self.home = home
@@ -264,9 +267,16 @@ class _Compiler:
             values = self._values(scope, {**extras, **({"iteration": k} if step.repeat != "once" else {})})
             inputs = {key: t.render(values) for key, t in step.inputs.items()}
             values.update({f"inputs.{key}": v for key, v in inputs.items()})
-            cwd = _cwd_of(scope, step, values)
+            here = self.local(site)
+            # A step on another machine starts where its site puts it (its job directory) unless
+            # its ``cwd`` says otherwise, as written: this machine's directories mean nothing there.
+            cwd = _cwd_of(scope, step, values) if here else (step.cwd.render(values) if step.cwd else None)
             # Outputs are absolute from here on: they may be read from another file's directory.
-            outputs = {key: _absolute(t.render(values), Path(cwd)) for key, t in step.outputs.items()}
+            # A remote step's stay as written: its runner resolves them where it runs.
+            outputs = {
+                key: _absolute(t.render(values), Path(cwd)) if here and cwd else t.render(values)
+                for key, t in step.outputs.items()
+            }
             values.update({f"outputs.{key}": v for key, v in outputs.items()})
             assert step.run is not None
             argv = [t.render(values) for t in step.run]
@@ -274,7 +284,7 @@ class _Compiler:
             reqs = pipeline.requirements_for(name)
             py = self.python(site)
             if reqs:
-                home = ["--home", str(self.home)] if self.home else []
+                home = ["--home", str(self.home)] if self.home and here else []  # a remote job has its own
                 argv = [py, "-m", "lwfm_bus", *home, "env", "exec", *(a for r in reqs for a in ("-r", r)), "--", *argv]
             spec = StepSpec(
                 pipeline=self.plan.name,
@@ -422,12 +432,14 @@ async def compile_plan(
     *,
     python: Callable[[str], str] = _default_python,
     home: Path | None = None,
+    local: Callable[[str], bool] = lambda site: True,
 ) -> Plan:
     """Every job of one run of ``pipeline``, with how each starts.
 
     ``finder`` answers the pipeline's data queries (``for_each: {query: ...}``);
     ``python`` names the interpreter with lwfm-bus installed on a site (the step
-    runner and environments run under it).
+    runner and environments run under it); ``local`` says whether a site runs jobs on
+    this machine (a remote step gets no directory or home of this machine's).
     """
     plan = Plan(name=pipeline.name, workflow_id=workflow_id)
     values: dict[str, Any] = {f"params.{k}": v for k, v in pipeline.params.items()}
@@ -437,5 +449,5 @@ async def compile_plan(
                 issues=[PipelineIssue(f"input {key!r} has no default: run the pipeline that nests this one")]
             )
         values[f"pipeline.inputs.{key}"] = decl.default.render(values)
-    await _Compiler(plan, finder, python, home).scope(_Scope(pipeline, "", "", values, ()))
+    await _Compiler(plan, finder, python, home, local).scope(_Scope(pipeline, "", "", values, ()))
     return plan

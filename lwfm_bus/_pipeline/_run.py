@@ -366,7 +366,9 @@ async def run_pipeline(
     def python(site: str) -> str:
         return pythons.get(site, "python3")
 
-    plan = await compile_plan(pipeline, wf.workflow_id, finder, python=python, home=bus.config.home)
+    plan = await compile_plan(
+        pipeline, wf.workflow_id, finder, python=python, home=bus.config.home, local=bus.is_local_site
+    )
     if resume is not None:  # what failed or was cancelled runs again, as its next attempt
         jobs = {r.job_id: r.state for r in await bus.jobs(workflow=wf.workflow_id, limit=None)}
         triggers = {r.trigger_id: r.state for r in await bus.triggers(workflow=wf.workflow_id)}

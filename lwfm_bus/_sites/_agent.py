@@ -181,7 +181,9 @@ class SiteAgent:
             job_env=self._job_env,
             role="agent",
         )
-        delay = 1.0
+        delay = min(1.0, self.config.open_retry_max_s)
+        said: str | None = None  # the failure last reported at WARNING
+        failures = 0
         while True:
             adapter: SiteAdapter | None = None
             try:
@@ -192,13 +194,28 @@ class SiteAgent:
                     await self._close_quietly(adapter)  # half-open (or stopped while opening): release it
                 if not isinstance(exc, Exception):
                     raise
-                log.warning(
-                    "agent %s: site %s could not be opened (retrying in %.0fs): %s",
-                    self.config.name, self.site, delay, exc,
-                )  # fmt: skip
+                failures += 1
+                why = " ".join(str(exc).split()) or type(exc).__name__  # one line, whatever the adapter said
+                if why != said:
+                    # Said at once and once, permanent (a host name that does not resolve) or
+                    # not: repeating it every few seconds would bury everything else.
+                    log.warning(
+                        "agent %s: site %s cannot be opened: %s (checking again in the background)",
+                        self.config.name, self.site, why,
+                    )  # fmt: skip
+                    said = why
+                else:
+                    log.debug(
+                        "agent %s: site %s still cannot be opened (next try in %.1fs): %s",
+                        self.config.name, self.site, delay, why,
+                    )  # fmt: skip
                 await anyio.sleep(delay)  # back-off before the next attempt
                 delay = min(self.config.open_retry_max_s, delay * 2)
                 continue
+            if failures:
+                log.warning(
+                    "agent %s: site %s is open now, after %d failed attempts", self.config.name, self.site, failures
+                )
             self._adapter = adapter
             self._opened.set()
             return

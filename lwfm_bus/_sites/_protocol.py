@@ -50,6 +50,11 @@ class SiteRuntime:
     what a dead agent left and watches jobs to their end.  A **client** (a process
     reading logs, copying data, asking a status) must do neither: an adapter opened as
     a client never adopts, never watches and refuses to submit.
+
+    ``job_env`` is made for this machine: its ``LWFM_BUS_HOME`` is this process's home.
+    An adapter whose jobs run on another host gives them a home there instead (the
+    ``ssh`` and ``slurm`` adapters' ``bus_home``), and by default their job directory
+    as their working directory.
     """
 
     site: str
