@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# System packages for the remote-site tests: a real OpenSSH server and a real single-node
-# Slurm (with munge), all from Debian's packages.  The tests start their own daemons on
-# loopback with state under a temporary directory; nothing installed here is started.
+# System packages for the tests, all from Debian's packages: a real OpenSSH server and a real
+# single-node Slurm (with munge) for the remote-site tests, and chromium, which the dashboard
+# tests drive headless through Playwright (never `playwright install`: no browser downloads).
+# The tests start their own daemons on loopback with state under a temporary directory;
+# nothing installed here is started.
 #
 # Idempotent and quick: when every program is already there it only says so.  Runs
 # non-interactively (CI=true, no stdin) as root, or through sudo when one is available.
 set -euo pipefail
 
-PACKAGES=(openssh-server slurmctld slurmd slurm-client munge)
-PROGRAMS=(sshd slurmctld slurmd sbatch squeue scontrol scancel munged mungekey)
+PACKAGES=(openssh-server slurmctld slurmd slurm-client munge chromium)
+PROGRAMS=(sshd slurmctld slurmd sbatch squeue scontrol scancel munged mungekey chromium)
 
 missing=()
 for prog in "${PROGRAMS[@]}"; do
@@ -17,13 +19,13 @@ for prog in "${PROGRAMS[@]}"; do
     fi
 done
 if [ ${#missing[@]} -eq 0 ]; then
-    echo "system-deps: sshd, Slurm and munge already installed"
+    echo "system-deps: sshd, Slurm, munge and chromium already installed"
     exit 0
 fi
 echo "system-deps: missing ${missing[*]}; installing ${PACKAGES[*]}"
 
 if ! command -v apt-get >/dev/null 2>&1; then
-    echo "system-deps: apt-get not found: install ${PACKAGES[*]} by hand (the SSH/Slurm tests will skip)" >&2
+    echo "system-deps: apt-get not found: install ${PACKAGES[*]} by hand (the SSH/Slurm and dashboard tests will skip)" >&2
     exit 0
 fi
 
@@ -32,7 +34,7 @@ if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
         SUDO=(sudo -n)
     else
-        echo "system-deps: not root and no password-less sudo: install ${PACKAGES[*]} by hand (the SSH/Slurm tests will skip)" >&2
+        echo "system-deps: not root and no password-less sudo: install ${PACKAGES[*]} by hand (the SSH/Slurm and dashboard tests will skip)" >&2
         exit 0
     fi
 fi

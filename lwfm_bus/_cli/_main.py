@@ -49,6 +49,7 @@ from . import (
     _step_exec,
     _submit,
     _trigger,
+    _ui,
     _up,
     _validate,
     _wait,
@@ -91,6 +92,7 @@ _MODULES = (
     _events,
     _dead_letters,
     _schemas,
+    _ui,
 )
 
 

@@ -2,6 +2,7 @@
 
 ``up`` runs the agents of every site configured to be served there (``served_by_up``,
 true by default; ``local`` always), so whatever is submitted to them runs.
+``--ui`` serves the web dashboard too (``lwfm-bus ui``'s options, as ``--ui-port``...).
 ``--ready-fd`` is how a process that started ``up`` in the background learns, without
 guessing, that it is serving: one line on that descriptor.
 """
@@ -14,11 +15,14 @@ import os
 import sys
 from typing import Any
 
+import anyio
+
 from .._bus._autostart import READY_LINE
 from .._bus._connect import serve_embedded
 from .._client import connect
 from .._config import BusConfig
 from ._print import shown
+from ._ui import add_ui_options, serve_dashboard, settings_from
 
 
 def register(sub: Any) -> None:
@@ -30,14 +34,19 @@ def register(sub: Any) -> None:
         "whose served_by_up is true). Ctrl-C, or 'lwfm-bus down' from another terminal, stops it; jobs keep "
         "running when it stops, and the next 'up' adopts them.",
     )
+    p.add_argument("--ui", action="store_true", help="serve the web dashboard too (see 'lwfm-bus ui')")
+    add_ui_options(p, prefix="ui-")
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 
 async def run(args: argparse.Namespace, config: BusConfig) -> int:
+    ui = settings_from(args, prefix="ui-") if args.ui else None  # refused before anything starts
     async with serve_embedded(config) as server:
         local = config.model_copy(update={"servers": (server.url,), "engine": "on", "agents": ("*",)})
-        async with connect(local, name="lwfm-bus up") as bus:
+        async with connect(local, name="lwfm-bus up") as bus, anyio.create_task_group() as tg:
+            if ui is not None:
+                await tg.start(serve_dashboard, bus, ui)
             sites = ", ".join(spec.name for spec in bus.served_sites())
             print(
                 f"lwfm-bus: up at {shown(server.url)} (home {shown(config.home)}; agents for: {shown(sites)}); "
