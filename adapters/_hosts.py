@@ -25,7 +25,7 @@ from typing import Protocol
 
 import anyio
 
-from lwfm_bus import SiteError
+from lwfm_bus import LwfmBusError, SiteError
 
 from ._scripts import RESOLVE_DIR
 
@@ -36,6 +36,7 @@ __all__ = [
     "Host",
     "HostUnreachable",
     "LocalHost",
+    "plain_error",
     "resolve_dir",
     "sha256_file",
 ]
@@ -113,6 +114,25 @@ class Host(Protocol):
         ...
 
 
+def plain_error(exc: BaseException) -> str:
+    """An error in words for a person: our own errors' messages, an OS error's meaning.
+
+    Never a class name (``HostUnreachable: ...``, ``ConnectionRefusedError: [Errno 111]
+    Connect call failed``): those are the program's words, and in a user's message they
+    read as a crash.  Used wherever an adapter's failure becomes a line a user reads.
+    """
+    if isinstance(exc, LwfmBusError):
+        return str(exc)
+    if isinstance(exc, TimeoutError):
+        return f"timed out ({exc})" if str(exc) else "timed out"
+    if isinstance(exc, OSError):
+        if exc.errno is not None and exc.errno > 0:
+            return os.strerror(exc.errno)  # "Connection refused", not asyncio's "Connect call failed (...)"
+        if exc.strerror:
+            return exc.strerror  # a resolver's answer ("Temporary failure in name resolution")
+    return str(exc) or "unexpected error"
+
+
 async def resolve_dir(host: Host, path: str, timeout: float) -> str:
     """``path`` on ``host`` (relative: to the login directory), created 0700, as an absolute path.
 
@@ -161,7 +181,8 @@ class LocalHost:
         except OSError as exc:
             raise CommandFailed(f"{argv[0]}: cannot run it here: {exc}") from exc
         try:
-            out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+            with anyio.fail_after(timeout):  # not asyncio.wait_for, which can drop a cancel on 3.11
+                out, err = await proc.communicate(stdin)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -196,10 +217,14 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def _copy_verified(src: Path, dst: Path) -> str:
-    """Copy through a temporary name, compare checksums, then rename into place."""
+    """Copy through a temporary name, compare checksums, then rename into place.
+
+    Missing directories on the way are created, as the local site's put and get do.
+    """
     tmp = dst.with_name(f".{dst.name}.lwfm-tmp")
     try:
         try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, tmp)
         except OSError as exc:
             raise CommandFailed(f"copy {src} to {dst}: {exc.strerror or exc}") from exc

@@ -29,12 +29,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio
 import asyncssh
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, StringConstraints
 
 from lwfm_bus import SiteError
 
-from ._hosts import CommandFailed, CommandResult, CommandTimeout, HostUnreachable, sha256_file
+from ._hosts import CommandFailed, CommandResult, CommandTimeout, HostUnreachable, plain_error, sha256_file
 
 __all__ = [
     "AuthRejected",
@@ -302,7 +303,10 @@ class SshPool:
         for attempt in (1, 2):
             conn = await self.connection()
             try:
-                done = await asyncio.wait_for(conn.run(command, input=stdin, encoding=None, check=False), timeout)
+                # anyio's timeout, not asyncio.wait_for: that one can drop the caller's cancel on
+                # Python 3.11 (a watcher asked to stop while its status command returns ran on).
+                with anyio.fail_after(timeout):
+                    done = await conn.run(command, input=stdin, encoding=None, check=False)
             except TimeoutError:
                 raise CommandTimeout(f"{argv[0]} did not answer within {timeout:g}s on {self.label}") from None
             except (asyncssh.Error, OSError) as exc:
@@ -391,11 +395,17 @@ class SshHost:
         return f"sha256:{m[1]}"
 
     async def put(self, local_path: Path, site_path: str) -> str:
-        """Upload to a temporary name, compare the host's checksum with ours, rename into place."""
+        """Upload to a temporary name, compare the host's checksum with ours, rename into place.
+
+        Missing directories on the way are created, as a put on the local site does.
+        """
         want = await asyncio.to_thread(sha256_file, local_path)
+        head = site_path.rpartition("/")[0]
         tmp = _tmp_name(site_path)
         try:
             async with self.pool.sftp() as sftp:
+                if head:
+                    await sftp.makedirs(head, exist_ok=True)
                 await sftp.put(str(local_path), tmp)
             got = await self.remote_sha256(tmp)
             if got != want:
@@ -413,6 +423,7 @@ class SshHost:
         """Download to a temporary name, compare with the host's checksum, rename into place."""
         want = await self.remote_sha256(site_path)
         tmp = local_path.with_name(f".{local_path.name}.lwfm-tmp")
+        await asyncio.to_thread(local_path.parent.mkdir, parents=True, exist_ok=True)  # as the local site's get
         try:
             async with self.pool.sftp() as sftp:
                 await sftp.get(site_path, str(tmp))
@@ -434,9 +445,10 @@ def _tmp_name(site_path: str) -> str:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, asyncssh.DisconnectError):
-        return f"{type(exc).__name__}: {exc.reason}"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    """What went wrong with a connection, in words (asyncssh's reason, the OS error's meaning)."""
+    if isinstance(exc, asyncssh.Error):
+        return exc.reason or "the connection failed"
+    return plain_error(exc)
 
 
 def _host_key_message(host: str, port: int, known_hosts: Path, exc: asyncssh.HostKeyNotVerifiable) -> str:

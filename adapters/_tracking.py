@@ -9,13 +9,25 @@ What it publishes is a *transition*: a canonical state the job had not been repo
 in yet, judged by the partial order, so a job first seen COMPLETE is reported
 COMPLETE (with its exit code), and nothing is reported twice.  A query that fails
 (host down, scheduler down) is logged and retried at the next interval; an answer
-that cannot be understood for one job becomes an INFO event on that job naming the
-problem, once -- the watcher itself never dies of it.
+that cannot be understood for one job is logged once per problem.  Both make the site
+DEGRADED, with the reason, through the runtime's health report (the agent publishes
+it; ``status`` shows it where jobs wait), until a poll reads every answer again -- the
+watcher itself never dies of it.
+
+Polling is paced by news.  Without callbacks every hop of a chain across sites waits
+for the site's next query, so a fixed interval (5 s by default) made a 3-site chain take
+10 s.  Right after a job is submitted, or a job's state changes, the jobs of a site are
+likely to change again soon (a short step ends within a second), so the watcher asks
+after ``fast_s`` (0.5 s), then at gaps growing with the age of that news (half of it),
+back to the interval after about 10 s (see :func:`next_poll_at`).  It is still one
+batched query for all the site's jobs, never two within ``fast_s``: a burst of 100
+submissions costs the same few queries as one.
 
 Stopping never hangs.  On Python 3.11 a task cancelled while nats-py awaits a publish
 inside ``asyncio.wait_for`` can lose the cancellation (``wait_for`` returns the inner
-result when it is already done); so the loop also checks a stop flag at every turn,
-and :meth:`Watcher.stop` waits a bounded time for it.
+result when it is already done); so the loop's own waits use anyio's ``move_on_after``
+(which never drops the caller's cancellation), the loop checks a stop flag at every
+turn, and :meth:`Watcher.stop` cancels again until the loop ends, within a bound.
 """
 
 from __future__ import annotations
@@ -24,15 +36,22 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from lwfm_bus import JobContext, JobState, StatusReporter
+from lwfm_bus import JobContext, JobState, SiteStatus, StatusReporter
 
-__all__ = ["JobStore", "Observation", "Tracked", "Watcher"]
+from ._hosts import plain_error
+
+__all__ = ["FAST_POLL_S", "JobStore", "Observation", "Tracked", "Watcher", "next_poll_at"]
+
+FAST_POLL_S = 0.5
+"""The first poll after news (a submission, a state change), and the least gap between two polls."""
 
 log = logging.getLogger("lwfm_bus.adapters.watch")
 
@@ -64,6 +83,24 @@ class Observation:
 
 
 Query = Callable[[Sequence[Tracked]], Awaitable[Mapping[str, Observation]]]
+
+
+def next_poll_at(last_poll: float | None, news_at: float | None, interval_s: float, fast_s: float | None) -> float:
+    """When the next batched query is due (``time.monotonic()`` seconds).
+
+    ``last_poll``: when the last one began (None: none since the site had no job);
+    ``news_at``: the last submission or state change (None: none yet).  Without news
+    or without ``fast_s`` (callback mode: jobs report themselves) this is the plain
+    interval.  With news, the next query is ``fast_s`` after it, then each gap is half
+    the age of that news -- 0.5, 1, 1.5, 2.25, 3.4 s... -- up to the interval; and two
+    queries are never closer than ``fast_s``.
+    """
+    start = last_poll if last_poll is not None else news_at if news_at is not None else time.monotonic()
+    if fast_s is None or news_at is None:
+        return start + interval_s
+    fast = min(fast_s, interval_s)
+    gap = min(interval_s, max(fast, (start - news_at) / 2))
+    return max(start + gap, news_at + fast)
 
 
 class JobStore:
@@ -112,9 +149,15 @@ class Watcher:
         query: Query,
         reporter: StatusReporter,
         store: JobStore,
+        fast_s: float | None = FAST_POLL_S,
+        health: Callable[[SiteStatus, str | None], None] | None = None,
     ) -> None:
         self.label = label
+        self._health = health or (lambda status, reason: None)
+        self._troubled = False  # this poll met output it could not read
         self.interval_s = interval_s
+        self.fast_s = fast_s
+        """None: no faster polls after news (callback mode, where jobs report their own end)."""
         self._query = query
         self._reporter = reporter
         self._store = store
@@ -123,6 +166,9 @@ class Watcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._poked = False
+        self._last_poll: float | None = None
+        self._news_at: float | None = None
         self._lock = asyncio.Lock()
         self.polls = 0
         self.last_error: str | None = None
@@ -132,9 +178,16 @@ class Watcher:
     def track(self, tracked: Tracked) -> None:
         """Watch a job (persisted first, so a crash right after still finds it)."""
         self._store.save(tracked)
+        if not self._jobs:
+            self._last_poll = None  # the loop idled without jobs: the interval starts now
+            self._poked = False  # a poke with nothing to poll is spent
         self._jobs[tracked.ctx.job_id] = tracked
-        if len(self._jobs) == 1:
-            self._wake.set()  # the loop idles without jobs: start the interval now
+        self._news()
+
+    def _news(self) -> None:
+        """A submission or a state change: the site's jobs are likely to change soon; poll sooner."""
+        self._news_at = time.monotonic()
+        self._wake.set()  # the loop works out its next poll again
 
     def get(self, job_id: str) -> Tracked | None:
         return self._jobs.get(job_id) or self._store.get(job_id)
@@ -144,6 +197,7 @@ class Watcher:
 
     def poke(self) -> None:
         """Poll now instead of at the end of the interval (after a cancel, say)."""
+        self._poked = True
         self._wake.set()
 
     async def apply(self, job_id: str, obs: Observation) -> None:
@@ -174,17 +228,19 @@ class Watcher:
                 updated = tracked.model_copy(update={"reported": obs.state, "native_state": obs.native_state})
                 self._jobs[job_id] = updated
                 self._store.save(updated)
+                self._news()  # PENDING -> RUNNING: a short job ends soon
 
     async def _problem(self, tracked: Tracked, obs: Observation) -> None:
+        # The site's trouble, not the job's: its health says it (shown wherever the job
+        # waits), and the job keeps its state until an answer can be read.
         text = obs.error or "no state"
+        self._troubled = True
+        self._health(SiteStatus.DEGRADED, f"its status output cannot be read: {text}")
         seen = self._problems.setdefault(tracked.ctx.job_id, set())
         if text in seen:
             return
         seen.add(text)
         log.error("%s: job %s: %s", self.label, tracked.ctx.job_id, text)
-        await self._reporter.report(
-            tracked.ctx, JobState.INFO, native_state=obs.native_state, info=f"site error: {text}"[:4000]
-        )
 
     # ------------------------------------------------------------------ the loop
 
@@ -201,15 +257,21 @@ class Watcher:
             await self.poll_once()
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Stop watching, within ``timeout`` seconds whatever the loop was awaiting."""
+        """Stop watching, within ``timeout`` seconds whatever the loop was awaiting.
+
+        The cancel is repeated until the loop ends: one that lands inside nats-py's
+        ``wait_for`` may be dropped (see the module's docstring).
+        """
         self._stopping = True
         self._wake.set()  # an idle loop wakes, sees the flag and ends
         task, self._task = self._task, None
         if task is None:
             return
-        task.cancel()
-        done, _ = await asyncio.wait({task}, timeout=timeout)
-        if not done:
+        deadline = time.monotonic() + timeout
+        while not task.done() and time.monotonic() < deadline:
+            task.cancel()
+            await asyncio.wait({task}, timeout=min(0.1, max(0.0, deadline - time.monotonic())))
+        if not task.done():
             log.error("%s: the watcher did not stop within %gs; leaving it", self.label, timeout)
         elif not task.cancelled() and task.exception() is not None:
             log.error("%s: the watcher ended with an error", self.label, exc_info=task.exception())
@@ -220,35 +282,48 @@ class Watcher:
         if not jobs:
             return
         self.polls += 1
+        self._last_poll = time.monotonic()
         try:
             found = await self._query(jobs)
         except Exception as exc:  # noqa: BLE001 - any failure of one poll is logged; the next one retries
-            error = f"{type(exc).__name__}: {exc}"
+            error = plain_error(exc)
             # Said once per outage (again only if the reason changes): a poll every few
             # seconds repeating one warning would bury everything else.
             level = logging.DEBUG if error == self.last_error else logging.WARNING
             log.log(level, "%s: status query failed (retrying every %gs): %s", self.label, self.interval_s, error)
             self.last_error = error
+            self._health(SiteStatus.DEGRADED, f"its status query fails: {error}")
             return
         if self.last_error is not None:
             log.warning("%s: status queries work again", self.label)
         self.last_error = None
+        self._troubled = False
         for job_id, obs in found.items():
             try:
                 await self.apply(job_id, obs)
             except Exception:
                 log.exception("%s: could not publish the state of job %s", self.label, job_id)
+        if not self._troubled:
+            self._health(SiteStatus.UP, None)
+
+    def next_poll_at(self) -> float:
+        """When the loop will query next (``time.monotonic()``), unless news or a poke comes first."""
+        return next_poll_at(self._last_poll, self._news_at, self.interval_s, self.fast_s)
 
     async def _run(self) -> None:
         while not self._stopping:
             if not self._jobs:
-                await self._wake.wait()
+                await self._wake.wait()  # idle: the first job (or stop) wakes it
+            elif not self._poked:
+                left = self.next_poll_at() - time.monotonic()
+                if left > 0:
+                    # Until the next poll is due, or news moves it: anyio's timeout, not
+                    # asyncio.wait_for, which can drop a cancellation on Python 3.11.
+                    with anyio.move_on_after(left):
+                        await self._wake.wait()
             self._wake.clear()
             if self._stopping:
                 break
-            with contextlib.suppress(TimeoutError):
-                # the interval between scheduler queries (the scheduler has no events to wait on)
-                await asyncio.wait_for(self._wake.wait(), self.interval_s)
-            self._wake.clear()
-            if not self._stopping:
+            if self._jobs and (self._poked or self.next_poll_at() <= time.monotonic()):
+                self._poked = False
                 await self.poll_once()

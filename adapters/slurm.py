@@ -44,7 +44,7 @@ from ._slurm_parse import (
     sbatch_resource_args,
 )
 from ._sshconn import SshHost, SshPool, SshTarget, acquire_pool, release_pool
-from ._tracking import JobStore, Observation, Tracked, Watcher
+from ._tracking import FAST_POLL_S, JobStore, Observation, Tracked, Watcher
 
 __all__ = ["SlurmOptions", "SlurmSite"]
 
@@ -112,12 +112,20 @@ class SlurmSite:
             query=self._query,
             reporter=runtime.reporter,
             store=self._store,
+            fast_s=None if options.callback else FAST_POLL_S,  # with callbacks, jobs report their own end
+            health=runtime.report_health,
         )
 
     @property
     def python(self) -> str:
         """The Python with lwfm-bus on the site: what runs pipeline steps' step runner there."""
         return self._opts.python
+
+    @property
+    def remote(self) -> bool:
+        """Whether its jobs run on another machine (over SSH): a pipeline step there gets no
+        directory or home of this machine's."""
+        return self._opts.ssh is not None
 
     # ------------------------------------------------------------------ lifecycle
 

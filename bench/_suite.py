@@ -60,6 +60,8 @@ ITEMS = (
     Item("dag", "bench.dag", 360, 30, "10 k-job fan-out / fan-in DAG, two agents, vs raw subprocess spawning"),
     Item("memory", "bench.memory", 120, 20, "engine RSS per registered trigger"),
     Item("find", "bench.find", 240, 20, "find with two predicates over 1 M records"),
+    Item("remote", "bench.remote", 120, 30, "remote hop latency (sshd, Slurm), polled and with callbacks, vs local"),
+    Item("ui", "bench.ui", 120, 25, "dashboard: a 10 k-job workflow page opening, and a burst of events, in chromium"),
 )
 SUITE_BUDGET_S = 600.0
 QUICK_BUDGET_S = 90.0  # the run itself takes < 60 s; the rest is a margin for a slow machine

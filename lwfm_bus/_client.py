@@ -37,6 +37,7 @@ from ._events import (
     EventDecodeError,
     JobStatus,
     JobStatusEvent,
+    SiteHeartbeatEvent,
     TriggerCancelled,
     TriggerRegistered,
     WorkflowDefined,
@@ -379,6 +380,27 @@ class Bus(EventBus):
             with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):
                 await outcomes.unsubscribe()
 
+    async def site_health(self) -> dict[str, SiteHeartbeatEvent]:
+        """Each site's health as its agents last said it, by site: the event's time is when it began.
+
+        An agent publishes its site's health when it changes (UP; DEGRADED or DOWN with
+        the reason), so the last heartbeat on a site's subject is how it is now.
+        """
+        try:
+            info = await self.jetstream.stream_info(STREAM, subjects_filter=f"{ROOT}.*.site.*.*.heartbeat")
+        except nats.js.errors.NotFoundError:
+            return {}
+        found: dict[str, SiteHeartbeatEvent] = {}
+        for subject in sorted(info.state.subjects or {})[:_MAX_SITES]:
+            try:
+                raw = await self.jetstream.get_last_msg(STREAM, subject)
+                event = decode_event(raw.data or b"", self.config.max_event_bytes, subject)
+            except (nats.js.errors.NotFoundError, EventDecodeError):
+                continue  # gone meanwhile, or not a heartbeat (its readers park it)
+            if isinstance(event, SiteHeartbeatEvent):
+                found[event.data.site] = event
+        return found
+
     async def status(self, job_id: str) -> JobRecord:
         record = await (await self.index()).job(job_id)
         if record is None:
@@ -650,6 +672,9 @@ class WorkflowStop:
     triggers_withdrawn: tuple[str, ...]
     jobs_cancelled: tuple[str, ...]
     still_active: tuple[str, ...]
+
+
+_MAX_SITES = 1000  # heartbeat subjects read by site_health(): one per site
 
 
 @dataclass(frozen=True)

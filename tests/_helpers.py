@@ -157,3 +157,22 @@ def kill_processes_with(marker: str) -> None:
         with contextlib.suppress(OSError):
             if needle in (entry / "environ").read_bytes():
                 os.kill(int(entry.name), signal.SIGKILL)
+
+
+async def site_health(bus: lb.Bus, site: str, status: lb.SiteStatus, timeout: float = 60) -> lb.SiteHeartbeatEvent:
+    """The first heartbeat of ``site`` with ``status`` (its agent publishes each change of health)."""
+
+    async def scan() -> lb.SiteHeartbeatEvent:
+        async with bus.subscribe(f"lwfm.{site}.site.*.*.heartbeat", from_start=True) as beats:
+            async for event in beats:
+                if isinstance(event, lb.SiteHeartbeatEvent) and event.data.status is status:
+                    return event
+        raise AssertionError("a followed subscription ended")  # pragma: no cover
+
+    return await asyncio.wait_for(scan(), timeout)
+
+
+async def site_health_changes(bus: lb.Bus, site: str) -> list[lb.SiteStatus]:
+    """Every health ``site``'s agents have published, in order."""
+    async with bus.replay(f"lwfm.{site}.site.*.*.heartbeat") as history:
+        return [e.data.status async for e in history if isinstance(e, lb.SiteHeartbeatEvent)]

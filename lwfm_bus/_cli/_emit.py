@@ -25,6 +25,7 @@ def register(sub: Any) -> None:
     d.add_argument("location", help="a path (size and checksum are added) or a URL")
     d.add_argument(
         "--meta",
+        "-m",  # as notate, put and get take it
         action="append",
         default=[],
         metavar="KEY=VALUE",

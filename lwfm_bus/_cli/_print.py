@@ -29,6 +29,7 @@ from pydantic import TypeAdapter
 
 from .._config import BusConfig
 from .._errors import DataError, PipelineError
+from .._events import SiteHeartbeatEvent, SiteStatus
 from .._federation import load_federation
 from .._limits import load_json_bounded
 from .._pipeline import Pipeline, load_pipeline, parse_override
@@ -245,3 +246,15 @@ def load_or_report(file: Path, overrides: list[str], config: BusConfig | None = 
     except PipelineError as exc:
         print_issues(exc)
         return None
+
+
+def health_note(beat: SiteHeartbeatEvent | None) -> str | None:
+    """``DOWN since 10:02:11: cannot be opened: ...`` for a site that is not UP, else None.
+
+    The heartbeat's time is when its health began: an agent publishes only changes.
+    """
+    if beat is None or beat.data.status is SiteStatus.UP:
+        return None
+    since = beat.time.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    why = f": {shown(beat.data.info)}" if beat.data.info else ""
+    return f"{beat.data.status.value} since {since}{why}"

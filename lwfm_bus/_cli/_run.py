@@ -51,6 +51,8 @@ def _token(text: str) -> str:
 
 
 async def run(args: argparse.Namespace, config: BusConfig) -> int:
+    if args.resume and not args.overrides:  # a resume without --set applies the run's own again
+        args.overrides = await _stored_overrides(config, args.resume)
     pipeline = load_or_report(args.file, args.overrides, config)
     if pipeline is None:
         return 2
@@ -73,7 +75,15 @@ async def run(args: argparse.Namespace, config: BusConfig) -> int:
             ) as bus:
                 report = await _unless_lost(
                     bus,
-                    functools.partial(run_pipeline, bus, pipeline, echo, resume=args.resume, started=started.append),
+                    functools.partial(
+                        run_pipeline,
+                        bus,
+                        pipeline,
+                        echo,
+                        resume=args.resume,
+                        started=started.append,
+                        overrides=args.overrides,
+                    ),
                 )
         except* LwfmBusError as group:  # a glob that matches nothing, a query that finds nothing, a site...
             refused += [e for e in _leaves(group) if isinstance(e, LwfmBusError)]
@@ -105,6 +115,14 @@ async def run(args: argparse.Namespace, config: BusConfig) -> int:
     for failure in report.failures:
         print(f"  failed: {shown(failure)}", file=sys.stderr)
     return 0 if report.ok else 1
+
+
+async def _stored_overrides(config: BusConfig, workflow_id: str) -> list[str]:
+    """The ``--set`` texts run ``workflow_id`` was started with (its workflow's "overrides" property)."""
+    async with connect(config.model_copy(update={"engine": "off", "agents": ()}), name="lwfm-bus run") as bus:
+        record = await bus.workflow(workflow_id)
+    stored = record.properties.get("overrides") if record is not None else None
+    return [str(text) for text in stored] if isinstance(stored, list) else []
 
 
 def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:

@@ -13,7 +13,7 @@ from .._client import connect
 from .._config import BusConfig
 from .._index._projection import JobRecord
 from .._states import JobState
-from ._print import shown
+from ._print import health_note, shown
 
 _RUNNING = (JobState.RUNNING, JobState.INFO, JobState.FINISHING)  # INFO: a running job that said something
 _PENDING = (JobState.READY, JobState.PENDING)
@@ -63,18 +63,23 @@ async def _overview(args: argparse.Namespace, config: BusConfig) -> int:
         index = await bus.index()
         counts = await index.active_counts()
         records = await index.active_jobs(limit=max(args.limit, 0))
+        health = await bus.site_health()
     if args.json:
         for r in records:
             print(_json(r))
         return 0
     if not counts:
         print("nothing is pending or running")
-        return 0
     for site, states in counts.items():
-        print(f"{shown(site)}: {_counts(states)}")
+        note = health_note(health.get(site))
+        print(f"{shown(site)}: {_counts(states)}" + (f"  [site {note}]" if note else ""))
         for r in records:
             if r.site == site:
                 print(f"  {_row(r)}")
+    for site in sorted(set(health) - set(counts)):  # a site in trouble says so, busy or not
+        note = health_note(health[site])
+        if note:
+            print(f"{shown(site)}: site {note}")
     hidden = sum(n for states in counts.values() for n in states.values()) - len(records)
     if hidden > 0:
         print(f"... and {hidden} more (--limit N shows more)")
@@ -89,6 +94,8 @@ async def status(args: argparse.Namespace, config: BusConfig) -> int:
         return await _overview(args, config)
     async with connect(config, name="lwfm-bus status") as bus:
         records = [await bus.status(args.job)] if args.job else await bus.jobs(workflow=args.workflow)
+        health = await bus.site_health() if any(not r.state.is_terminal for r in records) else {}
     for r in records:
-        print(_json(r) if args.json else _row(r))
+        note = None if r.state.is_terminal else health_note(health.get(r.site))
+        print(_json(r) if args.json else _row(r) + (f"  [site {note}]" if note else ""))
     return 0

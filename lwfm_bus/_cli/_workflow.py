@@ -13,7 +13,7 @@ from .._config import BusConfig
 from .._errors import UnknownJobError
 from .._index._projection import WorkflowRecord
 from .._states import JobState
-from ._print import data_json, job_json, shown
+from ._print import data_json, health_note, job_json, shown
 
 __all__ = ["register"]
 
@@ -65,6 +65,7 @@ async def show_workflow(args: argparse.Namespace, config: BusConfig) -> int:
             raise UnknownJobError(f"no workflow {args.workflow_id!r} is known to this bus")
         data = (await bus.find(workflow_id=args.workflow_id, limit=10_000)).records
         triggers = await bus.triggers(workflow=args.workflow_id)
+        health = await bus.site_health()
     if args.json:
         doc = {
             "workflow_id": args.workflow_id,
@@ -75,6 +76,11 @@ async def show_workflow(args: argparse.Namespace, config: BusConfig) -> int:
             "triggers": [
                 {"trigger_id": t.trigger_id, "kind": t.kind, "state": t.state, "fired": t.fired} for t in triggers
             ],
+            "sites": {  # the health of each site its jobs ran on, as its agents last said it
+                site: {"status": beat.data.status.value, "since": beat.time.isoformat(), "info": beat.data.info}
+                for site, beat in sorted(health.items())
+                if site in {j.site for j in jobs}
+            },
         }
         print(json.dumps(doc, indent=2))
         return 0
@@ -85,6 +91,9 @@ async def show_workflow(args: argparse.Namespace, config: BusConfig) -> int:
         print(
             f"  {shown(j.job_id):<32}  {j.state.value:<9} {shown(j.site):<10} parents {parents}  {shown(j.name or '')}"
         )
+    troubled = {j.site: health_note(health.get(j.site)) for j in jobs if not j.state.is_terminal}
+    for site, note in sorted((site, note) for site, note in troubled.items() if note):
+        print(f"  site {shown(site)}: {note}")  # why its jobs wait
     print("data:")
     for d in data:
         print(f"  {shown(d.data_id):<32}  {shown(d.site)}:{shown(d.location)}  from {shown(d.job_id or '-')}")

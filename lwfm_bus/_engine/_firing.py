@@ -23,6 +23,7 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from .._bus._eventbus import EventBus
+from .._errors import LwfmBusError
 from .._events import TriggerExpired, TriggerFailed, TriggerFired, make_event
 from .._identity import TRIGGER_DATA_ENV
 from .._jobs import JobContext, JobDefn
@@ -172,7 +173,7 @@ class Firing:
                 await self._dispatcher.submit_job(ctx, job)  # one stored submission; the site's agents run it
                 return None
             except Exception as exc:  # noqa: BLE001 - every failure is retried, then reported
-                last = f"{type(exc).__name__}: {exc}"
+                last = _in_words(exc)
                 log.warning("trigger %s: dispatch attempt %d failed: %s", trigger.trigger_id, attempt, last)
             if attempt < self.config.dispatch_attempts:
                 await settle(msg.in_progress())
@@ -193,6 +194,20 @@ class Firing:
         if point in self.config.crash_at:
             log.warning("engine: crash point %s reached; killing this process", point)
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _in_words(exc: Exception) -> str:
+    """Why a dispatch failed, as the trigger's reason and the job's FAILED line say it.
+
+    Our own errors' messages say it in words; a class name in front of them
+    (``ConfigError: unknown site ...``; once ``_AdapterRefused: ...``) reads as a crash.
+    Another library's error keeps its name only when it has no message of its own.
+    """
+    if isinstance(exc, LwfmBusError):
+        return str(exc)
+    if isinstance(exc, TimeoutError):
+        return f"timed out ({exc})" if str(exc) else "timed out"
+    return str(exc) or type(exc).__name__
 
 
 def _with_arrival(trigger: Trigger, record: FiringRecord, job: JobDefn) -> JobDefn:

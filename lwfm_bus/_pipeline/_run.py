@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+
 from .._client import Bus
 from .._errors import LwfmBusError, PipelineError, PipelineIssue, WorkspaceError
 from .._events import (
@@ -44,6 +46,7 @@ __all__ = ["RunReport", "plural", "run_pipeline"]
 Echo = Callable[[str], None]
 StderrTail = Callable[[str], Awaitable[list[str]]]
 _TAIL_LINES, _TAIL_BYTES, _TAIL_WIDTH = 3, 64 * 1024, 300  # of a failed job's stderr, in its progress line
+_TAIL_WAIT_S = 15.0  # reading that stderr from a remote site: the run's progress waits meanwhile
 _SETTLED = (TriggerFiredEvent, TriggerExpiredEvent, TriggerFailedEvent, TriggerCancelledEvent)
 
 
@@ -230,24 +233,28 @@ def _check_sites(bus: Bus, pipeline: Pipeline) -> None:
         raise PipelineError(issues=issues)
 
 
-async def _site_pythons(bus: Bus, pipeline: Pipeline) -> dict[str, str]:
-    """The interpreter with lwfm-bus on each site the pipeline uses: ours here, the adapter's elsewhere.
+async def _site_places(bus: Bus, pipeline: Pipeline) -> dict[str, tuple[str, bool]]:
+    """Each site the pipeline uses: the interpreter with lwfm-bus there, and whether it is another machine.
 
-    The step runner runs under it (``python -m lwfm_bus step-exec``); an adapter says
-    which through a ``python`` attribute (the ssh and slurm sites' option of that name).
-    Another member of the federation, not configured here, gets ``python3``.
+    The step runner runs under that interpreter (``python -m lwfm_bus step-exec``): ours
+    here, the adapter's elsewhere (its ``python`` attribute, the ssh and slurm sites'
+    option of that name).  An adapter says it runs jobs on another machine with a
+    ``remote`` attribute (ssh, and slurm over ssh); a step there starts in its job
+    directory with a home of its own.  Another member of the federation, not configured
+    here, gets ``python3`` and is another machine.
     """
     out = {}
     for site in _sites(pipeline):
         if bus.is_local_site(site):
-            out[site] = sys.executable
+            out[site] = (sys.executable, False)
             continue
         if site not in bus.site_specs():
-            out[site] = "python3"
+            out[site] = ("python3", True)
             continue
         adapter = await bus.site(site)
         configured = getattr(adapter, "python", None)
-        out[site] = configured if isinstance(configured, str) else "python3"
+        remote = getattr(adapter, "remote", False)
+        out[site] = (configured if isinstance(configured, str) else "python3", remote is True)
     return out
 
 
@@ -298,13 +305,27 @@ def plural(count: int, noun: str, nouns: str | None = None) -> str:
 
 
 async def _stderr_tail(bus: Bus, job_id: str) -> list[str]:
-    """The last lines (up to 3, non-blank, each cut to a readable width) of a job's stderr; none if unreadable."""
+    """The last lines (up to 3, non-blank, each cut to a readable width) of a job's stderr.
+
+    If it cannot be read now (a remote site this process cannot reach, or slow to), one
+    line says why and how to read it later: a failed step's line alone ("FAILED (exit 1)")
+    left the user guessing.  Never more than ``_TAIL_WAIT_S``: the run's progress waits.
+    """
+    later = f"read it later with: lwfm-bus logs {job_id} --stderr"
     try:
-        data = await bus.logs(job_id, "stderr")
-    except (LwfmBusError, OSError):
-        return []  # a site that cannot be reached now: the failure is reported all the same
+        with anyio.fail_after(_TAIL_WAIT_S):
+            data = await bus.logs(job_id, "stderr")
+    except TimeoutError:
+        return [f"(its stderr was not read within {_TAIL_WAIT_S:g}s; {later})"]
+    except (LwfmBusError, OSError) as exc:
+        why = " ".join(str(exc).split()) or "unreadable"  # one line, whatever the site said
+        return [_cut(f"(its stderr cannot be read now: {why}; {later})")]
     lines = [line.rstrip() for line in data[-_TAIL_BYTES:].decode(errors="replace").splitlines() if line.strip()]
-    return [line if len(line) <= _TAIL_WIDTH else line[: _TAIL_WIDTH - 3] + "..." for line in lines[-_TAIL_LINES:]]
+    return [_cut(line) for line in lines[-_TAIL_LINES:]]
+
+
+def _cut(line: str) -> str:
+    return line if len(line) <= _TAIL_WIDTH else line[: _TAIL_WIDTH - 3] + "..."
 
 
 async def _check_resume(bus: Bus, pipeline: Pipeline, workflow_id: str) -> None:
@@ -331,6 +352,7 @@ async def run_pipeline(
     *,
     resume: str | None = None,
     started: Callable[[str], None] | None = None,
+    overrides: list[str] | None = None,
 ) -> RunReport:
     """Compile ``pipeline`` onto the bus, follow it, and report how it ended.
 
@@ -341,6 +363,8 @@ async def run_pipeline(
     that is neither configured nor a member of this bus's federation is refused
     (:class:`PipelineError`).  Both before anything is published.  ``started`` is told
     the run's workflow id as soon as it is defined (what to resume after an interruption).
+    ``overrides`` are the ``--set`` texts the pipeline was loaded with, kept in the run's
+    workflow properties (``"overrides"``) so that a resume can apply them again.
     """
     _check_sites(bus, pipeline)
     if resume is not None:
@@ -348,7 +372,10 @@ async def run_pipeline(
     await _ensure_workspaces(bus, pipeline, echo)
     if resume is None:
         await _retire_standing(bus, pipeline, echo)
-    wf = await bus.define_workflow(pipeline.name, {"pipeline": str(pipeline.source or "")}, workflow_id=resume)
+    # The run's '--set NAME=VALUE' texts, as given: what a resume (the CLI's, the dashboard's) passes again.
+    wf = await bus.define_workflow(
+        pipeline.name, {"pipeline": str(pipeline.source or ""), "overrides": list(overrides or [])}, workflow_id=resume
+    )
     if started is not None:
         started(wf.workflow_id)
 
@@ -361,14 +388,15 @@ async def run_pipeline(
             records += page.records
         return records
 
-    pythons = await _site_pythons(bus, pipeline)
+    places = await _site_places(bus, pipeline)
 
     def python(site: str) -> str:
-        return pythons.get(site, "python3")
+        return places.get(site, ("python3", True))[0]
 
-    plan = await compile_plan(
-        pipeline, wf.workflow_id, finder, python=python, home=bus.config.home, local=bus.is_local_site
-    )
+    def here(site: str) -> bool:
+        return not places.get(site, ("python3", True))[1]
+
+    plan = await compile_plan(pipeline, wf.workflow_id, finder, python=python, home=bus.config.home, local=here)
     if resume is not None:  # what failed or was cancelled runs again, as its next attempt
         jobs = {r.job_id: r.state for r in await bus.jobs(workflow=wf.workflow_id, limit=None)}
         triggers = {r.trigger_id: r.state for r in await bus.triggers(workflow=wf.workflow_id)}

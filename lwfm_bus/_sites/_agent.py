@@ -42,9 +42,11 @@ from pydantic import ValidationError
 
 from .._bus._eventbus import STREAM, SUBMIT_STREAM, EventBus, deliveries
 from .._errors import LwfmBusError
+from .._events import SiteStatus
 from .._jobs import JobContext
 from .._states import JobState
 from .._subjects import CANCEL_ROOT, ROOT, SUBMIT_ROOT, agent_subject
+from ._health import HealthKeeper
 from ._protocol import SiteAdapter, SiteRuntime
 from ._registry import SiteSpec
 from ._report import Reporter
@@ -124,6 +126,7 @@ class SiteAgent:
         # terminal one tells the agent that a job it holds has ended.
         self._reporter = Reporter(bus, stopping=lambda: self._stopping, on_reported=self._reported)
         self._tg: TaskGroup | None = None
+        self.health = HealthKeeper(bus, spec.name, self.config.name, spec.adapter)
         # Where this agent launches jobs: agents of one place share adoption through the adapter.
         self._place = f"{socket.gethostname()}:{state_dir.absolute()}"
 
@@ -150,6 +153,7 @@ class SiteAgent:
                 await tg.start(self._answer_pings)
                 await tg.start(self._follow_cancels, tg)
                 await tg.start(self._follow_ends)
+                tg.start_soon(self.health.run)
                 task_status.started()
                 await self._open_adapter()
                 await self._take_submissions(tg)
@@ -180,6 +184,7 @@ class SiteAgent:
             reporter=self._reporter,
             job_env=self._job_env,
             role="agent",
+            on_health=self.health.set,
         )
         delay = min(1.0, self.config.open_retry_max_s)
         said: str | None = None  # the failure last reported at WARNING
@@ -196,6 +201,7 @@ class SiteAgent:
                     raise
                 failures += 1
                 why = " ".join(str(exc).split()) or type(exc).__name__  # one line, whatever the adapter said
+                self.health.set(SiteStatus.DOWN, f"cannot be opened: {why}")
                 if why != said:
                     # Said at once and once, permanent (a host name that does not resolve) or
                     # not: repeating it every few seconds would bury everything else.
@@ -217,6 +223,8 @@ class SiteAgent:
                     "agent %s: site %s is open now, after %d failed attempts", self.config.name, self.site, failures
                 )
             self._adapter = adapter
+            if self.health.status in (None, SiteStatus.DOWN):  # the adapter may have said DEGRADED while opening
+                self.health.set(SiteStatus.UP)
             self._opened.set()
             return
 

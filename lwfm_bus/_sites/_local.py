@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Coroutine
@@ -131,6 +132,7 @@ class LocalSite:
         self._running = 0
         self._waiting: OrderedDict[str, asyncio.Future[bool]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping: dict[str, anyio.Event] = {}  # job id -> set once a stop under way has ended
         self._owner_lock: IO[str] | None = None
         self._closed = False
 
@@ -312,7 +314,8 @@ class LocalSite:
             except OSError as exc:
                 await self._finish(ctx, JobState.FAILED, None, f"could not start: {exc}")
                 return
-            cancel_requested = await anyio.to_thread.run_sync(_record_pid, jobdir, proc.pid)
+            limit = defn.resources.time_limit_s
+            cancel_requested = await anyio.to_thread.run_sync(_record_pid, jobdir, proc.pid, limit)
             ctx = ctx.model_copy(update={"native_id": str(proc.pid)})
             if cancel_requested:
                 # A cancel that came between our check and the pid file saw no process
@@ -322,7 +325,11 @@ class LocalSite:
             else:
                 await self._rt.reporter.report(ctx, JobState.RUNNING, native_state="running")
             try:
-                rc = await proc.wait()
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._end_at_deadline, jobdir, proc.pid, _proc_start_time(proc.pid))
+                    rc = await proc.wait()
+                    await self._stopped(ctx.job_id)
+                    tg.cancel_scope.cancel()
             except asyncio.CancelledError:
                 _detach(proc)  # close(): stop watching, the job runs on
                 raise
@@ -406,8 +413,50 @@ class LocalSite:
 
     async def _watch_foreign(self, ctx: JobContext, pid: int, started: str | None) -> None:
         """Wait for a process that is not our child: its exit code comes from the wrapper's file."""
-        await _wait_pid_exit(pid, started)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._end_at_deadline, self._dir(ctx.job_id), pid, started)
+            await _wait_pid_exit(pid, started)
+            await self._stopped(ctx.job_id)
+            tg.cancel_scope.cancel()
         await self._conclude(ctx, None)
+
+    async def _end_at_deadline(self, jobdir: Path, pid: int, started: str | None) -> None:
+        """At the job's deadline (if it has a time limit): SIGTERM, then SIGKILL after the grace.
+
+        The ``timed_out`` marker comes first, so the job is concluded FAILED with the
+        native state TIMEOUT (what a retry policy looks at) however it then exits.
+        """
+        found = await anyio.to_thread.run_sync(_deadline, jobdir)
+        if found is None:
+            return
+        deadline, limit_s = found
+        await anyio.sleep(max(0.0, deadline - time.time()))  # a timer, not synchronisation
+        if not _alive(pid, started):
+            return
+        (jobdir / "timed_out").write_text(str(limit_s))
+        await self._stop(jobdir.name, pid, started)
+
+    async def _stop(self, job_id: str, pid: int, started: str | None) -> None:
+        """Stop the job's process group (cancel, time limit); its watch concludes only after.
+
+        The wrapper may die of the SIGTERM while its command ignores it: reporting the job
+        ended then would be untrue for up to the grace, and the watch that ends with the
+        wrapper must not cancel the SIGKILL of what is left -- hence shielded (bounded by
+        the grace) and awaited by the watch (:meth:`_stopped`).
+        """
+        done = self._stopping.setdefault(job_id, anyio.Event())
+        try:
+            with anyio.CancelScope(shield=True):
+                await _stop_group(pid, started, self._opts.kill_grace_s)
+        finally:
+            done.set()
+            self._stopping.pop(job_id, None)
+
+    async def _stopped(self, job_id: str) -> None:
+        """Once a stop of the job under way (if any) has ended every process of it."""
+        stopping = self._stopping.get(job_id)
+        if stopping is not None:
+            await stopping.wait()
 
     # ------------------------------------------------------------------ queries
 
@@ -449,13 +498,7 @@ class LocalSite:
         pid, started = int(info["pid"]), info.get("start")
         if not _alive(pid, started):
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-        with anyio.move_on_after(self._opts.kill_grace_s):
-            await _wait_pid_exit(pid, started)
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
+        await self._stop(ctx.job_id, pid, started)
 
     async def logs(self, ctx: JobContext, stream: LogStream = "stdout") -> bytes:
         path = self._dir(ctx.job_id) / stream
@@ -477,8 +520,12 @@ async def conclude(jobdir: Path, ctx: JobContext, reporter: StatusReporter, rc: 
     """Turn how a job's process ended into a canonical state, preferring the wrapper's record."""
     recorded = _read_exit_code(jobdir)
     code = recorded if recorded is not None else rc
+    native: str | None = None
     if (jobdir / "cancel_requested").exists():
         state, why = JobState.CANCELLED, "cancelled"
+    elif (jobdir / "timed_out").exists():
+        limit = _read_or_empty(jobdir / "timed_out")
+        state, why, native = JobState.FAILED, f"time limit of {limit}s reached (SIGTERM, then SIGKILL)", "TIMEOUT"
     elif code == 0:
         state, why = JobState.COMPLETE, None
     elif code is None:
@@ -487,7 +534,7 @@ async def conclude(jobdir: Path, ctx: JobContext, reporter: StatusReporter, rc: 
         state, why = JobState.FAILED, f"killed by signal {-code}"
     else:
         state, why = JobState.FAILED, f"exit code {code}"
-    await reporter.report(ctx, state, exit_code=code, native_info=why, native_state=state.value.lower())
+    await reporter.report(ctx, state, exit_code=code, native_info=why, native_state=native or state.value.lower())
 
 
 def _detach(proc: asyncio.subprocess.Process) -> None:
@@ -519,10 +566,53 @@ def _prepare_launch(jobdir: Path) -> tuple[BinaryIO, BinaryIO] | None:
         raise
 
 
-def _record_pid(jobdir: Path, pid: int) -> bool:
-    """Write the pid file, then tell whether a cancel came meanwhile (it saw no process to kill)."""
-    (jobdir / "pid").write_text(json.dumps({"pid": pid, "start": _proc_start_time(pid)}))
+async def _stop_group(pid: int, started: str | None, grace_s: float) -> None:
+    """SIGTERM the job's process group; SIGKILL what of it is left after ``grace_s``.
+
+    The wrapper leads the group: it may die of the SIGTERM while its command ignores it,
+    so the end of the wrapper is not the end of the job -- the group is checked too.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    with anyio.move_on_after(grace_s):
+        await _wait_pid_exit(pid, started)
+        while _group_alive(pid):  # noqa: ASYNC110 - no kernel wake-up for a process group's end
+            await anyio.sleep(0.05)
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _record_pid(jobdir: Path, pid: int, limit_s: int | None = None) -> bool:
+    """Write the pid file, then tell whether a cancel came meanwhile (it saw no process to kill).
+
+    A time limit becomes a wall-clock deadline in the same file: whoever watches the job
+    -- this process, or an agent that adopts it after a restart -- ends it then.
+    """
+    record: dict[str, object] = {"pid": pid, "start": _proc_start_time(pid)}
+    if limit_s is not None:
+        record.update(deadline=time.time() + limit_s, limit_s=limit_s)
+    (jobdir / "pid").write_text(json.dumps(record))
     return (jobdir / "cancel_requested").exists()
+
+
+def _deadline(jobdir: Path) -> tuple[float, int] | None:
+    """The job's wall-clock deadline and its time limit, if it has one."""
+    try:
+        info = json.loads((jobdir / "pid").read_text())
+        return float(info["deadline"]), int(info["limit_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _copy_atomic(source: Path, target: Path) -> None:

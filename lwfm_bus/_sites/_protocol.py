@@ -8,13 +8,14 @@ the subjects, ids and ordering rules live in one place.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
+from .._events import SiteStatus
 from .._jobs import JobContext, JobDefn
 from .._states import JobState
 
@@ -62,6 +63,14 @@ class SiteRuntime:
     reporter: StatusReporter
     job_env: Mapping[str, str] = field(default_factory=dict)
     role: SiteRole = "agent"
+    on_health: Callable[[SiteStatus, str | None], None] | None = None
+
+    def report_health(self, status: SiteStatus, reason: str | None = None) -> None:
+        """Say how the site is: DEGRADED with why (its scheduler does not answer, its output
+        cannot be read), UP once it works again.  Published by the agent when it changes,
+        shown by ``status``, ``workflow show`` and the dashboard; cheap to call at every poll."""
+        if self.on_health is not None:
+            self.on_health(status, reason)
 
 
 @runtime_checkable

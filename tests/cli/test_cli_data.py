@@ -119,3 +119,25 @@ def test_where_conditions_parse_to_a_signature() -> None:
         "f": {"op": "eq", "value": "1"},
         "g": {"op": "eq", "value": "text"},
     }
+
+
+async def test_emit_data_takes_dash_m_like_notate_and_put(
+    bus: lb.Bus, bus_config: lb.BusConfig, tmp_path: Path
+) -> None:
+    """Issue 22, item 6: ``emit data`` took only ``--meta`` where notate and put also take ``-m``."""
+    produced = tmp_path / "out.dat"
+    produced.write_text("42")
+    job_id = lb.new_id()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_")}
+    env.update(LWFM_JOB_ID=job_id, LWFM_SITE="local", LWFM_BUS_URL=bus_config.servers[0])
+    env["LWFM_BUS_HOME"] = str(bus_config.home)  # as a job's environment has them
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "emit", "data", str(produced), "-m", "kind=short", "--meta", "n=3",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    async with bus.subscribe("lwfm.local.data.>", from_start=True) as events:
+        event = await events.next(timeout=30)
+    assert isinstance(event, lb.DataEvent)
+    assert (event.data.job_id, event.data.metadata) == (job_id, {"kind": "short", "n": 3})

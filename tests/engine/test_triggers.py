@@ -519,6 +519,7 @@ async def test_dispatch_to_an_unknown_site_fails_after_bounded_retries(bus: lb.B
         event = await _outcome(bus, trig.trigger_id)
         assert isinstance(event, lb.TriggerFailedEvent), event
         assert "nosuchsite" in event.data.reason
+        assert event.data.reason.startswith("unknown site 'nosuchsite'"), event.data.reason  # no class name first
         assert event.data.attempts == engine.config.dispatch_attempts
         await _engine_idle(bus)
         assert engine.stats.dispatch_calls == engine.config.dispatch_attempts
@@ -531,6 +532,7 @@ async def test_dispatch_to_an_unknown_site_fails_after_bounded_retries(bus: lb.B
         b = await bus.wait(b_id, timeout=30)
         assert b.state is JobState.FAILED
         assert b.native_info is not None and "dispatch" in b.native_info
+        assert "Error" not in b.native_info, b.native_info  # words, not ConfigError (issue 22, item 6)
         assert b.parent_ids == (up,)
 
 

@@ -34,7 +34,8 @@ from tests.sites._sshd import free_port
 _PROGRAMS = ("slurmctld", "slurmd", "munged", "sbatch", "squeue", "scontrol", "scancel")
 
 
-def _why_no_slurm() -> str | None:
+def why_no_slurm() -> str | None:
+    """Why no cluster can be started here (None: it can); ``bench/remote.py`` asks it too."""
     missing = [p for p in _PROGRAMS if not shutil.which(p, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")]
     if missing:
         return f"not installed: {', '.join(missing)} (scripts/system-deps.sh installs slurm-wlm and munge)"
@@ -138,7 +139,7 @@ def _munge_key(path: Path) -> None:
 
 @contextlib.contextmanager
 def running_slurm(root: Path) -> Iterator[SlurmCluster]:
-    why = _why_no_slurm()
+    why = why_no_slurm()
     if why is not None:
         pytest.skip(why)
     root.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,9 @@ server, kills the test's leftover jobs (found by their job directory, by pid) an
 removes that directory in ``finally``.
 
 Readiness is the server's own "Server listening" line, not a delay.
+
+The performance suite uses :func:`running_sshd` as well (``bench/remote.py``), after
+:func:`why_no_sshd` says it can; it is the one place that knows how to start sshd.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ TEST_USER = "lwfmtest"
 SSHD = Path("/usr/sbin/sshd")
 
 
-def _why_no_sshd() -> str | None:
+def why_no_sshd() -> str | None:
+    """Why no sshd can be started here (None: it can); ``bench/remote.py`` asks it too, to skip cleanly."""
     if not SSHD.exists():
         return f"{SSHD} is not installed (scripts/system-deps.sh installs Debian's openssh-server)"
     if not shutil.which("ssh-keygen"):
@@ -221,7 +225,7 @@ def write_known_hosts(path: Path, port: int, key_line: str | None) -> Path:
 
 @contextlib.contextmanager
 def running_sshd(root: Path) -> Iterator[SshServer]:
-    why = _why_no_sshd()
+    why = why_no_sshd()
     if why is not None:
         pytest.skip(why)
     user = ensure_test_user()

@@ -231,7 +231,9 @@ async def test_an_agent_killed_with_running_and_queued_jobs_leaves_each_to_run_o
                 await wait_state(bus, job.job_id, JobState.RUNNING)
             doomed.kill()  # SIGKILL: no cleanup of any kind
             await doomed.wait()
-        assert len([r for r in _records(log) if r[0] == "start"]) == 5
+        # At most the site's limit ran under the first agent (a job reported RUNNING may not have
+        # written its start record yet: the jobs outlive the agent and write it anyway).
+        assert len([r for r in _records(log) if r[0] == "start"]) <= 5
         async with _agent(bus_config.home, bus_config.servers[0], sites_file=sites, ack_wait=2):
             go.touch()
             finals = await asyncio.gather(*(job.wait(timeout=120) for job in jobs))

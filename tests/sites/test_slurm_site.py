@@ -31,7 +31,7 @@ from adapters._slurm_parse import (
 from adapters.slurm import SlurmOptions, SlurmSite
 from lwfm_bus import JobState
 from lwfm_bus.testing import hold_connection
-from tests._helpers import job_events, wait_info, wait_state, write_sites
+from tests._helpers import job_events, site_health, site_health_changes, wait_state, write_sites
 from tests.sites._slurm import SlurmCluster, running_slurm
 from tests.sites._sshd import SshServer, sshd
 
@@ -362,9 +362,12 @@ async def test_slurm_commands_over_the_ssh_connection(
 # --------------------------------------------------------------------- strict parsing, end to end
 
 
-async def test_unexpected_squeue_output_is_an_error_event_and_the_watcher_goes_on(
+async def test_unexpected_squeue_output_degrades_the_site_and_the_watcher_goes_on(
     bus_config: lb.BusConfig, slurm: SlurmCluster, tmp_path: Path
 ) -> None:
+    """Output the scheduler should not give is the site's trouble (its health says it, with the
+    line), not an INFO event on each job (issue 22, item 5); once squeue answers again the site
+    is UP, and the same watcher carries the job to its end."""
     # The real Slurm commands, except a squeue that answers something else.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -380,17 +383,22 @@ async def test_unexpected_squeue_output_is_an_error_event_and_the_watcher_goes_o
         job = await bus.submit(
             lb.JobDefn.of(["/bin/sh", "-c", 'while [ ! -e "$1" ]; do sleep 0.05; done', "j", str(go)]), site="hpc"
         )
-        info = await wait_info(bus, job.job_id, "site error: squeue: unexpected line")
-        assert "JOBID PARTITION" in (info.info or "")
-        # The real squeue is back: the same watcher carries on.
+        degraded = await site_health(bus, "hpc", lb.SiteStatus.DEGRADED)
+        assert degraded.data.info is not None and "squeue: unexpected line" in degraded.data.info
+        assert "JOBID PARTITION" in degraded.data.info
+        # The real squeue is back: the site is well again and the same watcher carries on.
         fixed = bin_dir / "squeue.new"
         fixed.symlink_to(slurm.run("sh", "-c", "command -v squeue").stdout.strip())
         fixed.replace(squeue)
+        await site_health(bus, "hpc", lb.SiteStatus.UP)
         go.touch()
         status = await job.wait(timeout=60)
         assert (status.state, status.exit_code) == (JobState.COMPLETE, 0)
-        infos = [e for e in await job_events(bus, job.job_id) if e.state is JobState.INFO]
-        assert len(infos) == 1  # the same problem is reported once, not at every poll
+        assert [e for e in await job_events(bus, job.job_id) if e.state is JobState.INFO] == []
+        assert await site_health_changes(bus, "hpc") == [
+            lb.SiteStatus.DEGRADED,
+            lb.SiteStatus.UP,
+        ]  # each change once, not once per poll
 
 
 async def test_submit_refused_by_sbatch_names_the_command(sbus: lb.Bus) -> None:

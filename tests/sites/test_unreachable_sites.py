@@ -20,7 +20,7 @@ import pytest
 import lwfm_bus as lb
 from lwfm_bus import JobState
 from lwfm_bus.testing import hold_connection
-from tests._helpers import wait_state, write_sites
+from tests._helpers import site_health, site_health_changes, wait_state, write_sites
 from tests.sites._sshd import SshServer, free_port, sshd
 
 __all__ = ["sshd"]  # the fixture, re-exported for pytest
@@ -162,7 +162,8 @@ async def test_a_refused_connection_is_retried_and_said_once(
     async with hold_connection(config) as bus:
         first = await records.wait_for(lambda r: r.levelno >= logging.WARNING, timeout=_PROMPT_S)
         line = first.getMessage()
-        assert "site dead" in line and "127.0.0.1" in line and "ConnectionRefusedError" in line
+        assert "site dead" in line and "127.0.0.1" in line and "Connection refused" in line
+        assert "Error" not in line, line  # words, not a class name (ConnectionRefusedError) -- issue 22, item 6
         # Two attempts later (each one a record at DEBUG), still that one warning.
         await records.wait_for(lambda r: "still cannot be opened" in r.getMessage(), _PROMPT_S, count=2)
         assert not bus._agents["dead"]._opened.is_set()
@@ -193,8 +194,12 @@ async def test_an_outage_of_an_open_site_is_said_once_then_its_end(
         await records.wait_for(failed_poll, _PROMPT_S, count=4)
         warned = records.messages(logging.WARNING)
         assert len(warned) == 2, warned
-        assert "connection failed" in warned[0] and "ConnectionRefusedError" in warned[0]
+        assert "connection failed" in warned[0] and "Connection refused" in warned[0]
         assert "status query failed" in warned[1] and "cannot reach" in warned[1]
+        assert not any(name in " ".join(warned) for name in ("Error", "HostUnreachable")), warned  # words only
+
+        degraded = await site_health(bus, "remote", lb.SiteStatus.DEGRADED)  # said where its jobs wait (item 5)
+        assert "its status query fails: cannot reach" in (degraded.data.info or "")
 
         sshd.start()
         go.touch()
@@ -202,6 +207,8 @@ async def test_an_outage_of_an_open_site_is_said_once_then_its_end(
         await records.wait_for(lambda r: "status queries work again" in r.getMessage(), _PROMPT_S)
         back = records.messages(logging.WARNING)[2:]
         assert len(back) == 2 and "reconnected" in back[0], back
+        await site_health(bus, "remote", lb.SiteStatus.UP)
+        assert await site_health_changes(bus, "remote") == [lb.SiteStatus.DEGRADED, lb.SiteStatus.UP]  # once each
 
 
 async def test_a_client_meets_a_permanent_fault_at_once(bus_config: lb.BusConfig, tmp_path: Path) -> None:
