@@ -54,10 +54,13 @@ fi
 exit $rc
 """
 
-# Args: WRAPPER ROOT JOB_ID CWD ARGV...; stdin: the env file.  Prints one line:
-# "started PID", "exists PID|-", "cancelled -" or "failed MESSAGE".
+# Args: WRAPPER ROOT JOB_ID CWD LIMIT_S GRACE_TENTHS ARGV...; stdin: the env file.  Prints
+# one line: "started PID", "exists PID|-", "cancelled -" or "failed MESSAGE".  A LIMIT_S
+# (empty: none) starts a timer on the host beside the job, which outlives this connection
+# and any agent: at the limit it marks the job timed_out, SIGTERMs its process group and
+# SIGKILLs what is left after the grace -- unless the job has ended by then.
 SSH_SUBMIT = r"""
-w=$1 root=$2 id=$3 cwd=$4; shift 4
+w=$1 root=$2 id=$3 cwd=$4 limit=$5 tenths=$6; shift 6
 umask 077
 d=$root/jobs/$id
 mkdir -p "$d" || { echo "failed cannot create the job directory $d"; exit 0; }
@@ -77,6 +80,18 @@ fi
 setsid /bin/sh -c "$w" lwfm-job "$d" "$@" </dev/null >>"$d/stdout" 2>>"$d/stderr" &
 pid=$!
 printf '%s' "$pid" > "$d/pid.tmp" && mv -f "$d/pid.tmp" "$d/pid"
+if [ -n "$limit" ]; then
+    setsid /bin/sh -c '
+        d=$1 pid=$2 limit=$3 tenths=$4
+        sleep "$limit"
+        [ -f "$d/exit_code" ] && exit 0
+        printf "%s" "$limit" > "$d/timed_out"
+        kill -TERM "-$pid" 2>/dev/null
+        n=0
+        while kill -0 "-$pid" 2>/dev/null && [ "$n" -lt "$tenths" ]; do sleep 0.1; n=$((n + 1)); done
+        kill -KILL "-$pid" 2>/dev/null
+    ' lwfm-limit "$d" "$pid" "$limit" "$tenths" </dev/null >/dev/null 2>&1 &
+fi
 echo "started $pid"
 """
 
@@ -91,15 +106,16 @@ alive() {
 }
 """
 
-# Args: ROOT JOB_ID...  One line per job: "ID STATE DETAIL CANCELLED", then "end".
+# Args: ROOT JOB_ID...  One line per job: "ID STATE DETAIL ENDED_BY", then "end".
 # STATE: unknown | pending | running (DETAIL=pid) | exited (DETAIL=code) | gone (DETAIL=pid).
+# ENDED_BY: 0, 1 (a cancel was asked) or 2 (its time limit was reached).
 SSH_STATUS = (
     _ALIVE
     + r"""
 root=$1; shift
 for id in "$@"; do
     d=$root/jobs/$id
-    c=0; [ -e "$d/cancel_requested" ] && c=1
+    c=0; [ -e "$d/timed_out" ] && c=2; [ -e "$d/cancel_requested" ] && c=1
     if [ ! -d "$d" ]; then echo "$id unknown - $c"; continue; fi
     if [ -f "$d/exit_code" ]; then echo "$id exited $(cat "$d/exit_code") $c"; continue; fi
     if [ ! -f "$d/pid" ]; then echo "$id pending - $c"; continue; fi
@@ -167,7 +183,7 @@ echo "submitted $out"
 JOB_FILES = r"""
 i=0
 for d in "$@"; do
-    c=0; [ -e "$d/cancel_requested" ] && c=1
+    c=0; [ -e "$d/timed_out" ] && c=2; [ -e "$d/cancel_requested" ] && c=1
     if [ -f "$d/exit_code" ]; then echo "$i $(cat "$d/exit_code") $c"; else echo "$i - $c"; fi
     i=$((i + 1))
 done

@@ -33,7 +33,7 @@ from ._tracking import FAST_POLL_S, JobStore, Observation, Tracked, Watcher
 __all__ = ["SshOptions", "SshSite"]
 
 _SUBMITTED = re.compile(r"(started|exists|cancelled|failed) (.*)\n?")
-_STATUS_LINE = re.compile(r"(\S+) (unknown|pending|running|exited|gone) (-|-?\d{1,10}) ([01])")
+_STATUS_LINE = re.compile(r"(\S+) (unknown|pending|running|exited|gone) (-|-?\d{1,10}) ([012])")
 _CHUNK = 200  # job ids per status command: bounded command lines
 
 
@@ -144,7 +144,12 @@ class SshSite:
     async def submit(self, ctx: JobContext, defn: JobDefn) -> str:
         job_dir = self._job_dir(ctx.job_id)
         env = job_environment(self._rt, ctx, defn, self._opts, home=await self._job_home())
-        argv = ["/bin/sh", "-c", SSH_SUBMIT, "lwfm-submit", WRAPPER, self._root, ctx.job_id, defn.cwd or ""]
+        limit = defn.resources.time_limit_s
+        tenths = str(math.ceil(self._opts.kill_grace_s * 10))
+        argv = [
+            "/bin/sh", "-c", SSH_SUBMIT, "lwfm-submit", WRAPPER, self._root, ctx.job_id, defn.cwd or "",
+            "" if limit is None else str(limit), tenths,
+        ]  # fmt: skip
         result = await self.host.run(
             [*argv, *defn.command()], stdin=env_file(env), timeout=self._opts.command_timeout_s
         )
@@ -236,14 +241,14 @@ def _parse_statuses(returncode: int, text: str, stderr: str, job_ids: Sequence[s
         if m is None or m[1] not in job_ids:
             why = f"status script: unexpected line {line[:200]!r}"
             return {job_id: Observation.problem(why) for job_id in job_ids if job_id not in found}
-        found[m[1]] = _observation(m[2], m[3], cancelled=m[4] == "1")
+        found[m[1]] = _observation(m[2], m[3], cancelled=m[4] == "1", timed_out=m[4] == "2")
     for job_id in job_ids:
         if job_id not in found:
             found[job_id] = Observation.problem("status script: no answer for this job")
     return found
 
 
-def _observation(state: str, detail: str, *, cancelled: bool) -> Observation:
+def _observation(state: str, detail: str, *, cancelled: bool, timed_out: bool = False) -> Observation:
     if state == "unknown":
         return Observation(
             JobState.FAILED, native_state="unknown", native_info="its job directory is gone from the host"
@@ -255,6 +260,9 @@ def _observation(state: str, detail: str, *, cancelled: bool) -> Observation:
     code = int(detail) if state == "exited" and detail != "-" else None
     if cancelled:
         return Observation(JobState.CANCELLED, native_state="cancelled", native_info="cancelled", exit_code=code)
+    if timed_out and state in ("exited", "gone"):
+        why = "time limit reached (SIGTERM, then SIGKILL)"
+        return Observation(JobState.FAILED, native_state="TIMEOUT", native_info=why, exit_code=code)
     if state == "gone":
         why = "the process is gone and no exit code was recorded (killed, or the host rebooted)"
         return Observation(JobState.FAILED, native_state="gone", native_info=why)

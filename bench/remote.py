@@ -32,11 +32,8 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import pwd
 import statistics
 import sys
-import sysconfig
 import tempfile
 import time
 from collections.abc import Iterator
@@ -50,7 +47,7 @@ from bench._common import Figure, figure, log, not_available, scaled
 from lwfm_bus.testing import bus_config_for, start_test_server
 from tests._helpers import write_sites
 from tests.sites._slurm import SlurmCluster, running_slurm, why_no_slurm
-from tests.sites._sshd import SshServer, running_sshd, why_no_sshd
+from tests.sites._sshd import SshServer, python_for_user, running_sshd, why_no_sshd
 
 ITEM = "remote"
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,39 +80,6 @@ class _Ends:
             fut.set_result((now, state.value))
 
 
-def _callback_python(server: SshServer) -> Path:
-    """A ``python`` the login user can run, with this checkout's lwfm-bus and packages importable.
-
-    This interpreter usually lives under root's home (pyenv), which the login user may not
-    read; a system Python of the same version can load the same packages (same ABI).
-    """
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    candidates = [os.path.realpath(sys.executable), f"/usr/bin/{version}", f"/usr/local/bin/{version}"]
-    interpreter = next((c for c in candidates if _runs_as(server.user, c)), candidates[1])
-    packages = sysconfig.get_paths()["purelib"]
-    wrapper = server.workdir / "python"
-    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="{ROOT}:{packages}"; export PYTHONPATH\nexec "{interpreter}" "$@"\n')
-    wrapper.chmod(0o755)
-    user = pwd.getpwnam(server.user)
-    os.chown(wrapper, user.pw_uid, user.pw_gid)
-    return wrapper
-
-
-def _runs_as(user: str, path: str) -> bool:
-    """Can ``user`` execute ``path``: every directory on the way searchable, the file executable."""
-    info = pwd.getpwnam(user)
-    target = Path(path)
-    for step in [*reversed(target.parents), target]:
-        try:
-            st = step.stat()
-        except OSError:
-            return False
-        shift = 6 if st.st_uid == info.pw_uid else 3 if st.st_gid == info.pw_gid else 0
-        if not st.st_mode & (0o1 << shift):
-            return False
-    return True
-
-
 def _sites_file(path: Path, server: SshServer, python: Path, cluster: SlurmCluster | None) -> Path:
     ssh = {"adapter": "ssh", **server.site_options()}
     sites: dict[str, dict[str, object]] = {"ssh": ssh, "ssh-callback": {**ssh, "callback": True, "python": str(python)}}
@@ -128,7 +92,7 @@ async def run(
     server: SshServer, cluster: SlurmCluster | None, samples: int, tmp: Path, timeout: float
 ) -> dict[str, Any]:
     sites = ["local", "ssh", "ssh-callback"] + (["slurm"] if cluster is not None else [])
-    python = _callback_python(server)
+    python = python_for_user(server)
     sites_file = _sites_file(tmp / "sites.toml", server, python, cluster)
     hops: dict[str, list[float]] = {s: [] for s in sites}
     failures: dict[str, str] = {}

@@ -39,6 +39,7 @@ from .._config import is_loopback
 from .._errors import InvalidTokenError, LwfmBusError, TriggerError, UnknownDataError, UnknownJobError
 from .._subjects import check_token
 from ._overviews import data_doc, dead_letters_doc, find_doc, sites_doc, triggers_doc
+from ._resume import Resumer, ResumeRefused
 from ._settings import UiSettings
 from ._stream import EventStream, check_filter, resume_after
 from ._views import MapCache, job_doc, log_tail, stream_seq, workflow_doc, workflows_doc
@@ -132,6 +133,7 @@ def build_app(bus: Bus, settings: UiSettings, stopping: anyio.Event | None = Non
     """The dashboard over ``bus``; event streams end when ``stopping`` is set."""
     csrf = secrets.token_urlsafe(32)
     maps = MapCache()
+    resumer = Resumer(bus)
     stop = stopping if stopping is not None else anyio.Event()
 
     async def index(request: Request) -> Response:
@@ -229,6 +231,15 @@ def build_app(bus: Bus, settings: UiSettings, stopping: anyio.Event | None = Non
             }
         )
 
+    async def resume_workflow(request: Request) -> Response:
+        workflow_id = _token_arg(request, "workflow_id", "workflow id")
+        try:
+            started = await resumer.resume(workflow_id)
+        except ResumeRefused as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        log.warning("dashboard: resume of run %s started (process %d)", workflow_id, started["pid"])
+        return JSONResponse(started, status_code=202)
+
     async def bad_request(request: Request, exc: Exception) -> Response:
         return JSONResponse({"error": str(exc)}, status_code=400)
 
@@ -241,6 +252,7 @@ def build_app(bus: Bus, settings: UiSettings, stopping: anyio.Event | None = Non
         Route("/api/workflows", workflows),
         Route("/api/workflows/{workflow_id}", workflow),
         Route("/api/workflows/{workflow_id}/cancel", cancel_workflow, methods=["POST"]),
+        Route("/api/workflows/{workflow_id}/resume", resume_workflow, methods=["POST"]),
         Route("/api/jobs/{job_id}", job),
         Route("/api/jobs/{job_id}/log", job_log),
         Route("/api/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),

@@ -11,8 +11,9 @@ from datetime import timedelta
 from typing import Any
 
 from .._bus._eventbus import STREAM
+from .._bus._fedkeeper import source_states
 from .._client import Bus
-from .._events import EventDecodeError, SiteHeartbeatEvent, decode_event
+from .._events import SiteHeartbeatEvent, SiteStatus
 from .._index._projection import JobIndex, TriggerRecord
 from .._query import DataQuery, DataRecord
 from .._subjects import ROOT
@@ -135,40 +136,78 @@ async def data_doc(bus: Bus, data_id: str) -> dict[str, Any]:
     }
 
 
-async def _heartbeats(bus: Bus) -> dict[str, dict[str, Any]]:
-    """The last heartbeat of every site that sent one: one direct read per site, by subject."""
-    info = await bus.jetstream.stream_info(STREAM, subjects_filter=f"{ROOT}.*.site.>")
-    beats: dict[str, dict[str, Any]] = {}
-    for subject in sorted(info.state.subjects or {}):
-        if not subject.endswith(".heartbeat"):
-            continue
-        msg = await bus.jetstream.get_last_msg(STREAM, subject)
-        try:
-            event = decode_event(msg.data or b"", bus.config.max_event_bytes, subject)
-        except EventDecodeError:
-            continue  # a reader that meets it parks it; here it is simply not a heartbeat
-        if isinstance(event, SiteHeartbeatEvent):
-            d = event.data
-            beats[d.site] = {
-                "time": time_of(event.time),
-                "status": d.status.value,
-                "adapter": d.adapter,
-                "interval_s": d.interval_s,
-                "info": d.info,
-                "seq": msg.seq,
-            }
-    return beats
+def _health_json(event: SiteHeartbeatEvent | None) -> dict[str, Any]:
+    """A site's health: ``ok`` unless its last heartbeat said otherwise (an agent publishes only changes,
+    so none means no trouble was ever reported); the heartbeat's time is when that health began."""
+    if event is None:
+        return {"status": "ok", "since": None, "info": None, "adapter": None}
+    d = event.data
+    status = "ok" if d.status is SiteStatus.UP else d.status.value
+    return {"status": status, "since": time_of(event.time), "info": d.info, "adapter": d.adapter}
+
+
+_MAX_SITES = 200  # rows of the federation pane
+_LATEST_JOBS = 5  # a site's latest jobs shown in it
+
+
+async def _jobs_by_site(bus: Bus) -> tuple[dict[str, dict[str, int]], dict[str, list[dict[str, Any]]]]:
+    """Every site's jobs by state (ended ones too) and its latest few, from the index (every event this
+    bus's stream holds: its own sites' and, at a federation member, those it sources)."""
+    index = await bus.index()
+    await index.catch_up()
+    counts: dict[str, dict[str, int]] = {}
+    sql = "SELECT site, state, COUNT(*) FROM jobs GROUP BY site, state ORDER BY site"
+    async with index.db.execute(sql) as cur:
+        for site, state, n in await cur.fetchall():
+            if len(counts) < _MAX_SITES or site in counts:
+                counts.setdefault(str(site), {})[str(state)] = int(n)
+    latest: dict[str, list[dict[str, Any]]] = {}
+    sql = "SELECT job_id, name, state, workflow_id, updated_at FROM jobs WHERE site = ? "
+    sql += "ORDER BY updated_at DESC LIMIT ?"
+    for site in counts:
+        async with index.db.execute(sql, (site, _LATEST_JOBS)) as cur:
+            latest[site] = [
+                {"job_id": r[0], "name": r[1], "state": r[2], "workflow_id": r[3], "updated_at": r[4]}
+                for r in await cur.fetchall()
+            ]
+    return counts, latest
+
+
+async def _federation_json(bus: Bus, names: list[str]) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
+    """This bus's place in its federation (None: it stands alone), and per site name: its member, that
+    member's role, and where its events come from (this bus's own, or a source of this stream, with its lag)."""
+    member = bus.federation
+    if member is None:
+        return None, {name: {"member": None, "role": None, "events": {"from": "here"}} for name in names}
+    fed = member.federation
+    _, states = await source_states(bus)
+    owner = {spoken: name for name in fed.sites for spoken in fed.names_of(name)}
+    rows: dict[str, dict[str, Any]] = {}
+    for name in sorted(set(names) | set(owner)):
+        who = owner.get(name)
+        role = None if who is None else "hub" if fed.sites[who].hub else "leaf"
+        if who == member.site:
+            events: dict[str, Any] = {"from": "here"}
+        else:
+            src = next((s for s in states if s.site == who and s.filter == f"{ROOT}.{name}.>"), None)
+            events = {"from": "nowhere"} if src is None else {
+                "from": "sourced", "stream": src.site, "lag": src.lag, "active_s": src.active_s, "error": src.error,
+            }  # fmt: skip
+        rows[name] = {"member": who, "role": role, "events": events}
+    doc = {"site": member.site, "hub": fed.hub, "is_hub": member.is_hub, "members": sorted(fed.sites)}
+    return doc, rows
 
 
 async def sites_doc(bus: Bus) -> dict[str, Any]:
     """Every site: configured (name and adapter only: options may hold hosts and keys), its unfinished
-    jobs by state (the queue), its last heartbeat; and the lag of each stream this bus sources."""
+    jobs by state (the queue), its health; the lag of each stream this bus sources; and the federation
+    pane: every site this bus's stream holds events of, with its jobs and where its events come from."""
     specs = bus.site_specs()
     counts = await (await bus.index()).active_counts()
-    beats = await _heartbeats(bus)
+    health = await bus.site_health()
     stream = await bus.jetstream.stream_info(STREAM)
     sites = []
-    for name in sorted(set(specs) | set(counts) | set(beats)):
+    for name in sorted(set(specs) | set(counts) | set(health)):
         spec = specs.get(name)
         sites.append(
             {
@@ -177,11 +216,31 @@ async def sites_doc(bus: Bus) -> dict[str, Any]:
                 "broken": spec.broken if spec is not None else None,
                 "configured": spec is not None,
                 "jobs": {state.value: n for state, n in counts.get(name, {}).items()},
-                "heartbeat": beats.get(name),
+                "health": _health_json(health.get(name)),
             }
         )
     sources = [
         {"name": s.name, "lag": s.lag, "active_ms": (s.active or 0) / 1e6 if s.active is not None else None}
         for s in stream.sources or []
     ]
-    return {"sites": sites, "sources": sources, "seq": int(stream.state.last_seq)}
+    all_jobs, latest = await _jobs_by_site(bus)
+    # At a federation member, its members and every site its stream holds events of; alone, its own sites too.
+    own = set(specs) if bus.federation is None else set()
+    federation, placed = await _federation_json(bus, sorted(set(all_jobs) | set(health) | own))
+    pane = [
+        {
+            "site": name,
+            **place,
+            "jobs": all_jobs.get(name, {}),
+            "latest": latest.get(name, []),
+            "health": _health_json(health.get(name)),
+        }
+        for name, place in sorted(placed.items())[:_MAX_SITES]
+    ]
+    return {
+        "sites": sites,
+        "sources": sources,
+        "federation": federation,
+        "pane": pane,
+        "seq": int(stream.state.last_seq),
+    }

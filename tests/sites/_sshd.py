@@ -22,6 +22,8 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
+import sysconfig
 import threading
 import uuid
 from collections.abc import Iterator
@@ -284,3 +286,42 @@ def sshd(tmp_path: Path) -> Iterator[SshServer]:
     """A real sshd on a free loopback port, with its keys under ``tmp_path``."""
     with running_sshd(tmp_path / "sshd") as server:
         yield server
+
+
+_CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def python_for_user(server: SshServer) -> Path:
+    """A ``python`` the login user can run, with this checkout's lwfm-bus and packages importable.
+
+    For a site that runs the step runner or callbacks as that user.  This interpreter
+    usually lives under root's home (pyenv), which the login user may not read; a system
+    Python of the same version loads the same packages (same ABI).
+    """
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    candidates = [os.path.realpath(sys.executable), f"/usr/bin/{version}", f"/usr/local/bin/{version}"]
+    interpreter = next((c for c in candidates if _runs_as(server.user, c)), candidates[1])
+    packages = sysconfig.get_paths()["purelib"]
+    wrapper = server.workdir / "python"
+    wrapper.write_text(
+        f'#!/bin/sh\nPYTHONPATH="{_CHECKOUT}:{packages}"; export PYTHONPATH\nexec "{interpreter}" "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    user = pwd.getpwnam(server.user)
+    os.chown(wrapper, user.pw_uid, user.pw_gid)
+    return wrapper
+
+
+def _runs_as(user: str, path: str) -> bool:
+    """Can ``user`` execute ``path``: every directory on the way searchable, the file executable."""
+    info = pwd.getpwnam(user)
+    target = Path(path)
+    for step in [*reversed(target.parents), target]:
+        try:
+            st = step.stat()
+        except OSError:
+            return False
+        shift = 6 if st.st_uid == info.pw_uid else 3 if st.st_gid == info.pw_gid else 0
+        if not st.st_mode & (0o1 << shift):
+            return False
+    return True

@@ -10,14 +10,17 @@ even create a file there -- which is how a pipeline over SSH failed on ``index.l
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 import lwfm_bus as lb
 from lwfm_bus import JobState
+from lwfm_bus._pipeline import load_pipeline
+from lwfm_bus._pipeline._run import run_pipeline
 from lwfm_bus.testing import hold_connection
 from tests._helpers import write_sites
 from tests.sites._slurm import SlurmCluster, slurm
-from tests.sites._sshd import SshServer, sshd
+from tests.sites._sshd import SshServer, python_for_user, sshd
 
 __all__ = ["slurm", "sshd"]  # the fixtures, re-exported for pytest
 
@@ -131,3 +134,39 @@ async def test_a_slurm_job_without_ssh_keeps_this_machines_home(
         _, pwd, home, job_dir = await _seen_remotely(bus, "hpc")
     assert pwd == job_dir
     assert home == str(bus_config.home)
+
+
+async def test_a_pipeline_step_on_an_ssh_site_runs_there_as_its_user_with_no_overrides(
+    bus_config: lb.BusConfig, sshd: SshServer, tmp_path: Path
+) -> None:
+    """The issue's case: a pipeline whose step ran over SSH as another user inherited this
+    machine's home (PermissionError on its index.lock) and pipeline directory.  The step's
+    runner (``python -m lwfm_bus step-exec``) runs as the login user, records its output,
+    and the step completes -- with no cwd, env or home set on the step."""
+    python = python_for_user(sshd)
+    options = {"adapter": "ssh", **sshd.site_options(poll_interval_s=0.2), "python": str(python)}
+    sites = write_sites(tmp_path / "sites.toml", {"remote": options})
+    config = bus_config.model_copy(update={"sites_file": sites, "agents": ("*",), "engine": "on"})
+    path = tmp_path / "away.yaml"
+    path.write_text(
+        textwrap.dedent("""\
+            pipeline: 1
+            name: away
+            steps:
+              there:
+                site: remote
+                run: [sh, -c, 'echo "$(id -un)|$(pwd -P)|$LWFM_BUS_HOME" > where.txt']
+                outputs: {where: where.txt}
+        """)
+    )
+    async with hold_connection(config) as bus:
+        report = await run_pipeline(bus, load_pipeline(path, sites={"local", "remote"}), lambda _: None)
+        jobs = await bus.jobs(workflow=report.workflow_id)
+        err = (await bus.logs(jobs[0].job_id, "stderr")).decode()
+        assert report.ok, (report.failures, err)
+        record = (await bus.find({"lwfm_output": "where"})).records[0]
+    user, pwd, home = Path(record.location).read_text().strip().split("|")
+    assert user == "lwfmtest"
+    assert Path(record.location).parent == Path(pwd)  # written in its own directory on the host...
+    assert Path(pwd).parent == sshd.workdir / "sites" / "remote" / "jobs"  # ...its job directory
+    assert str(tmp_path) not in pwd and home.startswith(str(sshd.workdir))  # nothing of this machine's

@@ -138,6 +138,27 @@ async def test_cancel_stops_the_remote_job_and_its_children(rbus: lb.Bus, sshd: 
 
 
 @linux_only
+async def test_a_time_limit_ends_the_remote_job_and_its_children(rbus: lb.Bus, sshd: SshServer) -> None:
+    """Issue 20, item 2: limits held on Slurm only.  A timer on the host ends the job's process
+    group at the limit (whatever the agent does meanwhile): FAILED, native state TIMEOUT."""
+    fifo = sshd.workdir / "limited.pid"
+    os.mkfifo(fifo)
+    _chown_to_user(fifo)
+    read_end = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        defn = lb.JobDefn.of(["/bin/sh", "-c", 'sleep 300 & echo $! > "$1"; wait', "job", str(fifo)])
+        job = await rbus.submit(defn.model_copy(update={"resources": lb.Resources(time_limit_s=2)}), site="remote")
+        await wait_state(rbus, job.job_id, JobState.RUNNING)
+        child = int(await read_fifo_line(read_end))
+    finally:
+        os.close(read_end)
+    status = await job.wait(timeout=60)
+    assert (status.state, status.native_state) == (JobState.FAILED, "TIMEOUT")
+    assert status.native_info is not None and "time limit" in status.native_info
+    await wait_pid_exit(child, timeout=10)  # the background child too
+    assert is_gone(child)
+
+
 async def test_job_survives_a_dropped_connection_which_is_then_recovered(rbus: lb.Bus, sshd: SshServer) -> None:
     go = sshd.workdir / "go"
     job = await rbus.submit(

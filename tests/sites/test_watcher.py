@@ -47,8 +47,9 @@ async def _watching(tmp_path: Path, reporter: _LosesCancellation) -> Watcher:
 
     async def query(jobs: Sequence[Tracked]) -> Mapping[str, Observation]:
         nonlocal ticks
-        ticks += 1  # a new problem each poll: each poll reports
-        return {t.ctx.job_id: Observation.problem(f"tick {ticks}") for t in jobs}
+        ticks += 1  # a new job each poll, seen running: each poll reports
+        watcher.track(Tracked(ctx=lb.JobContext(job_id=f"j{ticks + 1}", site="remote"), job_dir="/nowhere"))
+        return {t.ctx.job_id: Observation(lb.JobState.RUNNING, native_state="running") for t in jobs}
 
     watcher = Watcher(label="test", interval_s=0.001, query=query, reporter=reporter, store=JobStore(tmp_path / "j"))
     watcher._store.open()

@@ -51,7 +51,11 @@ export async function getJSON(url) {
 export async function post(url, csrf) {
   const response = await fetch(url, { method: "POST", headers: { "x-csrf-token": csrf } });
   const text = await response.text();
-  if (!response.ok) throw new Error(text.trim() || response.statusText);
+  if (!response.ok) {
+    let why = text.trim() || response.statusText;
+    try { why = JSON.parse(text).error || why; } catch { /* plain text */ }
+    throw new Error(why);
+  }
   return JSON.parse(text);
 }
 

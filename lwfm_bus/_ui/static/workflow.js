@@ -93,6 +93,26 @@ export async function workflowPage(main, session, workflowId) {
       }
     });
     actions.append(ask, " ", really, " ", result);
+    if (typeof wf.properties.pipeline === "string" && wf.properties.pipeline) {
+      // A failed or interrupted run goes on as 'lwfm-bus run FILE --resume W', started by the
+      // dashboard: what failed or was cancelled runs again as new attempts, seen here live.
+      const resumed = el("span", { id: "wf-resume-result", class: "muted" });
+      const resume = el("button", { id: "wf-resume", text: "Resume run" });
+      resume.addEventListener("click", async () => {
+        resume.disabled = true;
+        resumed.textContent = "starting\u2026";
+        try {
+          const started = await post("api/workflows/" + encodeURIComponent(wf.workflow_id) + "/resume", session.csrf);
+          resumed.dataset.pid = started.pid;
+          resumed.textContent = `resuming (process ${started.pid}): ${started.argv.slice(3).join(" ")}; its output: ${started.log}`;
+        } catch (error) {
+          resumed.textContent = "refused: " + error.message;
+        } finally {
+          resume.disabled = false;
+        }
+      });
+      actions.append(el("br"), resume, " ", resumed);
+    }
   }
 
   // -- the metro map, and a table of its stations (the same numbers, as text)
@@ -247,8 +267,17 @@ export async function workflowPage(main, session, workflowId) {
   function recount() {
     const total = {};
     const byStation = new Map(stations.map((s) => [s.path, {}]));
+    // A resumed run runs a failed step again as a new attempt, under the same name: a
+    // station counts each run's latest attempt only.
+    const latest = new Map();
+    for (const job of jobs.values()) {
+      if (!job.station || !job.name) continue;
+      const other = latest.get(job.name);
+      if (!other || (spans.get(job.job_id)?.created ?? 0) >= (spans.get(other.job_id)?.created ?? 0)) latest.set(job.name, job);
+    }
     for (const job of jobs.values()) {
       total[job.state] = (total[job.state] || 0) + 1;
+      if (job.station && job.name && latest.get(job.name) !== job) continue;
       if (job.station && byStation.has(job.station)) {
         const c = byStation.get(job.station);
         c[job.state] = (c[job.state] || 0) + 1;
