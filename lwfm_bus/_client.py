@@ -52,6 +52,7 @@ from ._meta import Metadata
 from ._query import DataPage, DataQuery, DataRecord
 from ._repo._repository import DataRepo, Provenance
 from ._repo._workspaces import Workspaces
+from ._secrets import SecretStore, redact
 from ._sites._agent import AgentConfig, SiteAgent, serve_agents
 from ._sites._dispatch import NOT_TAKEN, Dispatcher
 from ._sites._protocol import LogStream, SiteAdapter, SiteRuntime
@@ -491,8 +492,15 @@ class Bus(EventBus):
         await self.publish(make_event(data, source=f"/sites/{self.config.site}/api", id=event_id))
 
     async def logs(self, job_id: str, stream: LogStream = "stdout") -> bytes:
+        """What the job wrote, with the values of its site's secrets in this home's store as ``***``.
+
+        A local job's output is redacted as it is written (see ``_secretrun``); this
+        covers what a remote site's job printed, when read from the home of its agent.
+        """
         ctx = await self._context(job_id)
-        return await (await self.site(ctx.site)).logs(ctx, stream)
+        data = await (await self.site(ctx.site)).logs(ctx, stream)
+        values = await anyio.to_thread.run_sync(SecretStore(self.config.home, ctx.site).values)
+        return redact(data, values) if values else data
 
     # ------------------------------------------------------------------ data
 

@@ -34,16 +34,19 @@ from .._federation import load_federation
 from .._limits import load_json_bounded
 from .._pipeline import Pipeline, load_pipeline, parse_override
 from .._query import DataRecord
+from .._secrets import credential_like
 from .._sites._registry import discover_adapters, load_sites
 
 __all__ = [
     "add_set_option",
     "configured_sites",
+    "credential_warnings",
     "data_json",
     "job_json",
     "load_or_report",
     "parse_meta",
     "parse_where",
+    "pipeline_credential_warnings",
     "print_issues",
     "print_record",
     "shown",
@@ -246,6 +249,29 @@ def load_or_report(file: Path, overrides: list[str], config: BusConfig | None = 
     except PipelineError as exc:
         print_issues(exc)
         return None
+
+
+def credential_warnings(where: str, env: dict[str, str]) -> list[str]:
+    """A warning for each plain env value whose name looks like a credential (``API_TOKEN``, ``db_password``).
+
+    Said at ``validate``, ``run`` and ``submit``: such a value is published with the job
+    and stays in the stream, in bundles and at every federated site; ``secret:NAME``
+    keeps it on the site that runs the job.  The value itself is never shown.
+    """
+    return [
+        f"lwfm-bus: warning: {shown(where)}{shown(name)} looks like a credential, and a plain value is published "
+        f"with the job; store it with 'lwfm-bus secret set {shown(name)}' and write secret:{shown(name)} instead"
+        for name in credential_like(env)
+    ]
+
+
+def pipeline_credential_warnings(file: Path, pipeline: Pipeline) -> list[str]:
+    """:func:`credential_warnings` for every step's ``env:`` (top-level steps; a nested file is checked on its own)."""
+    out = []
+    for name, step in pipeline.steps.items():
+        env = {key: t.text for key, t in step.env.items()}
+        out += credential_warnings(f"{file}: steps.{name}.env.", env)
+    return out
 
 
 def health_note(beat: SiteHeartbeatEvent | None) -> str | None:

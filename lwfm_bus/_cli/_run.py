@@ -26,7 +26,7 @@ from .._config import BusConfig
 from .._errors import BusClosedError, LwfmBusError, PipelineError, PublishError
 from .._pipeline._run import RunReport, plural, run_pipeline
 from .._subjects import check_token
-from ._print import add_set_option, load_or_report, print_issues, shown
+from ._print import add_set_option, load_or_report, pipeline_credential_warnings, print_issues, shown
 
 __all__ = ["register"]
 
@@ -56,6 +56,8 @@ async def run(args: argparse.Namespace, config: BusConfig) -> int:
     pipeline = load_or_report(args.file, args.overrides, config)
     if pipeline is None:
         return 2
+    for warning in pipeline_credential_warnings(args.file, pipeline):
+        print(warning, file=sys.stderr)
 
     def echo(line: str) -> None:
         if not args.quiet:

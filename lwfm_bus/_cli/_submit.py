@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from .._client import connect
 from .._config import BusConfig
 from .._jobs import JobDefn
+from ._print import credential_warnings
 
 
 def register(sub: Any) -> None:
@@ -44,6 +46,8 @@ def _defn(args: argparse.Namespace) -> JobDefn:
 
 async def submit(args: argparse.Namespace, config: BusConfig) -> int:
     defn = _defn(args)
+    for warning in credential_warnings("--env ", defn.env):
+        print(warning, file=sys.stderr)
     async with connect(config, name="lwfm-bus submit") as bus:
         job = await bus.submit(defn, site=args.job_site, workflow=args.workflow, job_id=args.job_id)
         print(job.job_id, flush=True)

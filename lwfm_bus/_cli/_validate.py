@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from .._config import BusConfig
 from .._errors import PipelineError
 from .._pipeline import Pipeline, load_pipeline, parse_override
-from ._print import add_set_option, configured_sites, print_issues, shown
+from ._print import add_set_option, configured_sites, pipeline_credential_warnings, print_issues, shown
 
 __all__ = ["register"]
 
@@ -91,6 +92,9 @@ async def validate(args: argparse.Namespace, config: BusConfig) -> int:
         except PipelineError as exc:
             error, status = exc, 2
             print_issues(exc)
+        if pipeline is not None:
+            for warning in pipeline_credential_warnings(file, pipeline):
+                print(warning, file=sys.stderr)
         if args.json:
             print(json.dumps(_as_json(file, pipeline, error)))
         elif pipeline is not None:

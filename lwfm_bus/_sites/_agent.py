@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
+import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,9 +43,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig
 from pydantic import ValidationError
 
 from .._bus._eventbus import STREAM, SUBMIT_STREAM, EventBus, deliveries
-from .._errors import LwfmBusError
+from .._errors import ConfigError, LwfmBusError
 from .._events import SiteStatus
-from .._jobs import JobContext
+from .._jobs import JobContext, JobDefn
+from .._secrets import SecretStore, missing_secret_reason, redact, references, resolve_defn, secret_name
 from .._states import JobState
 from .._subjects import CANCEL_ROOT, ROOT, SUBMIT_ROOT, agent_subject
 from ._health import HealthKeeper
@@ -110,8 +113,11 @@ class SiteAgent:
         state_dir: Path,
         job_env: Mapping[str, str],
         config: AgentConfig | None = None,
+        secrets: SecretStore | None = None,
     ) -> None:
         self._bus = bus
+        # The site's own secrets, read just before a job that names one starts (see _with_secrets).
+        self._secrets = secrets
         self._spec = spec
         self.site = spec.name
         self.config = config or AgentConfig()
@@ -544,14 +550,20 @@ class SiteAgent:
             # its end comes from the bus (its orphan reporter, callback mode, or that agent back).
             log.info("agent %s: job %s was launched elsewhere; waiting for its end", self.config.name, ctx.job_id)
             return
+        found = await self._with_secrets(ctx, defn)
+        if found is None:
+            return  # a secret is missing: reported FAILED, naming it
+        ready, values = found
         delay = 0.5
         last = ""
         for attempt in range(1, self.config.submit_attempts + 1):
             try:
-                await self._adapter.submit(ctx, defn)
+                await self._adapter.submit(ctx, ready)
                 return
             except Exception as exc:  # noqa: BLE001 - every refusal is retried, then reported
                 last = f"{type(exc).__name__}: {exc}" if not isinstance(exc, LwfmBusError) else str(exc)
+                # An adapter's error may quote the command it was given: never a secret's value.
+                last = redact(last.encode(), values.values()).decode(errors="replace") if values else last
                 log.warning(
                     "agent %s: job %s: submit attempt %d failed: %s", self.config.name, ctx.job_id, attempt, last
                 )
@@ -561,6 +573,55 @@ class SiteAgent:
         await self._reporter.report(
             ctx, JobState.FAILED, native_state="submit-failed", native_info=f"submit failed: {last}"[:4000]
         )
+
+    async def _with_secrets(self, ctx: JobContext, defn: JobDefn) -> tuple[JobDefn, dict[str, str]] | None:
+        """The job as the adapter gets it: its ``secret:NAME`` references filled in from this site's store.
+
+        The values exist from here on only in this process and on the job's host: the
+        submission, its events and bundles keep the references.  The local site stores
+        the definition it is given in its job directory, so it gets the job wrapped in
+        :mod:`._secretrun` instead, which reads the values when the job starts and
+        redacts them from its output.  Remote adapters get the values, which they pass
+        in the job's 0600 environment file and its argv, on the site only.
+
+        Returns the job and the values it uses (to redact an adapter's error message).
+        A missing secret fails the job (None), naming the secret -- unless the site
+        already knows the job (an adoption), which then needs no values.  Nothing here
+        logs a value or the resolved definition.
+        """
+        names = references(defn)
+        if not names:
+            return defn, {}
+        store = self._secrets
+        values: dict[str, str] = {}
+        problems: list[str] = []
+        for name in names:
+            try:
+                value = store.lookup(name, os.environ) if store is not None else os.environ.get(f"LWFM_SECRET_{name}")
+            except ConfigError as exc:  # not UTF-8: said by name, like a missing one (a retry would not help)
+                problems.append(str(exc))
+                continue
+            if value is None:
+                problems.append(missing_secret_reason(name, self.site))
+            else:
+                values[name] = value
+        if problems:
+            if await self._adapter_state(ctx) is not None:
+                return defn, {}  # adopted: the site has it already and will not start it again
+            reason = "; ".join(problems)
+            log.warning("agent %s: job %s: %s", self.config.name, ctx.job_id, reason)
+            # Said as info too: that is what 'run' prints beside a failed step.
+            await self._reporter.report(
+                ctx, JobState.FAILED, native_state="secret-missing", native_info=reason, info=reason
+            )
+            return None
+        if self._spec.adapter != "local" or store is None:
+            return resolve_defn(defn, values), values
+        env_refs = {var: ref for var, value in defn.env.items() if (ref := secret_name(value)) is not None}
+        spec = json.dumps({"store": str(store.path), "site": self.site, "env": env_refs})
+        runner = str(Path(__file__).with_name("_secretrun.py"))
+        wrapped = defn.model_copy(update={"argv": (sys.executable, runner, spec, "--", *defn.command()), "shell": None})
+        return wrapped, values
 
 
 def _claim_key(ctx: JobContext) -> str:
@@ -606,7 +667,16 @@ async def serve_agents(
             # One broken plugin must not stop the other sites' agents: said, and skipped.
             log.error("no agent for site %s: %s", spec.name, spec.broken or "it has no adapter")
             continue
-        agents.append(SiteAgent(bus, spec, state_dir=home / "sites" / spec.name, job_env=job_env, config=config))
+        agents.append(
+            SiteAgent(
+                bus,
+                spec,
+                state_dir=home / "sites" / spec.name,
+                job_env=job_env,
+                config=config,
+                secrets=SecretStore(home, spec.name),
+            )
+        )
     async with anyio.create_task_group() as tg:
         for agent in agents:
             await tg.start(agent.run)
