@@ -284,3 +284,18 @@ def health_note(beat: SiteHeartbeatEvent | None) -> str | None:
     since = beat.time.astimezone().strftime("%Y-%m-%d %H:%M:%S")
     why = f": {shown(beat.data.info)}" if beat.data.info else ""
     return f"{beat.data.status.value} since {since}{why}"
+
+
+def final_line(status: Any) -> str:
+    """How a job ended, in one line: ``COMPLETE exit=0``; a job that did not complete says why,
+    as its site said it (``FAILED exit=-15 (TIMEOUT: time limit of 1s reached ...)``)."""
+    line = status.state.value + (f" exit={status.exit_code}" if status.exit_code is not None else "")
+    if status.state.value != "COMPLETE":
+        why = status.native_info or status.info
+        if why == f"exit code {status.exit_code}":
+            why = None  # said already
+        native = status.native_state if status.native_state and status.native_state.isupper() else None
+        detail = ": ".join(x for x in (native, why) if x)
+        if detail:
+            line += f" ({detail})"
+    return shown(line)

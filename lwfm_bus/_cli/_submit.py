@@ -6,10 +6,12 @@ import argparse
 import sys
 from typing import Any
 
+from pydantic import ValidationError
+
 from .._client import connect
 from .._config import BusConfig
-from .._jobs import JobDefn
-from ._print import credential_warnings
+from .._jobs import JobDefn, Resources
+from ._print import credential_warnings, final_line
 
 
 def register(sub: Any) -> None:
@@ -25,8 +27,37 @@ def register(sub: Any) -> None:
     p.add_argument("--cwd", help="working directory")
     p.add_argument("--wait", action="store_true", help="wait for the job and exit with its status")
     p.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
+    p.add_argument(
+        "--time-limit", dest="time_limit_s", type=int, metavar="SECONDS",
+        help="end the job after this long (SIGTERM, then SIGKILL): FAILED with native state TIMEOUT",
+    )  # fmt: skip
+    for flag, field, kind, what in _RESOURCES:
+        p.add_argument(flag, dest=field, type=kind, help=f"resource hint: {what}")
     p.add_argument("command", nargs=argparse.REMAINDER, help="the program and its arguments")
     p.set_defaults(func=submit)
+
+
+# Resource hints a site maps if it understands them (Slurm: sbatch options); see Resources.
+_RESOURCES: tuple[tuple[str, str, type, str], ...] = (
+    ("--nodes", "nodes", int, "nodes (Slurm --nodes)"),
+    ("--tasks", "tasks", int, "tasks (Slurm --ntasks)"),
+    ("--cpus-per-task", "cpus_per_task", int, "CPUs per task"),
+    ("--memory-mb", "memory_mb", int, "memory in MiB (Slurm --mem)"),
+    ("--gpus", "gpus", int, "GPUs"),
+    ("--partition", "partition", str, "Slurm partition"),
+    ("--account", "account", str, "Slurm account"),
+)
+
+
+def _resources(args: argparse.Namespace) -> Resources:
+    given = {f: getattr(args, f) for f in ("time_limit_s", *(r[1] for r in _RESOURCES)) if getattr(args, f) is not None}
+    try:
+        return Resources.model_validate(given)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        flag = "--" + str(error["loc"][0]).replace("_s", "").replace("_", "-") if error["loc"] else "a resource"
+        print(f"lwfm-bus submit: error: {flag}: {error['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _defn(args: argparse.Namespace) -> JobDefn:
@@ -39,9 +70,10 @@ def _defn(args: argparse.Namespace) -> JobDefn:
         if not sep:
             raise SystemExit(f"lwfm-bus submit: --env {item!r} is not KEY=VALUE")
         env[key] = value
+    resources = _resources(args)
     if args.shell:
-        return JobDefn(shell=" ".join(command), name=args.name, env=env, cwd=args.cwd)
-    return JobDefn(argv=tuple(command), name=args.name, env=env, cwd=args.cwd)
+        return JobDefn(shell=" ".join(command), name=args.name, env=env, cwd=args.cwd, resources=resources)
+    return JobDefn(argv=tuple(command), name=args.name, env=env, cwd=args.cwd, resources=resources)
 
 
 async def submit(args: argparse.Namespace, config: BusConfig) -> int:
@@ -54,5 +86,5 @@ async def submit(args: argparse.Namespace, config: BusConfig) -> int:
         if not args.wait:
             return 0
         final = await job.wait(timeout=args.timeout)
-        print(f"{final.state.value}" + (f" exit={final.exit_code}" if final.exit_code is not None else ""))
+        print(final_line(final))
         return 0 if final.state.is_success else 1

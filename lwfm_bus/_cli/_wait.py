@@ -12,7 +12,7 @@ from typing import Any
 
 from .._client import connect
 from .._config import BusConfig
-from ._print import shown
+from ._print import final_line
 
 __all__ = ["register"]
 
@@ -33,5 +33,5 @@ def register(sub: Any) -> None:
 async def run(args: argparse.Namespace, config: BusConfig) -> int:
     async with connect(config, name="lwfm-bus wait") as bus:
         final = await bus.wait(args.job, timeout=args.timeout)
-    print(shown(final.state.value) + (f" exit={final.exit_code}" if final.exit_code is not None else ""))
+    print(final_line(final))
     return 0 if final.state.is_success else 1

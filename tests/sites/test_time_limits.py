@@ -93,3 +93,26 @@ async def test_cancel_kills_a_command_that_ignores_sigterm(bus_config: lb.BusCon
     if _running(pid):  # pragma: no cover - the failure this test is for
         os.kill(pid, signal.SIGKILL)
         raise AssertionError(f"the cancelled job's process {pid} still runs")
+
+
+async def test_submit_time_limit_from_the_shell(bus: lb.Bus, bus_config: lb.BusConfig) -> None:
+    """'submit --time-limit S --wait' ends the job and says why in its one line; a bad limit is one line, exit 2."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_")}
+    cli = [sys.executable, "-m", "lwfm_bus", "--home", str(bus_config.home), "--url", bus_config.servers[0]]
+
+    async def run(*args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            *cli, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), _WAIT_S)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+    code, out, _ = await run("submit", "--time-limit", "1", "--wait", "--", "sleep", "120")
+    assert code == 1
+    assert out.splitlines()[-1].startswith("FAILED exit=-15 (TIMEOUT: time limit of 1s reached")
+    code, out, err = await run("submit", "--time-limit", "0", "--", "true")
+    assert (code, out) == (2, "")
+    assert err.strip().splitlines() == [
+        "lwfm-bus submit: error: --time-limit: Input should be greater than or equal to 1"
+    ]
