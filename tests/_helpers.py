@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -176,3 +177,25 @@ async def site_health_changes(bus: lb.Bus, site: str) -> list[lb.SiteStatus]:
     """Every health ``site``'s agents have published, in order."""
     async with bus.replay(f"lwfm.{site}.site.*.*.heartbeat") as history:
         return [e.data.status async for e in history if isinstance(e, lb.SiteHeartbeatEvent)]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any LWFM_* setting, plus ``extra``: a CLI subprocess
+    then uses only what its command line says (the test's bus, not the developer's)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_")}
+    env.update(extra)
+    return env
+
+
+async def run_cli(config: lb.BusConfig, *args: str, timeout: float = 90) -> tuple[int, str, str]:
+    """``python -m lwfm_bus --home H --url U ARGS...`` against the test's bus: (exit code, stdout, stderr)."""
+    env = cli_env()
+    if config.sites_file is not None:
+        env["LWFM_BUS_SITES"] = str(config.sites_file)
+    cli = [sys.executable, "-m", "lwfm_bus", "--home", str(config.home), "--url", config.servers[0]]
+    proc = await asyncio.create_subprocess_exec(
+        *cli, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

@@ -56,6 +56,12 @@ def sample_events(site: str = "hpc1") -> list[lb.Event]:
             lb.TriggerDeadline(trigger_id="t5", site=site, firing_key="t5", deadline=datetime(2026, 1, 1, tzinfo=UTC)),
             source=src,
         ),
+        lb.make_event(
+            lb.TriggerTick(
+                trigger_id="t6", site=site, firing_key="t6/20260101T000000Z", tick=datetime(2026, 1, 1, tzinfo=UTC)
+            ),
+            source=src,
+        ),
         lb.make_event(lb.SiteHeartbeat(site=site, adapter="local", interval_s=5), source=src),
         lb.make_event(lb.WorkflowDefined(workflow_id="wf1", site=site, name="demo", properties={"k": 1}), source=src),
         lb.make_event(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import os
 import sys
 import unicodedata
 from pathlib import Path
@@ -27,6 +26,7 @@ from lwfm_bus._cli._events import describe
 from lwfm_bus._engine._matcher import TriggerIndex, satisfies
 from lwfm_bus._events import DecodeFailure, decode_event
 from lwfm_bus._index._projection import JobIndex
+from tests._helpers import cli_env
 from tests.samples import sample_events
 
 _SITE = "local"
@@ -143,7 +143,7 @@ async def _close_indexes() -> Any:
 
 
 async def _cli(config: lb.BusConfig, *args: str) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_")}
+    env = cli_env()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "lwfm_bus", "--home", str(config.home), "--url", config.servers[0], *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from pydantic import ValidationError
 import lwfm_bus as lb
 from lwfm_bus import JobState
 from lwfm_bus._sites._registry import load_sites
+from tests._helpers import cli_env
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 CLI = [sys.executable, "-m", "lwfm_bus"]
@@ -25,7 +25,7 @@ HUGE = 100000000000000000000000000000  # 10**29: beyond SQLite's 64-bit INTEGER
 
 
 async def _cli(config: lb.BusConfig, *args: str) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_")}
+    env = cli_env()
     proc = await asyncio.create_subprocess_exec(
         *CLI, "--home", str(config.home), "--url", config.servers[0], *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,

@@ -68,6 +68,7 @@ def test_subjects_follow_the_documented_hierarchy() -> None:
         "lwfm.hpc1.trigger._.t3.failed",
         "lwfm.hpc1.trigger._.t4.cancelled",
         "lwfm.hpc1.trigger._.t5.deadline",
+        "lwfm.hpc1.trigger._.t6.tick",
         "lwfm.hpc1.site._._.heartbeat",
         "lwfm.hpc1.workflow.wf1._.defined",
         "lwfm.hpc1.workspace._.ws1.add",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -12,12 +11,13 @@ import pytest
 
 import lwfm_bus as lb
 from lwfm_bus._cli._print import parse_where
+from tests._helpers import cli_env
 
 CLI = [sys.executable, "-m", "lwfm_bus"]
 
 
 async def _cli(config: lb.BusConfig, *args: str, ok: bool = True) -> tuple[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_")}
+    env = cli_env()
     proc = await asyncio.create_subprocess_exec(
         *CLI, "--home", str(config.home), "--url", config.servers[0], *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
@@ -128,7 +128,7 @@ async def test_emit_data_takes_dash_m_like_notate_and_put(
     produced = tmp_path / "out.dat"
     produced.write_text("42")
     job_id = lb.new_id()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_")}
+    env = cli_env()
     env.update(LWFM_JOB_ID=job_id, LWFM_SITE="local", LWFM_BUS_URL=bus_config.servers[0])
     env["LWFM_BUS_HOME"] = str(bus_config.home)  # as a job's environment has them
     proc = await asyncio.create_subprocess_exec(

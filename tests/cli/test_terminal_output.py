@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import codecs
 import json
-import os
 import sys
 import unicodedata
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import lwfm_bus as lb
 from lwfm_bus._cli._print import shown, shown_json
+from tests._helpers import cli_env
 
 CLI = [sys.executable, "-m", "lwfm_bus"]
 
@@ -28,7 +28,7 @@ INVISIBLE = {f"\\x{c:02x}" for c in range(0x20)}  # how C0 controls look once es
 
 
 async def _cli(config: lb.BusConfig, *args: str, ok: bool = True) -> tuple[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_")}
+    env = cli_env()
     proc = await asyncio.create_subprocess_exec(
         *CLI, "--home", str(config.home), "--url", config.servers[0], *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,

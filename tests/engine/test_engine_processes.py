@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import signal
 import sys
@@ -33,6 +32,7 @@ from lwfm_bus._bus._eventbus import STREAM
 from lwfm_bus._engine._replica import DURABLE
 from lwfm_bus._engine._store import FIRINGS_BUCKET, EngineStore, FiringRecord, FiringState
 from lwfm_bus.testing import hold_connection
+from tests._helpers import cli_env
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="signals and process groups")
 
@@ -194,7 +194,7 @@ class _EngineStarter:
         self.started: list[_Engine] = []
 
     async def start(self, *extra: str, ready: bool = True) -> _Engine:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_")}
+        env = cli_env()
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

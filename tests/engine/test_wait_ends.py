@@ -8,7 +8,6 @@ waiting for ever.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 import lwfm_bus as lb
 from lwfm_bus import JobState
+from tests._helpers import cli_env
 
 _ENGINE = lb.EngineConfig(ack_wait_s=5, dispatch_attempts=1, dispatch_backoff_s=0.05)
 
@@ -134,7 +134,7 @@ def test_a_job_id_can_be_chosen_in_advance(laptop: lb.BusConfig) -> None:
 
 
 async def test_the_cli_wait_ends_in_one_line(bus: lb.Bus, bus_config: lb.BusConfig) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_")}
+    env = cli_env()
     cli = [sys.executable, "-m", "lwfm_bus", "--home", str(bus_config.home), "--url", bus_config.servers[0]]
     async with lb.serve_engine(bus, _ENGINE):
         up, down = lb.new_id(), lb.new_id()

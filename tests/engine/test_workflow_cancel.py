@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from pathlib import Path
 
 import lwfm_bus as lb
 from lwfm_bus import JobState
-from tests._helpers import wait_state
+from tests._helpers import cli_env, wait_state
 
 _ENGINE = lb.EngineConfig(ack_wait_s=5)
 
@@ -55,7 +54,7 @@ async def test_many_trigger_lookups_make_no_consumer_each(bus: lb.Bus) -> None:
 
 
 async def test_workflow_cancel_from_the_shell(bus: lb.Bus, bus_config: lb.BusConfig) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_")}
+    env = cli_env()
     cli = [sys.executable, "-m", "lwfm_bus", "--home", str(bus_config.home), "--url", bus_config.servers[0]]
     async with lb.serve_engine(bus, _ENGINE):
         wf = await bus.define_workflow("shell")

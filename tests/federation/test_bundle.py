@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest_asyncio
 import lwfm_bus as lb
 from lwfm_bus import JobState
 from lwfm_bus.testing import bus_config_for, hold_connection, start_test_server
+from tests._helpers import cli_env
 
 CLI = [sys.executable, "-m", "lwfm_bus"]
 
@@ -117,7 +117,7 @@ async def test_export_since_a_sequence_and_the_command_line(bus: lb.Bus, far: lb
     await bus.notate("/early", {"n": 1})
     later = await bus.notate("/late", {"n": 2})
     bundle = tmp_path / "since.bundle"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_")}
+    env = cli_env()
     proc = await asyncio.create_subprocess_exec(
         *CLI, "--home", str(bus.config.home), "--url", bus.config.servers[0],
         "export", "-o", str(bundle), "--since-seq", str(later.seq),

@@ -22,13 +22,13 @@ import pytest
 import lwfm_bus as lb
 from lwfm_bus import JobState
 from lwfm_bus.testing import bus_config_for, start_test_server
-from tests._helpers import job_events, wait_pid_exit, wait_state, write_sites
+from tests._helpers import cli_env, job_events, wait_pid_exit, wait_state, write_sites
 
 CLI = [sys.executable, "-m", "lwfm_bus"]
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_")}
+    env = cli_env()
     env.update(extra)
     return env
 

@@ -18,7 +18,7 @@ import pytest
 
 import lwfm_bus as lb
 from lwfm_bus import JobState
-from tests._helpers import is_gone, job_events, read_fifo_line, wait_state
+from tests._helpers import cli_env, is_gone, job_events, read_fifo_line, wait_state
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="uses /proc, pidfd and FIFOs")
 
@@ -297,7 +297,7 @@ asyncio.run(main())
 @contextlib.asynccontextmanager
 async def _launcher(bus_config: lb.BusConfig, go: Path):  # type: ignore[no-untyped-def]
     """Another process, same home, the site's only agent: it submits a job waiting for ``go`` and runs it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_")}
+    env = cli_env()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
@@ -430,7 +430,7 @@ async def test_a_job_whose_agent_died_half_way_runs_once_on_another_agent(
     bus_config: lb.BusConfig, tmp_path: Path, point: str
 ) -> None:
     job_id, counter = lb.new_id(), tmp_path / "runs"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_")}
+    env = cli_env()
     async with lb.connect(_client(bus_config)) as bus:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", _HALF_SUBMITTER, bus_config.servers[0], str(bus_config.home), job_id, str(counter),

@@ -7,16 +7,13 @@ here is real: a loopback port nobody listens on.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 
 import lwfm_bus as lb
 from lwfm_bus import JobState, SiteStatus
 from lwfm_bus.testing import hold_connection
-from tests._helpers import site_health, site_health_changes, wait_state, write_sites
+from tests._helpers import run_cli, site_health, site_health_changes, wait_state, write_sites
 from tests.sites._sshd import free_port
 from tests.sites.test_unreachable_sites import _Records, records
 
@@ -32,16 +29,9 @@ def _dead_site(tmp_path: Path) -> dict[str, object]:
 
 
 async def _cli(config: lb.BusConfig, *args: str) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_")}
-    cli = [sys.executable, "-m", "lwfm_bus", "--home", str(config.home), "--url", config.servers[0]]
-    if config.sites_file is not None:
-        env["LWFM_BUS_SITES"] = str(config.sites_file)
-    proc = await asyncio.create_subprocess_exec(
-        *cli, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 90)
-    assert proc.returncode == 0, err.decode()
-    return out.decode()
+    code, out, err = await run_cli(config, *args)
+    assert code == 0, err
+    return out
 
 
 async def test_a_site_that_cannot_be_opened_is_down_with_why_where_its_jobs_wait(

@@ -9,7 +9,6 @@ scheduler has no events), the tests never do.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -31,7 +30,7 @@ from adapters._slurm_parse import (
 from adapters.slurm import SlurmOptions, SlurmSite
 from lwfm_bus import JobState
 from lwfm_bus.testing import hold_connection
-from tests._helpers import job_events, site_health, site_health_changes, wait_state, write_sites
+from tests._helpers import cli_env, job_events, site_health, site_health_changes, wait_state, write_sites
 from tests.sites._slurm import SlurmCluster, running_slurm
 from tests.sites._sshd import SshServer, sshd
 
@@ -312,7 +311,7 @@ async def test_an_agent_on_the_login_node_runs_the_sites_jobs(
                 "agents": ("*",)}
     )  # fmt: skip
     login_sites = write_sites(tmp_path / "login.toml", {"hpc": options})  # as the login node configures it
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_")}
+    env = cli_env()
     env.update(LWFM_BUS_URL=bus_config.servers[0], LWFM_BUS_SITES=str(login_sites))
     async with lb.connect(laptop) as bus:
         assert [spec.name for spec in bus.served_sites()] == ["local"]  # up here serves local only

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import lwfm_bus as lb
 from lwfm_bus import JobState
-from tests._helpers import wait_state, write_sites
+from tests._helpers import run_cli, wait_state, write_sites
 from tests.sites.test_agents import _agent
 
 _WAIT_S = 60
@@ -97,16 +97,9 @@ async def test_cancel_kills_a_command_that_ignores_sigterm(bus_config: lb.BusCon
 
 async def test_submit_time_limit_from_the_shell(bus: lb.Bus, bus_config: lb.BusConfig) -> None:
     """'submit --time-limit S --wait' ends the job and says why in its one line; a bad limit is one line, exit 2."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_")}
-    cli = [sys.executable, "-m", "lwfm_bus", "--home", str(bus_config.home), "--url", bus_config.servers[0]]
 
     async def run(*args: str) -> tuple[int, str, str]:
-        proc = await asyncio.create_subprocess_exec(
-            *cli, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), _WAIT_S)
-        assert proc.returncode is not None
-        return proc.returncode, out.decode(), err.decode()
+        return await run_cli(bus_config, *args, timeout=_WAIT_S)
 
     code, out, _ = await run("submit", "--time-limit", "1", "--wait", "--", "sleep", "120")
     assert code == 1
