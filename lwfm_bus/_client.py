@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import nats.errors
@@ -61,7 +61,10 @@ from ._sites._report import Reporter
 from ._sites._submit import request_cancel
 from ._states import JobState
 from ._subjects import ROOT, check_token
-from ._triggers import DataTrigger, Downstream, JobTrigger, JoinTrigger, Match, Trigger, Upstream
+from ._triggers import DataTrigger, Downstream, JobTrigger, JoinTrigger, Match, ScheduleTrigger, Trigger, Upstream
+
+if TYPE_CHECKING:
+    from ._engine._replica import Engine
 
 __all__ = ["Bus", "Job", "WorkflowStop", "connect"]
 
@@ -106,6 +109,7 @@ class Bus(EventBus):
         self._index: JobIndex | None = None
         self._index_lock = asyncio.Lock()
         self._agents: dict[str, SiteAgent] = {}
+        self._engine: Engine | None = None
         self._repo = DataRepo(self)
         self.workspaces = Workspaces(self)
         """The shared map of logical file names (see :class:`~lwfm_bus.Workspaces`)."""
@@ -122,6 +126,16 @@ class Bus(EventBus):
         if self._index is not None:
             await self._index.__aexit__(None, None, None)
             self._index = None
+
+    @property
+    def engine(self) -> Engine | None:
+        """The trigger engine replica this process runs, if any (metrics read its counters)."""
+        return self._engine
+
+    @property
+    def agents(self) -> tuple[SiteAgent, ...]:
+        """The site agents this process runs (metrics and readiness look at them)."""
+        return tuple(self._agents.values())
 
     # ------------------------------------------------------------------ sites
 
@@ -655,6 +669,41 @@ class Bus(EventBus):
             fields["trigger_id"] = trigger_id
         return await self.add_trigger(DataTrigger.model_validate(fields))
 
+    async def set_schedule(
+        self,
+        downstream: JobDefn,
+        *,
+        cron: str | None = None,
+        interval_s: int | None = None,
+        tz: str = "UTC",
+        start: datetime | None = None,
+        end: datetime | None = None,
+        catchup: bool = False,
+        site: str = "local",
+        workflow: Workflow | str | None = None,
+        trigger_id: str | None = None,
+    ) -> Trigger:
+        """Run ``downstream`` at each tick of a cron expression or an interval: a new job per tick.
+
+        Each tick's job id is derived from the trigger id and the tick, so a tick starts
+        one job however many engines run; ``catchup`` says whether the ticks missed while
+        no engine ran are started (the latest 1000), or only the latest of them.
+        """
+        wf_id = workflow.workflow_id if isinstance(workflow, Workflow) else workflow
+        fields: dict[str, Any] = {
+            "downstream": Downstream(job=self._here(downstream, site), site=site, workflow_id=wf_id),
+            "workflow_id": wf_id,
+            "cron": cron,
+            "interval_s": interval_s,
+            "tz": tz,
+            "start": start,
+            "end": end,
+            "catchup": catchup,
+        }
+        if trigger_id is not None:
+            fields["trigger_id"] = trigger_id
+        return await self.add_trigger(ScheduleTrigger.model_validate(fields))
+
     async def cancel_trigger(self, trigger_id: str, reason: str | None = None) -> None:
         """Withdraw a trigger: events judged from now on no longer fire it."""
         record = await (await self.index()).trigger(trigger_id)
@@ -755,7 +804,7 @@ async def connect(config: BusConfig | None = None, *, name: str = "lwfm-bus") ->
                     from ._engine._replica import serve_engine
 
                     await stack.enter_async_context(keeping_sources(bus))
-                    await stack.enter_async_context(serve_engine(bus))
+                    bus._engine = await stack.enter_async_context(serve_engine(bus))
                 if bus.serves_embedded and not cfg.agents:
                     bus.config = cfg = cfg.model_copy(update={"agents": ("*",)})  # the whole singleton here
                 specs = bus.served_sites()

@@ -39,6 +39,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def refuse_open_listen(host: str, token: object, what: str, instead: str) -> None:
+    """Refuse (:class:`ConfigError`) to serve ``what`` beyond loopback without a token.
+
+    The embedded server, the dashboard and the metrics server hold to the same rule:
+    anything that listens past this machine asks for a secret first.
+    """
+    if not is_loopback(host) and not token:
+        raise ConfigError(f"refusing to serve {what} on {host!r} (beyond loopback) without a token: {instead}")
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 

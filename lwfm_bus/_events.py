@@ -62,6 +62,8 @@ __all__ = [
     "TriggerFiredEvent",
     "TriggerRegistered",
     "TriggerRegisteredEvent",
+    "TriggerTick",
+    "TriggerTickEvent",
     "WorkflowDefined",
     "WorkflowDefinedEvent",
     "WorkspaceChanged",
@@ -196,6 +198,15 @@ class TriggerDeadline(_TriggerPayload):
     deadline: AwareDatetime = Field(description="When the window closed.")
 
 
+class TriggerTick(_TriggerPayload):
+    """A schedule's tick came; the engine that judges it starts the tick's job (once)."""
+
+    firing_key: Annotated[str, StringConstraints(min_length=1, max_length=512)] = Field(
+        description="The firing of this tick: the trigger id and the tick."
+    )
+    tick: AwareDatetime = Field(description="The tick (a whole second, UTC).")
+
+
 class TriggerFired(_TriggerPayload):
     """A trigger's condition held and its downstream job was dispatched."""
 
@@ -269,6 +280,7 @@ EventData: TypeAlias = (
     | TriggerFailed
     | TriggerCancelled
     | TriggerDeadline
+    | TriggerTick
     | SiteHeartbeat
     | WorkflowDefined
     | WorkspaceChanged
@@ -370,6 +382,12 @@ class TriggerDeadlineEvent(_TriggerEnvelope):
     detail: ClassVar[str] = "deadline"
 
 
+class TriggerTickEvent(_TriggerEnvelope):
+    type: Literal["lwfm.trigger.tick"]
+    data: TriggerTick
+    detail: ClassVar[str] = "tick"
+
+
 class SiteHeartbeatEvent(_Envelope):
     type: Literal["lwfm.site.heartbeat"]
     data: SiteHeartbeat
@@ -406,6 +424,7 @@ Event: TypeAlias = Annotated[
     | TriggerFailedEvent
     | TriggerCancelledEvent
     | TriggerDeadlineEvent
+    | TriggerTickEvent
     | SiteHeartbeatEvent
     | WorkflowDefinedEvent
     | WorkspaceChangedEvent,
@@ -424,6 +443,7 @@ _CLASSES: tuple[type[_Envelope], ...] = (
     TriggerFailedEvent,
     TriggerCancelledEvent,
     TriggerDeadlineEvent,
+    TriggerTickEvent,
     SiteHeartbeatEvent,
     WorkflowDefinedEvent,
     WorkspaceChangedEvent,

@@ -21,10 +21,20 @@ from ._config import BusConfig
 from ._errors import JobError
 from ._jobs import JobContext
 
-__all__ = ["TRIGGER_DATA_ENV", "bus_env", "calling_job", "current_job", "file_checksum", "identity_env"]
+__all__ = [
+    "SCHEDULE_TICK_ENV",
+    "TRIGGER_DATA_ENV",
+    "bus_env",
+    "calling_job",
+    "current_job",
+    "file_checksum",
+    "identity_env",
+]
 
 TRIGGER_DATA_ENV = "LWFM_TRIGGER_DATA_ID"
 """A per-arrival job finds here the id of the data record that started it."""
+SCHEDULE_TICK_ENV = "LWFM_SCHEDULE_TICK"
+"""A schedule's job finds here the tick it is for (ISO 8601, UTC), which may be long past after downtime."""
 
 
 def identity_env(ctx: JobContext) -> dict[str, str]:

@@ -1,28 +1,37 @@
 """Triggers are data: "run this job when that happens", with pure checks and no I/O.
 
-Three kinds, one discriminated union (``kind``):
+Four kinds, one discriminated union (``kind``):
 
 * ``job-status`` -- one upstream job reaches a state (use case 3b);
 * ``join`` -- all / any / at least N of several upstream jobs do, optionally within a
   window after the first one, else a fallback (3c);
-* ``data-flow`` -- data arrives whose metadata matches a signature (3d).
+* ``data-flow`` -- data arrives whose metadata matches a signature (3d);
+* ``schedule`` -- a time comes: a cron expression or an interval, in a time zone,
+  between optional start and end dates (one job per tick).
 
 The engine owns the state (progress, claims) and does the I/O; the models only answer
 questions such as "does this state satisfy that upstream?" or "does this metadata
 match?", so they are cheap to test and identical in every engine replica.
 
 Every firing has a deterministic key (:func:`firing_key`): the trigger id for triggers
-that fire once, the trigger id and the data id for per-arrival ones.  The job a firing
+that fire once, the trigger id and the data id for per-arrival ones, the trigger id and
+the tick (UTC, to the second) for schedules.  The job a firing
 starts gets an id derived from that key, so a replayed event finds the same job.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import itertools
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self, TypeAlias
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from croniter import croniter  # type: ignore[import-untyped]
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -51,10 +60,14 @@ __all__ = [
     "Predicate",
     "Present",
     "Range",
+    "Schedule",
+    "ScheduleTrigger",
     "Trigger",
     "Upstream",
     "arrival_of",
     "firing_key",
+    "tick_key",
+    "tick_of",
     "trigger_adapter",
 ]
 
@@ -323,7 +336,139 @@ class DataTrigger(_TriggerBase):
         return True
 
 
-Trigger: TypeAlias = Annotated[JobTrigger | JoinTrigger | DataTrigger, Field(discriminator="kind")]
+# --------------------------------------------------------------------------- schedules
+
+MAX_CATCHUP = 1000
+"""The most missed ticks a schedule with ``catchup`` starts after downtime (the latest ones)."""
+
+_SECOND = timedelta(seconds=1)
+
+
+def _whole_second(t: datetime) -> datetime:
+    """Ticks are whole UTC seconds: one spelling of each tick in every replica's firing key."""
+    return t.astimezone(UTC).replace(microsecond=0)
+
+
+class Schedule(_Model):
+    """When a schedule ticks: a cron expression or an interval, in a time zone, between two dates.
+
+    Pure arithmetic on datetimes (cron by ``croniter``, never parsed here), so every
+    engine replica computes the same ticks.  A tick is a whole second, in UTC.
+    """
+
+    cron: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = Field(
+        default=None, description="A cron expression (5 fields; a 6th is seconds), read in tz."
+    )
+    interval_s: PositiveInt64 | None = Field(
+        default=None, description="Seconds between ticks, counted from start (else from registration)."
+    )
+    tz: Annotated[str, StringConstraints(min_length=1, max_length=64)] = Field(
+        default="UTC", description="IANA time zone the cron expression is read in, e.g. Europe/Paris."
+    )
+    start: AwareDatetime | None = Field(default=None, description="No tick before this (with a UTC offset).")
+    end: AwareDatetime | None = Field(default=None, description="No tick after this (with a UTC offset).")
+    catchup: bool = Field(
+        default=False,
+        description=(
+            "After downtime, start every missed tick (at most 1000, the latest); false: only the latest missed one."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> Self:
+        if (self.cron is None) == (self.interval_s is None):
+            raise ValueError("a schedule needs exactly one of cron and interval_s")
+        try:
+            ZoneInfo(self.tz)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {self.tz!r} (an IANA name such as Europe/Paris)") from exc
+        if self.cron is not None and not croniter.is_valid(self.cron):
+            raise ValueError(f"not a cron expression: {self.cron!r}")
+        if self.start is not None and self.end is not None and self.end < self.start:
+            raise ValueError("end is before start")
+        return self
+
+    def _anchor(self, registered_at: datetime) -> datetime:
+        return _whole_second(self.start if self.start is not None else registered_at)
+
+    def _floor(self, registered_at: datetime) -> datetime:
+        """Ticks are after the registration (a trigger has no ticks from before it existed) and not before start."""
+        floor = _whole_second(registered_at)
+        if self.start is not None:
+            floor = max(floor, _whole_second(self.start) - _SECOND)
+        return floor
+
+    def next_after(self, after: datetime, registered_at: datetime) -> datetime | None:
+        """The first tick strictly after ``after``; None once the schedule has ended."""
+        lower = max(_whole_second(after), self._floor(registered_at))
+        if self.interval_s is not None:
+            anchor = self._anchor(registered_at)
+            k = (lower - anchor) // timedelta(seconds=self.interval_s) + 1
+            tick = anchor + k * timedelta(seconds=self.interval_s)
+        else:
+            assert self.cron is not None
+            local = lower.astimezone(ZoneInfo(self.tz))
+            tick = _whole_second(croniter(self.cron, local).get_next(datetime))
+        if self.end is not None and tick > self.end:
+            return None
+        return tick
+
+    def due(self, after: datetime, until: datetime, registered_at: datetime) -> list[datetime]:
+        """The ticks in (``after``, ``until``] that start jobs, oldest first.
+
+        With ``catchup`` the latest :data:`MAX_CATCHUP` of them; without, the latest
+        one only (a tick missed while no engine ran is not made up for, but the
+        schedule's most recent tick still starts, however late).
+        """
+        lower = max(_whole_second(after), self._floor(registered_at))
+        upper = _whole_second(until)
+        if self.end is not None:
+            upper = min(upper, _whole_second(self.end))
+        if upper <= lower:
+            return []
+        limit = MAX_CATCHUP if self.catchup else 1
+        if self.interval_s is not None:
+            step = timedelta(seconds=self.interval_s)
+            anchor = self._anchor(registered_at)
+            hi = (upper - anchor) // step
+            lo = max((lower - anchor) // step + 1, hi - limit + 1)
+            return [anchor + k * step for k in range(lo, hi + 1)]
+        assert self.cron is not None
+        walk = croniter(self.cron, (upper + _SECOND).astimezone(ZoneInfo(self.tz)))
+        ticks = itertools.takewhile(lambda t: t > lower, (_whole_second(walk.get_prev(datetime)) for _ in _forever()))
+        return sorted(itertools.islice(ticks, limit))
+
+
+def _forever() -> Iterator[None]:
+    while True:
+        yield None
+
+
+class ScheduleTrigger(_TriggerBase, Schedule):
+    """Start ``downstream`` at each tick of a schedule: a new job per tick.
+
+    The job's id is derived from the trigger id and the tick, so a tick starts its job
+    once across engine replicas and restarts.  The job's environment names its tick
+    (``LWFM_SCHEDULE_TICK``, ISO 8601 UTC).
+    """
+
+    kind: Literal["schedule"] = "schedule"
+
+    @model_validator(mode="after")
+    def _per_tick_ids(self) -> Self:
+        if self.downstream.job_id is not None:
+            raise ValueError("a schedule starts one job per tick, whose ids are derived: drop downstream.job_id")
+        return self
+
+    def fires_once(self) -> bool:
+        return False
+
+    def timing(self) -> Schedule:
+        """Only the schedule (what an engine keeps in memory for each)."""
+        return Schedule.model_validate({f: getattr(self, f) for f in Schedule.model_fields})
+
+
+Trigger: TypeAlias = Annotated[JobTrigger | JoinTrigger | DataTrigger | ScheduleTrigger, Field(discriminator="kind")]
 """Any trigger; ``kind`` selects the model."""
 
 _TRIGGER_ADAPTER: TypeAdapter[Trigger] = TypeAdapter(Trigger)
@@ -334,8 +479,17 @@ def trigger_adapter() -> TypeAdapter[Trigger]:
     return _TRIGGER_ADAPTER
 
 
-def firing_key(trigger: JobTrigger | JoinTrigger | DataTrigger, data_id: str | None = None) -> str:
+def tick_key(trigger_id: str, tick: datetime) -> str:
+    """The firing key of one tick of a schedule: the trigger id and the tick, UTC, to the second."""
+    return f"{trigger_id}/{_whole_second(tick).strftime('%Y%m%dT%H%M%SZ')}"
+
+
+def firing_key(trigger: Trigger, data_id: str | None = None, tick: datetime | None = None) -> str:
     """The deterministic key of one firing (or expiry) of ``trigger``."""
+    if isinstance(trigger, ScheduleTrigger):
+        if tick is None:
+            raise ValueError("a schedule fires once per tick")
+        return tick_key(trigger.trigger_id, tick)
     if isinstance(trigger, DataTrigger) and trigger.fire == "each":
         if data_id is None:
             raise ValueError("a per-arrival trigger fires once per data id")
@@ -343,14 +497,21 @@ def firing_key(trigger: JobTrigger | JoinTrigger | DataTrigger, data_id: str | N
     return trigger.trigger_id
 
 
-def arrival_of(trigger: JobTrigger | JoinTrigger | DataTrigger, key: str) -> str | None:
+def tick_of(trigger: Trigger, key: str) -> datetime | None:
+    """The tick a schedule's firing is for (the inverse of :func:`firing_key`); None otherwise."""
+    if isinstance(trigger, ScheduleTrigger):
+        return datetime.strptime(key.rpartition("/")[2], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    return None
+
+
+def arrival_of(trigger: Trigger, key: str) -> str | None:
     """The data id a per-arrival firing is for (the inverse of :func:`firing_key`); None otherwise."""
     if isinstance(trigger, DataTrigger) and trigger.fire == "each":
         return key.rpartition("/")[2]
     return None
 
 
-def downstream_job_id(trigger: JobTrigger | JoinTrigger | DataTrigger, key: str, *, fallback: bool = False) -> str:
+def downstream_job_id(trigger: Trigger, key: str, *, fallback: bool = False) -> str:
     """The id of the job a firing starts: fixed by the trigger, or derived from the key."""
     target = trigger.fallback if fallback and isinstance(trigger, JoinTrigger) else trigger.downstream
     if target is not None and target.job_id is not None and trigger.fires_once():

@@ -199,3 +199,20 @@ async def run_cli(config: lb.BusConfig, *args: str, timeout: float = 90) -> tupl
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+async def engine_idle(bus: lb.Bus, timeout: float = 30) -> None:
+    """Until the engines' shared consumer has nothing pending or unacked.
+
+    An event is acked only after its handler (counters included) has finished, so after
+    this every event published so far has been judged and ``engine.stats`` is final.
+    Each check is one server round trip; nothing sleeps.
+    """
+
+    async def drained() -> None:
+        while True:
+            info = await bus.jetstream.consumer_info("LWFM", "lwfm-engine")
+            if info.num_pending == 0 and info.num_ack_pending == 0:
+                return
+
+    await asyncio.wait_for(drained(), timeout)

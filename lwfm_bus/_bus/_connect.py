@@ -37,6 +37,7 @@ from ._server import EmbeddedServer
 __all__ = [
     "OUTAGE",
     "connection_lost_for",
+    "connection_up",
     "federation_member",
     "hide_outages",
     "is_connection_trouble",
@@ -196,6 +197,17 @@ async def connection_lost_for(nc: NATS, grace_s: float) -> None:
             await live.up.wait()
             continue
         return
+
+
+async def connection_up(nc: NATS) -> None:
+    """Return once ``nc`` is connected (at once when it is): after an outage, when it reconnected.
+
+    What a readiness check or a test waits on instead of polling ``is_connected``.
+    """
+    live = _LIVENESS.get(nc)
+    if live is None:  # pragma: no cover - every connection is made by _nats_connect
+        return
+    await live.up.wait()
 
 
 def is_connection_trouble(exc: BaseException, nc: NATS | None = None) -> bool:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from typing import Any
 
 from .._client import connect
 from .._config import BusConfig
-from ._print import shown
+from ._metrics import add_metrics_options, announce, metrics_served, running
 
 
 def register(sub: Any) -> None:
@@ -31,14 +30,15 @@ def register(sub: Any) -> None:
         metavar="NAME",
         help="a site to serve (repeatable)",
     )
+    add_metrics_options(p)
     p.set_defaults(func=run)
 
 
 async def run(args: argparse.Namespace, config: BusConfig) -> int:
     served = config.model_copy(update={"agents": tuple(dict.fromkeys(args.agent_sites))})
-    async with connect(served, name="lwfm-bus agent") as bus:
-        names = shown(", ".join(spec.name for spec in bus.served_sites()))
-        url = shown(bus.connected_url)
-        print(f"lwfm-bus: agent for {names} at {url}; Ctrl-C stops it", file=sys.stderr, flush=True)
-        await asyncio.Event().wait()
+    async with metrics_served(args, wants_agents=True) as observed, connect(served, name="lwfm-bus agent") as bus:
+        with running(observed, bus, agents=bus.agents):
+            names = ", ".join(spec.name for spec in bus.served_sites())
+            announce(args, f"agent for {names} at {bus.connected_url}; Ctrl-C stops it")
+            await asyncio.Event().wait()
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from typing import Any
 
 from pydantic import ValidationError
@@ -14,7 +13,7 @@ from .._client import connect
 from .._config import BusConfig
 from .._engine._replica import EngineConfig, serve_engine
 from .._errors import ConfigError
-from ._print import shown
+from ._metrics import add_metrics_options, announce, metrics_served, running
 
 _CRASH_POINTS = ("after-claim", "after-submit", "after-fired")
 
@@ -26,6 +25,7 @@ def register(sub: Any) -> None:
     p.add_argument("--max-inflight", type=int, default=256, help="events judged at once")
     # Test hook: the process SIGKILLs itself at a point of the firing protocol.
     p.add_argument("--crash-at", action="append", default=[], choices=_CRASH_POINTS, help=argparse.SUPPRESS)
+    add_metrics_options(p)
     p.set_defaults(func=run_engine)
 
 
@@ -41,12 +41,10 @@ async def run_engine(args: argparse.Namespace, config: BusConfig) -> int:
         engine_config = EngineConfig.model_validate(fields)
     except ValidationError as exc:
         raise ConfigError(f"lwfm-bus engine: {exc.errors(include_url=False)[0]['msg']}") from None
-    async with connect(config.model_copy(update={"engine": "off"}), name="lwfm-bus engine") as bus:
-        async with keeping_sources(bus), serve_engine(bus, engine_config) as engine:
-            print(
-                f"lwfm-bus: engine {shown(engine.config.name)} ready ({len(engine.index)} triggers indexed)",
-                file=sys.stderr,
-                flush=True,
-            )
-            await asyncio.Event().wait()
+    async with metrics_served(args, wants_engine=True) as observed:
+        async with connect(config.model_copy(update={"engine": "off"}), name="lwfm-bus engine") as bus:
+            async with keeping_sources(bus), serve_engine(bus, engine_config) as engine:
+                with running(observed, bus, engine):
+                    announce(args, f"engine {engine.config.name} ready ({len(engine.index)} triggers indexed)")
+                    await asyncio.Event().wait()
     return 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import difflib
-import logging
 import os
 import signal
 import sys
@@ -57,6 +56,7 @@ from . import (
     _workflow,
     _workspace,
 )
+from ._logfmt import setup_logging
 from ._print import shown
 
 Command = Callable[[argparse.Namespace, BusConfig], Awaitable[int]]
@@ -126,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--site", help="site this process speaks for (default: local; env LWFM_BUS_SITE)")
     parser.add_argument("--federation", type=Path, help="federation file (env LWFM_BUS_FEDERATION)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines as text (default) or one JSON object per line (time, level, logger, message)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in _MODULES:
         module.register(sub)
@@ -164,8 +170,7 @@ async def _run_command(func: Command, args: argparse.Namespace, config: BusConfi
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    setup_logging(args.verbose, args.log_format)
     try:
         config = _config(args)
         return asyncio.run(_run_command(args.func, args, config))

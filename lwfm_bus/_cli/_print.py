@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from .._config import BusConfig
-from .._errors import DataError, PipelineError
+from .._errors import ConfigError, DataError, PipelineError
 from .._events import SiteHeartbeatEvent, SiteStatus
 from .._federation import load_federation
 from .._limits import load_json_bounded
@@ -299,3 +299,9 @@ def final_line(status: Any) -> str:
         if detail:
             line += f" ({detail})"
     return shown(line)
+
+
+def missing_extra(extra: str, what: str, exc: ImportError) -> ConfigError:
+    """``the dashboard needs the 'ui' extra (uvicorn is missing): pip install 'lwfm-bus[ui]'``."""
+    missing = (exc.name or "a dependency").split(".")[0]
+    return ConfigError(f"{what} the {extra!r} extra ({missing} is missing): pip install 'lwfm-bus[{extra}]'")

@@ -1,5 +1,9 @@
 """``lwfm-bus run FILE``: compile a pipeline into jobs and triggers on the bus and follow it.
 
+A pipeline with a top-level ``schedule:`` is not run: its schedule is registered (a
+schedule trigger whose job, at each tick, is ``lwfm-bus run FILE --now`` with the same
+``--set``: a new run per tick) and the command returns.  ``--now`` runs it once, now.
+
 Exit code 0 when every step completed, 1 when a step failed (each failure is listed,
 and its progress line shows the job and the end of its stderr), 2 when the file is
 refused (every problem as ``FILE:LINE:COL: field: message``: a step on a site this home
@@ -24,8 +28,11 @@ from .._bus._connect import connection_lost_for, hide_outages
 from .._client import Bus, connect
 from .._config import BusConfig
 from .._errors import BusClosedError, LwfmBusError, PipelineError, PublishError
+from .._jobs import JobDefn
+from .._pipeline import Pipeline
 from .._pipeline._run import RunReport, plural, run_pipeline
 from .._subjects import check_token
+from .._triggers import Downstream, ScheduleTrigger
 from ._print import add_set_option, load_or_report, pipeline_credential_warnings, print_issues, shown
 
 __all__ = ["register"]
@@ -39,6 +46,10 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--resume", metavar="WORKFLOW", type=_token,
         help="continue an earlier run (its workflow id, printed at its start) instead of starting a new one",
+    )  # fmt: skip
+    p.add_argument(
+        "--now", action="store_true",
+        help="run once, now, even if the pipeline has a schedule (what each of its ticks runs)",
     )  # fmt: skip
     p.set_defaults(func=run)
 
@@ -58,6 +69,8 @@ async def run(args: argparse.Namespace, config: BusConfig) -> int:
         return 2
     for warning in pipeline_credential_warnings(args.file, pipeline):
         print(warning, file=sys.stderr)
+    if pipeline.schedule is not None and not getattr(args, "now", False) and not args.resume:
+        return await _register_schedule(args, config, pipeline)
 
     def echo(line: str) -> None:
         if not args.quiet:
@@ -117,6 +130,31 @@ async def run(args: argparse.Namespace, config: BusConfig) -> int:
     for failure in report.failures:
         print(f"  failed: {shown(failure)}", file=sys.stderr)
     return 0 if report.ok else 1
+
+
+async def _register_schedule(args: argparse.Namespace, config: BusConfig, pipeline: Pipeline) -> int:
+    """Register the pipeline's schedule: each tick's job runs this file again with ``--now``, as a new run.
+
+    The job runs on this machine's ``local`` site, in the file's directory, with this
+    interpreter; it is a client of the bus (its environment says where the bus is), so the
+    engine and the agents already running start the run's steps.
+    """
+    assert pipeline.schedule is not None
+    path = args.file.resolve()
+    argv = [sys.executable, "-m", "lwfm_bus", "run", str(path), "--now", "-q"]
+    for text in args.overrides:
+        argv += ["--set", text]
+    job = JobDefn(argv=tuple(argv), cwd=str(path.parent), name=f"scheduled run of {pipeline.name}")
+    trigger = ScheduleTrigger.model_validate(
+        {**pipeline.schedule.model_dump(), "name": f"schedule of {pipeline.name}", "downstream": Downstream(job=job)}
+    )
+    async with connect(config, name=f"lwfm-bus run {pipeline.name}") as bus:
+        await bus.add_trigger(trigger)
+    print(
+        f"{shown(pipeline.name)}: schedule {trigger.trigger_id} registered: each tick starts a new run "
+        f"('lwfm-bus trigger rm {trigger.trigger_id}' withdraws it)"
+    )
+    return 0
 
 
 async def _stored_overrides(config: BusConfig, workflow_id: str) -> list[str]:

@@ -16,7 +16,7 @@ from anyio.abc import TaskStatus
 from .._client import Bus, connect
 from .._config import BusConfig
 from .._errors import ConfigError
-from ._print import shown
+from ._print import missing_extra, shown
 
 if TYPE_CHECKING:
     from .._ui import UiSettings
@@ -62,10 +62,7 @@ def settings_from(args: argparse.Namespace, prefix: str = "") -> UiSettings:
     try:
         from .._ui import UiSettings, check_listen
     except ImportError as exc:
-        missing = (exc.name or "a dependency").split(".")[0]
-        raise ConfigError(
-            f"the dashboard needs the 'ui' extra ({missing} is missing): pip install 'lwfm-bus[ui]'"
-        ) from None
+        raise missing_extra("ui", "the dashboard needs", exc) from None
     key = prefix.replace("-", "_")
     settings = UiSettings(
         host=getattr(args, f"{key}host"),

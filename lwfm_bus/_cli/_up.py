@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 from typing import Any
 
 import anyio
@@ -21,7 +20,7 @@ from .._bus._autostart import READY_LINE
 from .._bus._connect import serve_embedded
 from .._client import connect
 from .._config import BusConfig
-from ._print import shown
+from ._metrics import add_metrics_options, announce, metrics_served, running
 from ._ui import add_ui_options, serve_dashboard, settings_from
 
 
@@ -36,26 +35,23 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--ui", action="store_true", help="serve the web dashboard too (see 'lwfm-bus ui')")
     add_ui_options(p, prefix="ui-")
+    add_metrics_options(p)
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 
 async def run(args: argparse.Namespace, config: BusConfig) -> int:
     ui = settings_from(args, prefix="ui-") if args.ui else None  # refused before anything starts
-    async with serve_embedded(config) as server:
+    async with metrics_served(args, wants_engine=True, wants_agents=True) as observed, serve_embedded(config) as server:
         local = config.model_copy(update={"servers": (server.url,), "engine": "on", "agents": ("*",)})
         async with connect(local, name="lwfm-bus up") as bus, anyio.create_task_group() as tg:
             if ui is not None:
                 await tg.start(serve_dashboard, bus, ui)
             sites = ", ".join(spec.name for spec in bus.served_sites())
-            print(
-                f"lwfm-bus: up at {shown(server.url)} (home {shown(config.home)}; agents for: {shown(sites)}); "
-                "Ctrl-C stops it",
-                file=sys.stderr,
-                flush=True,
-            )
-            if args.ready_fd is not None:
-                os.write(args.ready_fd, READY_LINE)
-                os.close(args.ready_fd)
-            await asyncio.Event().wait()
+            with running(observed, bus, bus.engine, bus.agents):
+                announce(args, f"up at {server.url} (home {config.home}; agents for: {sites}); Ctrl-C stops it")
+                if args.ready_fd is not None:
+                    os.write(args.ready_fd, READY_LINE)
+                    os.close(args.ready_fd)
+                await asyncio.Event().wait()
     return 0

@@ -9,6 +9,10 @@ sequence *s*, the feed must have applied every trigger event before *s*;
 trigger event after the feed's position and at or before the newest work message?")
 rather than one per event.
 
+A schedule's ``tick`` events move its latest announced tick, and every change to a
+schedule (registered, ticked, withdrawn) is told to :mod:`._schedules` through
+``on_schedule``, so its timer needs no scan of the index.
+
 Only this bus's own trigger events are applied.  One that came with an import (it
 carries the ``Lwfm-Origin`` header, see :mod:`.._bus._bundle`) tells what the origin
 registered or fired; it never becomes a trigger here, at start (the index is rebuilt
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
+from collections.abc import Callable
 
 import nats.errors
 import nats.js.errors
@@ -35,6 +40,7 @@ from .._events import (
     TriggerFailedEvent,
     TriggerFiredEvent,
     TriggerRegisteredEvent,
+    TriggerTickEvent,
     decode_event,
 )
 from .._triggers import Trigger
@@ -59,6 +65,7 @@ class TriggerFeed:
         self._clean_upto = 0
         self._highest_work_seq = 0
         self._barrier_lock = asyncio.Lock()
+        self.on_schedule: Callable[[str], None] = lambda trigger_id: None  # the schedules' timer is told
 
     @property
     def cached_definitions(self) -> int:
@@ -102,10 +109,17 @@ class TriggerFeed:
 
     def _apply(self, event: Event, seq: int) -> None:
         if isinstance(event, TriggerRegisteredEvent):
-            self.index.add(event.data.definition, seq)
+            self.index.add(event.data.definition, seq, event.time)
             self.remember(event.data.definition)
+            if self.index.schedule(event.data.trigger_id) is not None:
+                self.on_schedule(event.data.trigger_id)
         elif isinstance(event, TriggerCancelledEvent):
             self.index.remove(event.data.trigger_id)
+        elif isinstance(event, TriggerTickEvent):
+            watch = self.index.schedule(event.data.trigger_id)
+            if watch is not None and (watch.last_tick is None or event.data.tick > watch.last_tick):
+                watch.last_tick = event.data.tick
+                self.on_schedule(event.data.trigger_id)
         elif isinstance(event, TriggerFiredEvent | TriggerExpiredEvent | TriggerFailedEvent):
             trigger = self._defs.get(event.data.trigger_id)
             once = trigger.fires_once() if trigger is not None else not self.index.is_per_arrival(event.data.trigger_id)

@@ -15,7 +15,9 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from collections.abc import Awaitable
+from datetime import datetime
 from typing import Any
 
 import anyio
@@ -25,10 +27,10 @@ from nats.aio.msg import Msg
 from .._bus._eventbus import EventBus
 from .._errors import LwfmBusError
 from .._events import TriggerExpired, TriggerFailed, TriggerFired, make_event
-from .._identity import TRIGGER_DATA_ENV
+from .._identity import SCHEDULE_TICK_ENV, TRIGGER_DATA_ENV
 from .._jobs import JobContext, JobDefn
 from .._sites._dispatch import Dispatcher
-from .._triggers import Downstream, JoinTrigger, Trigger, arrival_of, downstream_job_id, firing_key
+from .._triggers import Downstream, JoinTrigger, Trigger, arrival_of, downstream_job_id, firing_key, tick_of
 from ._feed import TriggerFeed
 from ._settings import EngineConfig, EngineStats
 from ._store import EngineStore, FiringRecord, FiringState
@@ -71,6 +73,7 @@ class Firing:
         *,
         outcome: str = "fire",
         data_id: str | None = None,
+        tick: datetime | None = None,
         parents: tuple[str, ...],
         causes: tuple[str, ...],
         workflow_id: str | None,
@@ -80,7 +83,7 @@ class Firing:
     ) -> None:
         """Claim this firing and carry it through, unless another replica has it or it is settled."""
         trigger = await self._feed.definition(trigger_id, reg_seq)
-        key = firing_key(trigger, data_id)
+        key = firing_key(trigger, data_id, tick)
         expire = outcome == "expire"
         target = _target(trigger, expire)
         record = FiringRecord(
@@ -171,6 +174,7 @@ class Firing:
                     parent_ids=record.parent_ids,
                 )  # fmt: skip
                 await self._dispatcher.submit_job(ctx, job)  # one stored submission; the site's agents run it
+                self.stats.dispatch_latency.observe(_since_stored(msg))
                 return None
             except Exception as exc:  # noqa: BLE001 - every failure is retried, then reported
                 last = _in_words(exc)
@@ -196,6 +200,19 @@ class Firing:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _since_stored(msg: Msg) -> float:
+    """Seconds since the server stored the event being judged (the upstream event), by its clock.
+
+    The stream's time, not the event's own ``time``: one clock for every event (a remote
+    job's host may be skewed), and an imported event counts from its arrival here.
+    """
+    try:
+        stored = msg.metadata.timestamp
+    except (nats.errors.NotJSMessageError, ValueError, IndexError, AttributeError):
+        return 0.0
+    return time.time() - stored.timestamp()
+
+
 def _in_words(exc: Exception) -> str:
     """Why a dispatch failed, as the trigger's reason and the job's FAILED line say it.
 
@@ -214,8 +231,12 @@ def _with_arrival(trigger: Trigger, record: FiringRecord, job: JobDefn) -> JobDe
     """A per-arrival job is told which arrival started it (``LWFM_TRIGGER_DATA_ID``).
 
     The job looks the record up on the bus (``lwfm-bus data show``, ``bus.data(id)``)
-    rather than trusting a copy in its argv.
+    rather than trusting a copy in its argv.  A schedule's job is told its tick
+    (``LWFM_SCHEDULE_TICK``), which may be well before it runs after downtime.
     """
+    tick = tick_of(trigger, record.firing_key)
+    if tick is not None:
+        return job.model_copy(update={"env": {**job.env, SCHEDULE_TICK_ENV: tick.isoformat()}})
     data_id = arrival_of(trigger, record.firing_key)
     if data_id is None:
         return job

@@ -7,6 +7,7 @@
 * A **registration** judges what happened before it, as if it had happened just
   after it ("the condition already holds").
 * A **deadline** closes a join's ``within`` window.
+* A **tick** of a schedule (announced by :mod:`._schedules`) starts that tick's job.
 * A **fired / expired / failed** event settles a claim whose replica died after
   announcing it.
 
@@ -33,11 +34,12 @@ from .._events import (
     TriggerFailedEvent,
     TriggerFiredEvent,
     TriggerRegisteredEvent,
+    TriggerTickEvent,
     decode_event,
 )
 from .._states import JobState
 from .._subjects import ROOT
-from .._triggers import DataTrigger, JobTrigger, JoinTrigger
+from .._triggers import DataTrigger, JobTrigger, JoinTrigger, ScheduleTrigger
 from ._feed import TriggerFeed
 from ._firing import Firing
 from ._matcher import JobWatch, satisfies
@@ -82,6 +84,13 @@ class Judge:
             await self.catch_up(event, seq, redelivered, msg)
         elif isinstance(event, TriggerDeadlineEvent):
             await self._on_deadline(event, redelivered, msg)
+        elif isinstance(event, TriggerTickEvent):
+            reg_seq = index.reg_seq(event.data.trigger_id)
+            if reg_seq is not None:  # else withdrawn: its ticks start nothing more
+                await fire(
+                    event.data.trigger_id, reg_seq, tick=event.data.tick, parents=(), causes=(event.id,),
+                    workflow_id=event.data.workflow_id, redelivered=redelivered, msg=msg,
+                )  # fmt: skip
         elif isinstance(event, TriggerFiredEvent | TriggerExpiredEvent):
             if event.data.firing_key:
                 await self._store.settle_announced(event.data.firing_key, FiringState.DONE)
@@ -184,6 +193,8 @@ class Judge:
         self._feed.remember(trigger)
         if not self.look_back or trigger.trigger_id not in index:
             return  # cancelled (or finished) before we got here
+        if isinstance(trigger, ScheduleTrigger):
+            return  # its ticks come from the timer (see ._schedules), never from the past
         if isinstance(trigger, JobTrigger | JoinTrigger):
             watch = index.job_watch(trigger.trigger_id)
             assert watch is not None

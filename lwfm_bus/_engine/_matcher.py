@@ -11,6 +11,8 @@ scans: a job event looks up its job id, a data event looks up each of its metada
   empty signature is a candidate for every arrival.  A signature with only range or
   glob predicates on a key shared by very many triggers is the one case where the
   candidate list grows (documented in the README).
+* Schedules are not matched against events at all: their ticks come from a timer
+  (:mod:`._schedules`); the index keeps each one's timing and its latest announced tick.
 
 The index holds only what matching needs (a few slots per trigger), not the
 definitions: the engine fetches a definition by its stream sequence when it fires.
@@ -20,13 +22,14 @@ It is a projection of the trigger events and is rebuilt from the stream at start
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from typing import Any
 
 from .._meta import Metadata, MetaScalar
 from .._states import JobState
-from .._triggers import DataTrigger, Eq, Glob, JobTrigger, JoinTrigger, Predicate, Trigger
+from .._triggers import DataTrigger, Eq, Glob, JobTrigger, JoinTrigger, Predicate, Schedule, ScheduleTrigger, Trigger
 
-__all__ = ["DataWatch", "JobWatch", "TriggerIndex", "satisfies", "state_mask"]
+__all__ = ["DataWatch", "JobWatch", "ScheduleWatch", "TriggerIndex", "satisfies", "state_mask"]
 
 _BIT = {s: 1 << i for i, s in enumerate(JobState)}
 _GLOB_CHARS = frozenset("*?[")
@@ -86,6 +89,20 @@ class DataWatch:
         return True
 
 
+class ScheduleWatch:
+    """A schedule, as the index keeps it: its timing, when it was registered, its latest tick announced."""
+
+    __slots__ = ("last_tick", "reg_seq", "registered_at", "timing", "trigger_id", "workflow_id")
+
+    def __init__(self, trigger: ScheduleTrigger, reg_seq: int, registered_at: datetime) -> None:
+        self.trigger_id = trigger.trigger_id
+        self.reg_seq = reg_seq
+        self.registered_at = registered_at
+        self.workflow_id = trigger.workflow_id
+        self.timing: Schedule = trigger.timing()
+        self.last_tick: datetime | None = None
+
+
 def _anchor(trigger: DataTrigger) -> tuple[str, Any] | str | None:
     """The most selective index entry for a signature: (key, value), or a key, or nothing."""
     for key, p in sorted(trigger.signature.items()):
@@ -108,31 +125,46 @@ class TriggerIndex:
         self._any: list[DataWatch] = []
         self._job_watches: dict[str, tuple[JobWatch, tuple[str, ...]]] = {}
         self._data_watches: dict[str, DataWatch] = {}
+        self._schedules: dict[str, ScheduleWatch] = {}
 
     def __len__(self) -> int:
-        return len(self._job_watches) + len(self._data_watches)
+        return len(self._job_watches) + len(self._data_watches) + len(self._schedules)
 
     def __contains__(self, trigger_id: str) -> bool:
-        return trigger_id in self._job_watches or trigger_id in self._data_watches
+        return trigger_id in self._job_watches or trigger_id in self._data_watches or trigger_id in self._schedules
 
     def reg_seq(self, trigger_id: str) -> int | None:
         if trigger_id in self._job_watches:
             return self._job_watches[trigger_id][0].reg_seq
         if trigger_id in self._data_watches:
             return self._data_watches[trigger_id].reg_seq
+        if trigger_id in self._schedules:
+            return self._schedules[trigger_id].reg_seq
         return None
+
+    def schedule(self, trigger_id: str) -> ScheduleWatch | None:
+        return self._schedules.get(trigger_id)
+
+    def schedules(self) -> list[ScheduleWatch]:
+        return list(self._schedules.values())
 
     def job_watch(self, trigger_id: str) -> JobWatch | None:
         found = self._job_watches.get(trigger_id)
         return found[0] if found is not None else None
 
     def is_per_arrival(self, trigger_id: str) -> bool:
+        """Whether the trigger fires many times (per arrival, or per tick): one firing does not end it."""
         dw = self._data_watches.get(trigger_id)
-        return dw is not None and dw.each
+        return (dw is not None and dw.each) or trigger_id in self._schedules
 
-    def add(self, trigger: Trigger, reg_seq: int) -> None:
+    def add(self, trigger: Trigger, reg_seq: int, registered_at: datetime | None = None) -> None:
         """Index a trigger registered at stream sequence ``reg_seq`` (idempotent)."""
         if trigger.trigger_id in self:
+            return
+        if isinstance(trigger, ScheduleTrigger):
+            if registered_at is None:
+                raise ValueError("a schedule is indexed with its registration time")
+            self._schedules[trigger.trigger_id] = ScheduleWatch(trigger, reg_seq, registered_at)
             return
         if isinstance(trigger, JobTrigger | JoinTrigger):
             ups = trigger.all_upstreams()
@@ -160,6 +192,8 @@ class TriggerIndex:
                 entries[:] = [e for e in entries if e[0] is not watch]
                 if not entries:
                     self._by_job.pop(job_id, None)
+            return
+        if self._schedules.pop(trigger_id, None) is not None:
             return
         dw = self._data_watches.pop(trigger_id, None)
         if dw is None:

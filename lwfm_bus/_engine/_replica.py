@@ -13,6 +13,8 @@ Each replica runs three loops:
 * the **deadline** watcher (:mod:`._deadlines`) -- a KV watch on join progress; when a
   ``within`` window closes it publishes a ``trigger.deadline`` event, which the work
   loop judges.
+* the **schedules** timer (:mod:`._schedules`) -- a heap of each schedule's next tick;
+  when one comes it publishes a ``trigger.tick`` event, which the work loop judges.
 
 Ordering.  Before a replica judges an event at stream sequence *s*, its feed must
 have applied every trigger event before *s* (:meth:`TriggerFeed.barrier`: one server
@@ -55,6 +57,7 @@ from ._feed import TriggerFeed
 from ._firing import Firing, settle
 from ._judging import Judge
 from ._matcher import TriggerIndex
+from ._schedules import Schedules
 from ._settings import EngineConfig, EngineStats
 from ._store import EngineStore
 
@@ -70,7 +73,7 @@ DURABLE = "lwfm-engine"
 _WORK_FILTER = f"{ROOT}.>"
 _WORK_KINDS = frozenset({"job", "data"})
 # Outcomes come back to settle a claim whose replica died after announcing it.
-_WORK_TRIGGER_DETAILS = frozenset({"registered", "deadline", "fired", "expired", "failed"})
+_WORK_TRIGGER_DETAILS = frozenset({"registered", "deadline", "tick", "fired", "expired", "failed"})
 
 
 @runtime_checkable
@@ -120,6 +123,8 @@ class Engine:
         self._deadlines = Deadlines(
             self._store, bus.config.site, lambda trigger_id: trigger_id in self._feed.index, self._firing.publish
         )
+        self._schedules = Schedules(self._feed.index, bus.config.site, self._firing.publish)
+        self._feed.on_schedule = self._schedules.changed
         self._slots = asyncio.Semaphore(self.config.max_inflight)
         self._observers: list[Callable[[str, bool], Awaitable[None] | None]] = []
 
@@ -161,6 +166,7 @@ class Engine:
             log.info("engine %s: %d triggers indexed (feed at %d)", self.config.name, len(self.index), target)
             await tg.start(self._deadlines.run)
             await tg.start(self._work_loop)
+            await tg.start(self._schedules.run)
             task_status.started()
 
     # ------------------------------------------------------------------ the work loop
@@ -216,6 +222,8 @@ class Engine:
 
     async def _judge_one(self, msg: Msg, seq: int) -> None:
         self.stats.events += 1
+        kind = _kind_of(msg.subject)
+        self.stats.judged[kind] = self.stats.judged.get(kind, 0) + 1
         try:
             event = decode_event(msg.data, self._bus.config.max_event_bytes, msg.subject)
         except EventDecodeError as err:
@@ -272,6 +280,12 @@ class _KeepAlive:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def _kind_of(subject: str) -> str:
+    """The event kind a subject names (``lwfm.<site>.<kind>...``): a small, fixed set of label values."""
+    parts = subject.split(".", 3)
+    return parts[2] if len(parts) > 2 else "other"
 
 
 def _stream_seq(msg: Msg) -> int:

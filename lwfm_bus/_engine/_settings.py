@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
-__all__ = ["EngineConfig", "EngineStats"]
+__all__ = ["DISPATCH_BUCKETS_S", "EngineConfig", "EngineStats", "LatencyHistogram"]
 
 
 class EngineConfig(BaseModel):
@@ -33,6 +33,33 @@ class EngineConfig(BaseModel):
     )
 
 
+# Upper bounds (seconds) of the dispatch latency buckets: a firing takes milliseconds when
+# all is well, and seconds only when submits are retried or the server is far away.
+DISPATCH_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass
+class LatencyHistogram:
+    """Counts of observed durations per bucket, kept here so the engine needs no metrics library.
+
+    A Prometheus collector (:mod:`lwfm_bus._metrics`) reads it at scrape time.
+    ``counts[i]`` counts observations <= ``bounds[i]`` and above the bound before it;
+    the last slot counts those above every bound.
+    """
+
+    bounds: tuple[float, ...] = DISPATCH_BUCKETS_S
+    counts: list[int] = field(default_factory=lambda: [0] * (len(DISPATCH_BUCKETS_S) + 1))
+    total: int = 0
+    sum_s: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)  # the server's clock and ours may differ by a little
+        slot = next((i for i, bound in enumerate(self.bounds) if seconds <= bound), len(self.bounds))
+        self.counts[slot] += 1
+        self.total += 1
+        self.sum_s += seconds
+
+
 @dataclass
 class EngineStats:
     """Counters for people and benchmarks; correctness never depends on them."""
@@ -46,3 +73,7 @@ class EngineStats:
     dispatch_calls: int = 0
     triggers_indexed: int = 0
     errors: int = 0
+    judged: dict[str, int] = field(default_factory=dict)
+    """Events judged, by kind (the subject's third token: job, data, trigger)."""
+    dispatch_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    """From the upstream event's storing in the stream to the downstream's submission stored."""

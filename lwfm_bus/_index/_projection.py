@@ -396,8 +396,8 @@ class JobIndex:
         elif isinstance(event, TriggerFiredEvent):
             await self.db.execute(
                 "UPDATE triggers SET fired = fired + 1, last_job_id = ?, updated_at = ?, "
-                "state = CASE WHEN kind = 'data-flow' AND json_extract(definition, '$.fire') = 'each' "
-                "THEN state ELSE 'fired' END WHERE trigger_id = ?",
+                "state = CASE WHEN (kind = 'data-flow' AND json_extract(definition, '$.fire') = 'each') "
+                "OR kind = 'schedule' THEN state ELSE 'fired' END WHERE trigger_id = ?",
                 (event.data.downstream_job_id, t, tid),
             )
         elif isinstance(event, TriggerExpiredEvent):

@@ -115,6 +115,12 @@ class _Loader:
         pipeline._source = real
         if pipeline.workspace is not None and pipeline.workspace in workspaces:
             self._at(doc, ("workspace",), "a nested pipeline gets its own workspace and cannot use its parent's")
+        if stack and pipeline.schedule is not None:
+            self._at(
+                doc,
+                ("schedule",),
+                "a nested pipeline runs when its parent's step does: only the file run has a schedule",
+            )
         self._check_sites(doc, pipeline)
         inner = (*workspaces, pipeline.workspace) if pipeline.workspace else workspaces
         outputs: dict[str, frozenset[str]] = {}

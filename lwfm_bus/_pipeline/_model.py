@@ -41,6 +41,7 @@ from .._errors import PipelineError, PipelineIssue
 from .._jobs import Resources
 from .._meta import MetaKey
 from .._subjects import Token
+from .._triggers import Schedule
 from ._sources import MAX_RUNS, UNTIL_NAMES, OnData, Scalar, Source, Until, UntilExpr
 from ._template import Template
 from ._types import (
@@ -261,6 +262,12 @@ class Pipeline(_Model):
     )
     steps: dict[Name, Step] = Field(
         min_length=1, max_length=MAX_STEPS, description="The steps by name, in the order they are drawn."
+    )
+    schedule: Schedule | None = Field(
+        default=None,
+        description="Run the whole pipeline at each tick, a new run per tick: `lwfm-bus run` registers the "
+        "schedule and returns, e.g. {cron: '0 * * * *', tz: Europe/Paris} or {interval_s: 3600}; start, end, "
+        "catchup as for a schedule trigger. Read from the file run only (a nested pipeline's is refused).",
     )
 
     _source: Path | None = PrivateAttr(default=None)

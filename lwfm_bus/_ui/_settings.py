@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .._config import is_loopback
-from .._errors import ConfigError
+from .._config import refuse_open_listen
 
 __all__ = ["DEFAULT_PORT", "UiSettings", "check_listen"]
 
@@ -37,8 +36,7 @@ class UiSettings:
 
 def check_listen(settings: UiSettings) -> None:
     """Refuse (:class:`ConfigError`) a listen address beyond loopback without a token."""
-    if not is_loopback(settings.host) and not settings.token:
-        raise ConfigError(
-            f"refusing to serve the dashboard on {settings.host!r} (beyond loopback) without a token: "
-            "give --token, or keep the default 127.0.0.1 and open it through 'ssh -L'"
-        )
+    refuse_open_listen(
+        settings.host, settings.token, "the dashboard",
+        "give --token, or keep the default 127.0.0.1 and open it through 'ssh -L'",
+    )  # fmt: skip

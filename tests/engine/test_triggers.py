@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 import lwfm_bus as lb
 from lwfm_bus import JobState
+from tests._helpers import engine_idle
 
 _ENGINE = lb.EngineConfig(ack_wait_s=2, dispatch_backoff_s=0.05)
 # One event judged at a time, in stream order: what "X did not fire before Y" relies on.
@@ -110,23 +111,6 @@ async def _arrive(bus: lb.Bus, metadata: dict[str, object], *, site: str = "loca
     return event
 
 
-async def _engine_idle(bus: lb.Bus, timeout: float = 30) -> None:
-    """Until the engines' shared consumer has nothing pending or unacked.
-
-    An event is acked only after its handler (counters included) has finished, so after
-    this every event published so far has been judged and ``engine.stats`` is final.
-    Each check is one server round trip; nothing sleeps.
-    """
-
-    async def drained() -> None:
-        while True:
-            info = await bus.jetstream.consumer_info("LWFM", "lwfm-engine")
-            if info.num_pending == 0 and info.num_ack_pending == 0:
-                return
-
-    await asyncio.wait_for(drained(), timeout)
-
-
 async def _never_ran(bus: lb.Bus, job_id: str) -> None:
     with pytest.raises(lb.UnknownJobError):
         await bus.status(job_id)
@@ -156,7 +140,7 @@ async def test_3b_b_after_a_registered_before_a_is_submitted(bus: lb.Bus) -> Non
         record = await bus.trigger(trig.trigger_id)
         assert record is not None
         assert (record.state, record.fired, record.last_job_id, record.kind) == ("fired", 1, b_id, "job-status")
-        await _engine_idle(bus)
+        await engine_idle(bus)
         assert engine.stats.fired == 1
         # B was started only after A completed.
         history = await (await bus.index()).history(a_id)
@@ -185,7 +169,7 @@ async def test_registered_after_the_condition_holds_still_fires(bus: lb.Bus) -> 
         assert sorted(c.parent_ids) == sorted([j1.job_id, j2.job_id])
         assert (await _fired(bus, single.trigger_id)).downstream_job_id == b_id
         assert (await _fired(bus, join.trigger_id)).downstream_job_id == c_id
-        await _engine_idle(bus)
+        await engine_idle(bus)
         assert engine.stats.fired == 2
 
 
@@ -210,7 +194,7 @@ async def test_3c_join_all_of_three_real_jobs_fires_once_with_all_parents(bus: l
         assert len(await _outcomes(bus, trig.trigger_id)) == 1
         record = await bus.trigger(trig.trigger_id)
         assert record is not None and (record.state, record.fired) == ("fired", 1)
-        await _engine_idle(bus)
+        await engine_idle(bus)
         assert engine.stats.fired == 1
 
 
@@ -262,7 +246,7 @@ async def test_join_all_with_a_failed_upstream_expires_and_never_runs(bus: lb.Bu
         assert record is not None
         assert (record.state, record.fired, record.last_job_id) == ("expired", 0, None)
         assert record.reason == expired.reason
-        await _engine_idle(bus)
+        await engine_idle(bus)
         assert engine.stats.expired == 1
         # The firing key is settled as an expiry: the downstream can never be dispatched now.
         assert (await bus.wait(ok, timeout=30)).state is JobState.COMPLETE
@@ -310,7 +294,7 @@ async def test_within_window_closes_expired_and_late_upstream_does_not_fire(bus:
         assert record is not None and (record.state, record.fired) == ("expired", 0)
         assert len(await _outcomes(bus, trig.trigger_id)) == 1
         await _never_ran(bus, b_id)
-        await _engine_idle(bus)
+        await engine_idle(bus)
         assert (engine.stats.expired, engine.stats.fired) == (1, 1)
 
 
@@ -369,7 +353,7 @@ async def test_job_trigger_wanting_complete_expires_when_the_upstream_fails(bus:
         record = await bus.trigger(trig.trigger_id)
         assert record is not None and record.state == "expired"
         await _never_ran(bus, b_id)
-        await _engine_idle(bus)
+        await engine_idle(bus)
         assert (engine.stats.fired, engine.stats.expired) == (0, 1)
 
 
@@ -418,7 +402,7 @@ async def test_3d_data_signature_fires_once_on_the_matching_arrival_only(bus: lb
         assert len(await _outcomes(bus, trig.trigger_id)) == 1
         record = await bus.trigger(trig.trigger_id)
         assert record is not None and (record.state, record.fired, record.last_job_id) == ("fired", 1, b_id)
-        await _engine_idle(bus)
+        await engine_idle(bus)
         assert engine.stats.fired == 2  # the trigger and the sentinel
 
 
@@ -475,7 +459,7 @@ async def test_200_simultaneous_completions_fire_a_join_once(bus: lb.Bus) -> Non
         b = await bus.wait(b_id, timeout=30)
         assert b.state is JobState.COMPLETE
         assert len(b.parent_ids) == 200
-        await _engine_idle(bus)
+        await engine_idle(bus)
         assert engine.stats.fired == 1
         assert len(await _outcomes(bus, trig.trigger_id)) == 1
         history = await (await bus.index()).history(b_id)
@@ -503,7 +487,7 @@ async def test_two_engines_fire_each_of_50_triggers_exactly_once(bus: lb.Bus, bu
         async with bus.replay("lwfm.*.trigger.*.*.fired") as history:
             counts = Counter([e.data.trigger_id async for e in history if isinstance(e, lb.TriggerFiredEvent)])
         assert counts == Counter({t.trigger_id: 1 for t in triggers})
-        await _engine_idle(bus)
+        await engine_idle(bus)
         assert e1.stats.fired + e2.stats.fired == 50
 
 
@@ -521,7 +505,7 @@ async def test_dispatch_to_an_unknown_site_fails_after_bounded_retries(bus: lb.B
         assert "nosuchsite" in event.data.reason
         assert event.data.reason.startswith("unknown site 'nosuchsite'"), event.data.reason  # no class name first
         assert event.data.attempts == engine.config.dispatch_attempts
-        await _engine_idle(bus)
+        await engine_idle(bus)
         assert engine.stats.dispatch_calls == engine.config.dispatch_attempts
         assert (engine.stats.failed, engine.stats.fired) == (1, 0)
         record = await bus.trigger(trig.trigger_id)
@@ -604,7 +588,7 @@ async def test_malformed_registrations_on_the_wire_are_dead_lettered_and_the_eng
         assert (await bus.wait(b_id, timeout=30)).state is JobState.COMPLETE
         await _fired(bus, trig.trigger_id)
 
-        await _engine_idle(bus)
+        await engine_idle(bus)
         assert engine.stats.dead_lettered == 2
         assert "t10" not in engine.index and "t9" not in engine.index
         parked = {d.subject: d async for d in bus.dead_letters()}
@@ -637,7 +621,7 @@ async def test_cancelled_trigger_never_fires(bus: lb.Bus) -> None:
         record = await bus.trigger(doomed.trigger_id)
         assert record is not None and (record.state, record.fired) == ("cancelled", 0)
         await _never_ran(bus, cancelled_job)
-        await _engine_idle(bus)
+        await engine_idle(bus)
         assert engine.stats.fired == 1
         with pytest.raises(lb.TriggerError):
             await bus.cancel_trigger("no-such-trigger")
