@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import hashlib
 import logging
 import shlex
 import sys
@@ -145,11 +146,30 @@ async def _register_schedule(args: argparse.Namespace, config: BusConfig, pipeli
     for text in args.overrides:
         argv += ["--set", text]
     job = JobDefn(argv=tuple(argv), cwd=str(path.parent), name=f"scheduled run of {pipeline.name}")
+    # Running the file again must not schedule it twice: the same file, settings and schedule
+    # are the same trigger; a changed schedule (or --set) replaces the file's earlier one.
+    spec = pipeline.schedule.model_dump_json()
+    trigger_id = "sched-" + hashlib.sha256("\x1f".join([str(path), *args.overrides, spec]).encode()).hexdigest()[:24]
     trigger = ScheduleTrigger.model_validate(
-        {**pipeline.schedule.model_dump(), "name": f"schedule of {pipeline.name}", "downstream": Downstream(job=job)}
-    )
+        {
+            **pipeline.schedule.model_dump(), "trigger_id": trigger_id, "name": f"schedule of {pipeline.name}",
+            "downstream": Downstream(job=job),
+        }
+    )  # fmt: skip
     async with connect(config, name=f"lwfm-bus run {pipeline.name}") as bus:
+        active = [
+            t for t in await bus.triggers(state="active")
+            if t.kind == "schedule" and isinstance(t.definition.downstream.job.argv, tuple)
+            and str(path) in t.definition.downstream.job.argv[3:5]
+        ]  # fmt: skip
+        if any(t.trigger_id == trigger_id for t in active):
+            print(f"{shown(pipeline.name)}: already scheduled as {trigger_id}, unchanged ('lwfm-bus trigger rm "
+                  f"{trigger_id}' withdraws it)")  # fmt: skip
+            return 0
         await bus.add_trigger(trigger)
+        for old in active:
+            await bus.cancel_trigger(old.trigger_id, reason=f"replaced by {trigger_id}")
+            print(f"{shown(pipeline.name)}: schedule {old.trigger_id} withdrawn (replaced)")
     print(
         f"{shown(pipeline.name)}: schedule {trigger.trigger_id} registered: each tick starts a new run "
         f"('lwfm-bus trigger rm {trigger.trigger_id}' withdraws it)"

@@ -91,10 +91,19 @@ class StationStatus:
 
 
 def status_from_jobs(m: MetroMap, jobs: Iterable[tuple[str | None, JobState]]) -> dict[str, StationStatus]:
-    """Count ``(job name, state)`` pairs per station path; stations without a job are left out."""
+    """Count ``(job name, state)`` pairs per station path; stations without a job are left out.
+
+    ``jobs`` come oldest first.  A resumed run's new attempt of a step bears the name of
+    the attempt it replaces: only the latest of each name counts, so a failure that was
+    run again and completed is not shown beside its retry.
+    """
     runs = {s.path: s.runs for s in m.walk()}
     states: dict[str, list[JobState]] = {}
+    latest: dict[str, JobState] = {}
     for name, state in jobs:
+        if name is not None:  # a job without a name is no station's
+            latest[name] = state
+    for name, state in latest.items():
         path = step_path_of(name, m.name)
         if path in runs:
             states.setdefault(path, []).append(state)

@@ -168,9 +168,7 @@ async def workflow_doc(bus: Bus, workflow_id: str, maps: MapCache) -> dict[str, 
         "map_note": note,
     }
     if metro is not None:
-        # A resumed run's new attempt of a step bears its name: each run's latest attempt (jobs come oldest first).
-        latest = {r.name or r.job_id: r for r in jobs}
-        status = status_from_jobs(metro, ((r.name, r.state) for r in latest.values()))
+        status = status_from_jobs(metro, ((r.name, r.state) for r in jobs))  # each step's latest attempt
         doc["map"] = {"pipeline": metro.name, "svg": to_svg(metro, status), "stations": _stations(metro)}
         doc["jobs"] = [job_json(r, step_path_of(r.name, metro.name)) for r in jobs]
     else:

@@ -362,6 +362,18 @@ def test_status_from_jobs_counts_runs_per_station() -> None:
     assert full["count"].state == "running" and "report" not in full
 
 
+def test_a_step_run_again_counts_by_its_latest_attempt() -> None:
+    """A resumed run's new attempt bears the failed one's name: the station is complete, not mixed
+    (the CLI's graph showed a step that failed and then completed as 'mixed', 1/2)."""
+    m = metro_map(load_pipeline(ROOT / "examples/09-nested.yaml"))
+    jobs: list[tuple[str | None, JobState]] = [
+        ("book-report:split", JobState.FAILED),
+        ("book-report:split", JobState.COMPLETE),  # the attempt that replaced it
+    ]
+    status = status_from_jobs(m, jobs)
+    assert status["split"].state == "complete" and status["split"].badge == "1/1"
+
+
 @pytest.mark.parametrize(
     ("states", "runs", "expected"),
     [

@@ -74,3 +74,34 @@ async def test_a_nested_pipeline_with_a_schedule_is_refused(tmp_path: Path) -> N
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 2, out + err
     assert "only the file run has a schedule" in (out + err).decode()
+
+
+async def test_running_a_scheduled_file_again_does_not_schedule_it_twice(bus: lb.Bus, tmp_path: Path) -> None:
+    """The same file and schedule are one trigger; a changed schedule replaces the file's earlier one."""
+    start = (datetime.now(UTC) + timedelta(days=30)).replace(microsecond=0)  # nothing ticks during the test
+    file = tmp_path / "nightly.yaml"
+
+    def write(interval_s: int) -> None:
+        file.write_text(
+            "pipeline: 1\nname: nightly\n"
+            f"schedule: {{interval_s: {interval_s}, start: '{start.isoformat()}'}}\n"
+            "steps:\n  work:\n    run: [\"true\"]\n"
+        )
+
+    write(3600)
+    rc, first, err = await _cli(bus, "run", str(file))
+    assert rc == 0, err
+    rc, again, err = await _cli(bus, "run", str(file))
+    assert rc == 0, err
+    trigger_id = first.split("schedule ")[1].split()[0]
+    assert again.strip() == (
+        f"nightly: already scheduled as {trigger_id}, unchanged ('lwfm-bus trigger rm {trigger_id}' withdraws it)"
+    )
+    write(7200)
+    rc, changed, err = await _cli(bus, "run", str(file))
+    assert rc == 0, err
+    assert f"nightly: schedule {trigger_id} withdrawn (replaced)" in changed
+    active = [t for t in await bus.triggers(state="active") if t.kind == "schedule"]
+    assert len(active) == 1 and active[0].trigger_id != trigger_id
+    old = await bus.trigger(trigger_id)
+    assert old is not None and old.state == "cancelled"
