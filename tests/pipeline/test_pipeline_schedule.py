@@ -85,7 +85,7 @@ async def test_running_a_scheduled_file_again_does_not_schedule_it_twice(bus: lb
         file.write_text(
             "pipeline: 1\nname: nightly\n"
             f"schedule: {{interval_s: {interval_s}, start: '{start.isoformat()}'}}\n"
-            "steps:\n  work:\n    run: [\"true\"]\n"
+            'steps:\n  work:\n    run: ["true"]\n'
         )
 
     write(3600)
