@@ -17,7 +17,7 @@ import contextlib
 import functools
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,11 +32,10 @@ from ._bus._connect import open_event_bus
 from ._bus._eventbus import STREAM, EventBus
 from ._bus._fedkeeper import keeping_sources
 from ._config import BusConfig, load_config
-from ._errors import ConfigError, JobTimeoutError, JobWillNotRunError, SiteError, TriggerError, UnknownJobError
+from ._errors import ConfigError, JobTimeoutError, SiteError, TriggerError, UnknownJobError
 from ._events import (
     EventDecodeError,
     JobStatus,
-    JobStatusEvent,
     SiteHeartbeatEvent,
     TriggerCancelled,
     TriggerRegistered,
@@ -62,6 +61,7 @@ from ._sites._submit import request_cancel
 from ._states import JobState
 from ._subjects import ROOT, check_token
 from ._triggers import DataTrigger, Downstream, JobTrigger, JoinTrigger, Match, ScheduleTrigger, Trigger, Upstream
+from ._waiting import never_runs, wait_for_end
 
 if TYPE_CHECKING:
     from ._engine._replica import Engine
@@ -272,128 +272,11 @@ class Bus(EventBus):
         start it has ended otherwise (expired, failed or cancelled), this raises
         :class:`JobWillNotRunError` naming the trigger and why, instead of waiting for ever.
         """
-        subject = f"{ROOT}.*.job.*.{check_token(job_id, 'job id')}.*"
-
-        async def terminal() -> JobStatus:
-            async with self.subscribe(subject, from_start=True) as events:
-                async for event in events:
-                    if isinstance(event, JobStatusEvent) and event.data.state.is_terminal:
-                        return event.data
-            raise UnknownJobError(job_id)  # pragma: no cover - a followed subscription does not end
-
-        async def live(sub: Any) -> JobStatus:
-            # The same events as they are published here, on a plain subscription: a second
-            # way to hear the end, should the JetStream consumer below miss it (seen, rarely,
-            # under load).  A job's end reported on another site arrives through the stream.
-            try:
-                while True:
-                    msg = await sub.next_msg(timeout=None)
-                    try:
-                        event = decode_event(msg.data, self.config.max_event_bytes, msg.subject)
-                    except EventDecodeError:
-                        continue  # parked by the readers of the stream
-                    if isinstance(event, JobStatusEvent) and event.data.state.is_terminal:
-                        return event.data
-            finally:
-                with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):
-                    await sub.unsubscribe()
-
-        async def stored() -> JobStatus:
-            # An end already stored, read by subject (no consumer): with ``live`` subscribed
-            # first, an end is either here or heard there.
-            for state in (JobState.COMPLETE, JobState.FAILED, JobState.CANCELLED):
-                try:
-                    raw = await self.jetstream.get_msg(
-                        STREAM, seq=1, subject=f"{ROOT}.*.job.*.{job_id}.{state.value}", next=True
-                    )
-                except nats.js.errors.NotFoundError:
-                    continue
-                except nats.errors.Error as exc:  # the other two ways still hear it
-                    log.debug("wait %s: the stored end could not be read: %r", job_id, exc)
-                    break
-                with contextlib.suppress(EventDecodeError):
-                    event = decode_event(raw.data or b"", self.config.max_event_bytes, raw.subject)
-                    if isinstance(event, JobStatusEvent):
-                        return event.data
-            await anyio.sleep_forever()
-            raise AssertionError("unreachable")  # pragma: no cover
-
-        async def ended() -> JobStatus:
-            # Subscribed before the store is read (one connection keeps the order): an end is
-            # either stored by then, or heard.  The first of the four to finish decides.
-            #
-            # The race runs in an anyio task group, not in asyncio tasks cancelled once:
-            # on Python 3.11, a task cancelled while nats-py awaits a reply inside
-            # ``asyncio.wait_for`` can lose the cancellation (the reply had arrived), and
-            # a loser cancelled once would then wait for ever -- and so would this call,
-            # after the job had ended.  anyio cancels again at every await until the
-            # loser has left.
-            sub = await self.nats.subscribe(subject)
-            outcome: list[JobStatus | Exception] = []
-            async with anyio.create_task_group() as tg:
-
-                async def first(racer: Callable[[], Awaitable[JobStatus | None]]) -> None:
-                    result: JobStatus | Exception | None
-                    try:
-                        result = await racer()
-                    except Exception as exc:  # noqa: BLE001 - JobWillNotRunError, or a lost connection: raised below, unwrapped
-                        result = exc
-                    if result is not None:
-                        outcome.append(result)
-                        tg.cancel_scope.cancel()
-
-                tg.start_soon(first, functools.partial(live, sub))
-                tg.start_soon(first, stored)
-                tg.start_soon(first, terminal)
-                tg.start_soon(first, functools.partial(self._never_runs, job_id))
-            if isinstance(outcome[0], Exception):
-                raise outcome[0]
-            return outcome[0]
-
-        with anyio.move_on_after(timeout):
-            return await ended()
-        raise JobTimeoutError(f"job {job_id} did not finish within {timeout}s")
+        return await wait_for_end(self, job_id, timeout, functools.partial(self._never_runs, job_id))
 
     async def _never_runs(self, job_id: str) -> None:
-        """Raise :class:`JobWillNotRunError` once every trigger that could start ``job_id`` has ended otherwise.
-
-        Returns never otherwise.  The index is read once (after subscribing, so nothing
-        is missed between the two); from then on the outcomes heard on a plain
-        subscription are applied here, so many waiters cost no index work per event.
-        """
-        outcomes = await self.nats.subscribe(f"{ROOT}.*.trigger.>")
-        try:
-            index = await self.index()
-            if await index.job(job_id) is not None:
-                await anyio.sleep_forever()  # it exists: its own end will come
-            starters = {
-                t.trigger_id: _Starter(t.definition, t.state, t.reason) for t in await index.triggers_starting(job_id)
-            }
-            last = ""
-            while True:
-                if starters and all(_cannot_start(s, job_id) for s in starters.values()):
-                    tid = last or next(iter(starters))
-                    raise JobWillNotRunError(job_id, tid, starters[tid].state, starters[tid].reason)
-                msg = await outcomes.next_msg(timeout=None)
-                parts = msg.subject.split(".")  # lwfm.<site>.trigger.<workflow>.<trigger>.<what>
-                if len(parts) != 6 or (parts[4] not in starters and parts[5] != "registered"):
-                    continue
-                try:
-                    event = decode_event(msg.data, self.config.max_event_bytes, msg.subject)
-                except EventDecodeError:
-                    continue
-                data = event.data
-                if isinstance(data, TriggerRegistered):
-                    if _starts(data.definition, job_id):
-                        starters[data.trigger_id] = _Starter(data.definition, "active", None)
-                    continue
-                if parts[5] in _OUTCOMES:
-                    reason = getattr(data, "reason", None)
-                    starters[parts[4]] = _Starter(starters[parts[4]].definition, parts[5], reason)
-                    last = parts[4]
-        finally:
-            with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):
-                await outcomes.unsubscribe()
+        """Raise :class:`JobWillNotRunError` once every trigger that could start ``job_id`` has ended otherwise."""
+        await never_runs(self, self.index, job_id)
 
     async def site_health(self) -> dict[str, SiteHeartbeatEvent]:
         """Each site's health as its agents last said it, by site: the event's time is when it began.
@@ -732,38 +615,6 @@ class WorkflowStop:
 
 
 _MAX_SITES = 1000  # heartbeat subjects read by site_health(): one per site
-
-
-@dataclass(frozen=True)
-class _Starter:
-    """A trigger that could start an awaited job, as far as the waiter knows."""
-
-    definition: Trigger
-    state: str
-    reason: str | None
-
-
-_OUTCOMES = frozenset({"fired", "expired", "failed", "cancelled"})  # the index's trigger states, as subject tokens
-
-
-def _is_fallback(trigger: Trigger, job_id: str) -> bool:
-    fallback = trigger.fallback if isinstance(trigger, JoinTrigger) else None
-    return fallback is not None and fallback.job_id == job_id
-
-
-def _starts(trigger: Trigger, job_id: str) -> bool:
-    return trigger.downstream.job_id == job_id or _is_fallback(trigger, job_id)
-
-
-def _cannot_start(t: _Starter, job_id: str) -> bool:
-    """Whether trigger ``t`` has ended without (and can no longer) start the job ``job_id``."""
-    if t.state in ("failed", "cancelled"):
-        return True
-    if t.state == "expired":
-        return not _is_fallback(t.definition, job_id)  # an expiry starts the fallback, and only it
-    if t.state == "fired":
-        return _is_fallback(t.definition, job_id)  # a firing starts the downstream, never the fallback
-    return False  # active
 
 
 def _context_of(r: JobRecord) -> JobContext:
