@@ -58,6 +58,11 @@ except ImportError:  # pragma: no cover - Windows
 # When nobody watches it any more -- the launcher process died, or the site that
 # launched it was closed (its owner file is gone) -- the wrapper starts a small reporter
 # so the job's end is still published (only orphans pay for that Python start-up).
+# The agent's secrets given as environment variables (see lwfm_bus._secrets), and the runner
+# that hands a job the ones it names: names, not secrets.
+_SECRET_ENV = "LWFM_SECRET_"  # noqa: S105
+_SECRET_RUNNER = "_secretrun.py"  # noqa: S105
+
 # A command that cannot be found is one line, the same the pipeline step runner writes
 # (``command not found: solvr``), with a shell's exit code; `command -v` is a builtin.
 _WRAPPER = (
@@ -248,7 +253,11 @@ class LocalSite:
             (self._active / job_id).unlink()
 
     def _env(self, ctx: JobContext, defn: JobDefn, jobdir: Path) -> dict[str, str]:
-        env = dict(os.environ)
+        # The agent's own environment, but its LWFM_SECRET_* values: a job gets a secret only
+        # by naming it, through the secret runner (which reads them and hides them again from
+        # the command it starts) -- never every secret of the agent, by inheritance.
+        runner = defn.argv is not None and len(defn.argv) > 1 and defn.argv[1].endswith(_SECRET_RUNNER)
+        env = {k: v for k, v in os.environ.items() if runner or not k.startswith(_SECRET_ENV)}
         env.update(self._rt.job_env)
         env.update(defn.env)
         env.update(identity_env(ctx))

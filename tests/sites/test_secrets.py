@@ -113,6 +113,18 @@ async def test_a_secret_from_the_agents_environment(
     assert out.read_text() == f"{_sha(value)} {_sha(value)} []"
 
 
+async def test_a_job_that_names_no_secret_gets_none_of_the_agents(bus: lb.Bus, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A local job inherits its agent's environment: before, every LWFM_SECRET_* of the agent
+    with it, so any job could read every secret given to the agent that way."""
+    value = secrets.token_hex(16)
+    monkeypatch.setenv("LWFM_SECRET_NOT_YOURS", value)  # the agent runs in this process
+    job = await bus.submit(lb.JobDefn.of(["env"]))
+    assert (await bus.wait(job.job_id, timeout=_WAIT_S)).state is JobState.COMPLETE
+    seen = (await bus.logs(job.job_id)).decode()
+    assert "PATH=" in seen  # the environment was printed
+    assert "LWFM_SECRET_" not in seen and value not in seen
+
+
 async def test_a_shell_job_reads_a_secret_from_its_env(bus: lb.Bus, bus_config: lb.BusConfig, tmp_path: Path) -> None:
     value = secrets.token_hex(16)
     SecretStore(bus_config.home, "local").set("API_TOKEN", value)
