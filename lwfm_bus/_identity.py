@@ -22,6 +22,7 @@ from ._errors import JobError
 from ._jobs import JobContext
 
 __all__ = [
+    "CREDENTIAL_ENV",
     "SCHEDULE_TICK_ENV",
     "TRIGGER_DATA_ENV",
     "bus_env",
@@ -46,6 +47,19 @@ def identity_env(ctx: JobContext) -> dict[str, str]:
         "LWFM_JOB_NAME": ctx.name or "",
         "LWFM_PARENT_IDS": ",".join(ctx.parent_ids),
     }
+
+
+# The variables that carry the bus's credentials (as bus_env() sets them): a process started
+# to reach this bus gets these, and nothing else of ours.
+CREDENTIAL_ENV = (
+    "LWFM_BUS_USER",
+    "LWFM_BUS_PASSWORD",
+    "LWFM_BUS_TOKEN",
+    "LWFM_BUS_CREDS",
+    "LWFM_BUS_TLS_CA",
+    "LWFM_BUS_TLS_CERT",
+    "LWFM_BUS_TLS_KEY",
+)
 
 
 def bus_env(config: BusConfig, connected_url: str | None) -> dict[str, str]:

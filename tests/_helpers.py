@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import nats.js.errors
+
 import lwfm_bus as lb
 from lwfm_bus import JobState
 
@@ -216,3 +218,16 @@ async def engine_idle(bus: lb.Bus, timeout: float = 30) -> None:
                 return
 
     await asyncio.wait_for(drained(), timeout)
+
+
+async def raw_stream(bus: lb.Bus, stream: str) -> list[bytes]:
+    """Every message the stream holds, as stored (subject, headers and data): what a scan for a leak reads."""
+    info = await bus.jetstream.stream_info(stream)
+    out = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        try:
+            msg = await bus.jetstream.get_msg(stream, seq)
+        except nats.js.errors.NotFoundError:
+            continue
+        out.append(msg.subject.encode() + repr(msg.headers).encode() + (msg.data or b""))
+    return out

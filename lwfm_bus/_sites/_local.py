@@ -335,7 +335,8 @@ class LocalSite:
                 await self._rt.reporter.report(ctx, JobState.RUNNING, native_state="running")
             try:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._end_at_deadline, jobdir, proc.pid, _proc_start_time(proc.pid))
+                    if limit is not None:  # most jobs have none: no timer, no read of the pid record
+                        tg.start_soon(self._end_at_deadline, jobdir, proc.pid, _proc_start_time(proc.pid))
                     rc = await proc.wait()
                     await self._stopped(ctx.job_id)
                     tg.cancel_scope.cancel()

@@ -25,22 +25,13 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 
 from .._client import Bus
+from .._identity import CREDENTIAL_ENV
 from .._states import JobState
 
 __all__ = ["ResumeRefused", "Resumer"]
 
 _SPENT = frozenset({JobState.FAILED, JobState.CANCELLED})
 _TERMINAL = frozenset({JobState.COMPLETE, JobState.FAILED, JobState.CANCELLED})
-# What a resumed run needs of this bus's credentials, passed in its environment (never on its command line).
-_CREDENTIAL_ENV = (
-    "LWFM_BUS_USER",
-    "LWFM_BUS_PASSWORD",
-    "LWFM_BUS_TOKEN",
-    "LWFM_BUS_CREDS",
-    "LWFM_BUS_TLS_CA",
-    "LWFM_BUS_TLS_CERT",
-    "LWFM_BUS_TLS_KEY",
-)
 
 
 class ResumeRefused(Exception):
@@ -129,7 +120,7 @@ class Resumer:
         config = self.bus.config
         job_env = self.bus.job_env()
         env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_BUS_")}
-        env.update({k: job_env[k] for k in _CREDENTIAL_ENV if k in job_env})
+        env.update({k: job_env[k] for k in CREDENTIAL_ENV if k in job_env})  # never on its command line
         url = self.bus.connected_url or ",".join(config.servers)
         head = [sys.executable, "-m", "lwfm_bus", "--home", str(config.home), "--site", config.site]
         if config.federation_file is not None:

@@ -17,10 +17,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nats.js.errors
-
 import lwfm_bus as lb
 from lwfm_bus._bus._eventbus import STREAM, SUBMIT_STREAM
+from tests._helpers import raw_stream
 
 CLI = [sys.executable, "-m", "lwfm_bus"]
 _T = 120
@@ -51,15 +50,7 @@ def _cli(home: Path, *args: str, stdin: str | None = None, cwd: Path | None = No
 
 
 async def _raw(bus: lb.Bus, stream: str) -> bytes:
-    info = await bus.jetstream.stream_info(stream)
-    out = []
-    for seq in range(info.state.first_seq, info.state.last_seq + 1):
-        try:
-            msg = await bus.jetstream.get_msg(stream, seq)
-        except nats.js.errors.NotFoundError:
-            continue
-        out.append(msg.subject.encode() + repr(msg.headers).encode() + (msg.data or b""))
-    return b"\n".join(out)
+    return b"\n".join(await raw_stream(bus, stream))
 
 
 async def test_a_secret_used_by_a_pipeline_appears_nowhere_but_in_the_job(tmp_path: Path) -> None:

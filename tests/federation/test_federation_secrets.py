@@ -13,26 +13,16 @@ import secrets
 import sys
 from pathlib import Path
 
-import nats.js.errors
-
 import lwfm_bus as lb
 from lwfm_bus import JobState
 from lwfm_bus._bus._eventbus import STREAM, SUBMIT_STREAM
 from lwfm_bus._secrets import SecretStore
-from tests._helpers import wait_state
+from tests._helpers import raw_stream, wait_state
 from tests.federation.test_federation import running_federation
 
 
 async def _raw(bus: lb.Bus, stream: str) -> bytes:
-    info = await bus.jetstream.stream_info(stream)
-    out = []
-    for seq in range(info.state.first_seq, info.state.last_seq + 1):
-        try:
-            msg = await bus.jetstream.get_msg(stream, seq)
-        except nats.js.errors.NotFoundError:
-            continue
-        out.append(msg.subject.encode() + repr(msg.headers).encode() + (msg.data or b""))
-    return b"\n".join(out)
+    return b"\n".join(await raw_stream(bus, stream))
 
 
 async def test_a_federated_job_gets_its_sites_secret_and_no_stream_holds_it(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -84,25 +84,37 @@ def _workflow_id(first_line: str) -> str:
     return first_line.split()[1]
 
 
-def test_ctrl_c_says_how_to_resume_and_cancel_and_resume_completes(tmp_path: Path, home: Path) -> None:
-    go = tmp_path / "go"
-    path = _pipeline(tmp_path, "slow", f"while [ ! -e {go} ]; do sleep 0.1; done")
+def _interrupted(
+    home: Path, path: Path, interrupt: Callable[[subprocess.Popen[str], _Lines], None]
+) -> tuple[str, int, str]:
+    """``run PATH``, interrupted by ``interrupt`` once it said its workflow id: (workflow id, exit code, stderr)."""
     with subprocess.Popen(
         [*CLI, "--home", str(home), "run", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as proc:
         try:
             lines = _Lines(proc)
             wf = _workflow_id(lines.until("run "))
-            lines.until("RUNNING")
-            proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=TIMEOUT) == 130
+            interrupt(proc, lines)
+            code = proc.wait(timeout=TIMEOUT)
         finally:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
         lines.thread.join(timeout=TIMEOUT)
         assert proc.stderr is not None
-        stderr = proc.stderr.read()
+        return wf, code, proc.stderr.read()
+
+
+def test_ctrl_c_says_how_to_resume_and_cancel_and_resume_completes(tmp_path: Path, home: Path) -> None:
+    go = tmp_path / "go"
+    path = _pipeline(tmp_path, "slow", f"while [ ! -e {go} ]; do sleep 0.1; done")
+
+    def ctrl_c(proc: subprocess.Popen[str], lines: _Lines) -> None:
+        lines.until("RUNNING")
+        proc.send_signal(signal.SIGINT)
+
+    wf, code, stderr = _interrupted(home, path, ctrl_c)
+    assert code == 130
     resume = f"lwfm-bus run {path} --resume {wf}"
     assert resume in stderr
     assert f"lwfm-bus workflow cancel {wf}" in stderr
@@ -212,22 +224,14 @@ def test_a_bus_lost_mid_run_is_one_line_and_resume_completes_the_run(tmp_path: P
         """)
     )
     assert _cli(home, "status").returncode == 0  # the home's bus, in the background
-    with subprocess.Popen(
-        [*CLI, "--home", str(home), "run", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    ) as proc:
-        try:
-            lines = _Lines(proc)
-            wf = _workflow_id(lines.until("run "))
-            stopped = _cli(home, "down")
-            assert stopped.returncode == 0, stopped.stderr
-            assert proc.wait(timeout=TIMEOUT) == 2
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-        lines.thread.join(timeout=TIMEOUT)
-        assert proc.stderr is not None
-        said = proc.stderr.read().splitlines()
+
+    def stop_the_bus(proc: subprocess.Popen[str], lines: _Lines) -> None:
+        stopped = _cli(home, "down")
+        assert stopped.returncode == 0, stopped.stderr
+
+    wf, code, stderr = _interrupted(home, path, stop_the_bus)
+    assert code == 2
+    said = stderr.splitlines()
     resume = f"lwfm-bus run {path} --resume {wf}"
     assert len(said) == 1, said
     assert said[0].startswith("lwfm-bus: error: lost the bus (") and said[0].endswith(f"; resume with '{resume}'")

@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import anyio
-import nats.js.errors
 import pytest
 
 import lwfm_bus as lb
@@ -24,7 +23,7 @@ from lwfm_bus import JobState
 from lwfm_bus._bus._eventbus import STREAM, SUBMIT_STREAM
 from lwfm_bus._secrets import SecretStore, credential_like, redact, references
 from lwfm_bus._sites import _secretrun
-from tests._helpers import wait_pid_exit, wait_state
+from tests._helpers import raw_stream, wait_pid_exit, wait_state
 
 _WAIT_S = 60
 # Writes the sha256 of argv[2] and of $SEEN to argv[1], and prints both values (to be redacted).
@@ -39,19 +38,6 @@ _SHOW = (
 
 def _sha(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
-
-
-async def _raw_stream(bus: lb.Bus, stream: str) -> list[bytes]:
-    """Every message the stream holds, as stored: subjects, headers and data."""
-    info = await bus.jetstream.stream_info(stream)
-    out = []
-    for seq in range(info.state.first_seq, info.state.last_seq + 1):
-        try:
-            msg = await bus.jetstream.get_msg(stream, seq)
-        except nats.js.errors.NotFoundError:
-            continue
-        out.append(msg.subject.encode() + repr(msg.headers).encode() + (msg.data or b""))
-    return out
 
 
 def _files_holding(root: Path, marker: bytes, *, skip: Path | None = None) -> list[Path]:
@@ -83,7 +69,7 @@ async def test_a_secret_reaches_the_job_and_nothing_else(bus: lb.Bus, bus_config
     stdout, stderr = await bus.logs(job.job_id), await bus.logs(job.job_id, "stderr")
     assert stdout == b"argv=***\n" and stderr == b"env=***\n"
 
-    raw = [*await _raw_stream(bus, STREAM), *await _raw_stream(bus, SUBMIT_STREAM)]
+    raw = [*await raw_stream(bus, STREAM), *await raw_stream(bus, SUBMIT_STREAM)]
     assert any(b"secret:MARKER_TOKEN" in m for m in raw)  # the reference travels...
     assert not [m for m in raw if marker.encode() in m]  # ...and the value never does
     home = bus_config.home

@@ -10,12 +10,11 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-import nats.js.errors
-
 import lwfm_bus as lb
 from lwfm_bus import JobState
 from lwfm_bus._bus._eventbus import STREAM, SUBMIT_STREAM
 from lwfm_bus._secrets import SecretStore
+from tests._helpers import raw_stream
 from tests.sites._sshd import SshServer
 from tests.sites.test_ssh_site import rbus, sshd
 
@@ -23,15 +22,7 @@ __all__ = ["rbus", "sshd"]  # the fixtures, re-exported for pytest
 
 
 async def _raw(bus: lb.Bus, stream: str) -> bytes:
-    info = await bus.jetstream.stream_info(stream)
-    out = []
-    for seq in range(info.state.first_seq, info.state.last_seq + 1):
-        try:
-            msg = await bus.jetstream.get_msg(stream, seq)
-        except nats.js.errors.NotFoundError:
-            continue
-        out.append(msg.subject.encode() + repr(msg.headers).encode() + (msg.data or b""))
-    return b"\n".join(out)
+    return b"\n".join(await raw_stream(bus, stream))
 
 
 async def test_a_remote_job_gets_its_secret_through_its_env_file(

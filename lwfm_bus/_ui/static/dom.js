@@ -69,3 +69,19 @@ export function supersedes(next, current) {
   if (isTerminal(current)) return false;
   return (RANK[next] ?? -1) >= (RANK[current] ?? -1);
 }
+
+// A reload that never overlaps itself: called while one runs, it runs once more after it
+// (however many calls came meanwhile), so a burst of events costs at most two fetches.
+export function coalesced(reload) {
+  let running = false, again = false;
+  return async function run() {
+    if (running) { again = true; return; }
+    running = true;
+    try {
+      await reload();
+    } finally {
+      running = false;
+      if (again) { again = false; run(); }
+    }
+  };
+}

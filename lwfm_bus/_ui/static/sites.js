@@ -5,7 +5,7 @@
 // sourced), its role, where its events come from and how far behind, its jobs and its latest ones;
 // and the lag of each stream this bus sources.  Reloaded when a job or site event arrives.
 
-import { el, clear, getJSON, link, shown, time, STATES } from "./dom.js";
+import { el, clear, getJSON, link, shown, time, STATES, coalesced } from "./dom.js";
 import { Live } from "./live.js";
 
 function healthCell(h) {
@@ -86,17 +86,9 @@ export async function sitesPage(main, session) {
     }
   }
 
-  let loading = false, again = false;
-  async function load() {
-    if (loading) { again = true; return; }
-    loading = true;
-    try {
-      render(await getJSON("api/sites"));
-    } finally {
-      loading = false;
-      if (again) { again = false; load(); }
-    }
-  }
+  const load = coalesced(async () => {
+    render(await getJSON("api/sites"));
+  });
   await load();
   const live = new Live("lwfm.>", session.seq, (batch) => {
     if (batch.some((p) => p.event.type === "lwfm.job.status" || p.event.type === "lwfm.site.heartbeat")) load();

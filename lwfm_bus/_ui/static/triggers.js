@@ -3,7 +3,7 @@
 // for a join with a window, the time left.  Reloaded when a trigger or job event arrives; the
 // countdown ticks in the page.  With --allow-actions a waiting trigger can be withdrawn.
 
-import { el, clear, getJSON, post, link, shown, time } from "./dom.js";
+import { el, clear, getJSON, post, link, shown, time, coalesced } from "./dom.js";
 import { Live } from "./live.js";
 
 function progressOf(t) {
@@ -71,18 +71,10 @@ export async function triggersPage(main, session) {
     tick(body);
   }
 
-  let loading = false, again = false;
-  async function load() {
-    if (loading) { again = true; return; }
-    loading = true;
-    try {
-      rows = (await getJSON("api/triggers")).triggers;
-      render();
-    } finally {
-      loading = false;
-      if (again) { again = false; load(); }
-    }
-  }
+  const load = coalesced(async () => {
+    rows = (await getJSON("api/triggers")).triggers;
+    render();
+  });
   filter.addEventListener("input", render);
   await load();
   const live = new Live("lwfm.>", session.seq, (batch) => {

@@ -1,7 +1,7 @@
 // Workflows: the recent ones with their jobs per state, sites, start and end; filterable; kept
 // up to date by the bus's job and workflow events (one reload at a time, at most one per frame).
 
-import { el, clear, getJSON, link, shown, time, STATES } from "./dom.js";
+import { el, clear, getJSON, link, shown, time, STATES, coalesced } from "./dom.js";
 import { Live } from "./live.js";
 
 export async function workflowsPage(main, session) {
@@ -34,18 +34,10 @@ export async function workflowsPage(main, session) {
     }
   }
 
-  let loading = false, again = false;
-  async function load() {
-    if (loading) { again = true; return; }
-    loading = true;
-    try {
-      rows = (await getJSON("api/workflows")).workflows;
-      render();
-    } finally {
-      loading = false;
-      if (again) { again = false; load(); }
-    }
-  }
+  const load = coalesced(async () => {
+    rows = (await getJSON("api/workflows")).workflows;
+    render();
+  });
   filter.addEventListener("input", render);
   await load();
   const live = new Live("lwfm.>", session.seq, (batch) => {
