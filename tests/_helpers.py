@@ -229,5 +229,5 @@ async def raw_stream(bus: lb.Bus, stream: str) -> list[bytes]:
             msg = await bus.jetstream.get_msg(stream, seq)
         except nats.js.errors.NotFoundError:
             continue
-        out.append(msg.subject.encode() + repr(msg.headers).encode() + (msg.data or b""))
+        out.append((msg.subject or "").encode() + repr(msg.headers).encode() + (msg.data or b""))
     return out
