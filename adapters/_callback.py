@@ -50,6 +50,7 @@ def status_for(what: str, rc: int | None, env: Mapping[str, str]) -> lb.JobStatu
         native_info=info,
         exit_code=None if what == "running" else rc,
         parent_ids=ctx.parent_ids,
+        **ctx.attempt_marks(state, native, None if what == "running" else rc),
     )
 
 

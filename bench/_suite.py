@@ -52,6 +52,7 @@ class Item:
 
 ITEMS = (
     Item("up", "bench.up", 60, 20, "`lwfm-bus up` start to ready"),
+    Item("startup", "bench.startup", 90, 25, "start-up of `lwfm-bus emit` and `step-exec` (every job runs them)"),
     Item("latency", "bench.latency", 120, 25, "trigger latency, idle and under 1 k events/s"),
     Item("agent", "bench.agent", 90, 20, "submit -> job started through an agent process vs raw spawning"),
     Item("ingest", "bench.ingest", 180, 25, "engine ingest with 100 k triggers vs a raw push consumer"),
@@ -62,6 +63,7 @@ ITEMS = (
     Item("find", "bench.find", 240, 20, "find with two predicates over 1 M records"),
     Item("remote", "bench.remote", 120, 30, "remote hop latency (sshd, Slurm), polled and with callbacks, vs local"),
     Item("ui", "bench.ui", 120, 25, "dashboard: a 10 k-job workflow page opening, and a burst of events, in chromium"),
+    Item("envbuild", "bench.envbuild", 240, 20, "a step's Python environment built by uv, cold and warm, vs pip"),
 )
 SUITE_BUDGET_S = 600.0
 QUICK_BUDGET_S = 90.0  # the run itself takes < 60 s; the rest is a margin for a slow machine

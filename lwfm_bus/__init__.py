@@ -1,103 +1,126 @@
 """lwfm-bus: a lightweight, event-driven workflow manager on NATS JetStream.
 
 Everything public is exported here; modules with a leading underscore are private.
+
+The names are resolved lazily (PEP 562): ``import lwfm_bus`` costs next to nothing,
+and ``lwfm_bus.connect`` imports the client the first time it is asked for.  A job's
+``lwfm-bus emit`` or ``step-exec`` pays only for the modules it uses, not for the
+bundle code, the index, the engine and the dashboard (issue #21).  Type checkers and
+IDEs read the real imports in the ``TYPE_CHECKING`` block; a test keeps that block
+and :data:`_EXPORTS` naming the same things.
 """
 
 from __future__ import annotations
 
-from ._bus._bundle import ImportReport
-from ._bus._eventbus import DeadLetter, PublishAck, Subscription
-from ._bus._server import EmbeddedServer
-from ._client import Bus, Job, WorkflowStop, connect
-from ._config import BusConfig, EmbeddedServerConfig, default_home, load_config
-from ._engine._replica import Engine, EngineConfig, EngineStats, serve_engine
-from ._errors import (
-    BundleError,
-    BusClosedError,
-    ConfigError,
-    DataError,
-    EventTooLargeError,
-    InvalidEventError,
-    InvalidTokenError,
-    JobError,
-    JobTimeoutError,
-    JobWillNotRunError,
-    LwfmBusError,
-    PublishError,
-    ServerStartError,
-    SiteError,
-    TriggerError,
-    UnknownDataError,
-    UnknownJobError,
-    WorkspaceError,
-)
-from ._events import (
-    DataArrival,
-    DataEvent,
-    DecodeFailure,
-    Event,
-    EventData,
-    EventDecodeError,
-    JobStatus,
-    JobStatusEvent,
-    SiteHeartbeat,
-    SiteHeartbeatEvent,
-    SiteStatus,
-    TriggerCancelled,
-    TriggerCancelledEvent,
-    TriggerDeadline,
-    TriggerDeadlineEvent,
-    TriggerExpired,
-    TriggerExpiredEvent,
-    TriggerFailed,
-    TriggerFailedEvent,
-    TriggerFired,
-    TriggerFiredEvent,
-    TriggerRegistered,
-    TriggerRegisteredEvent,
-    TriggerTick,
-    TriggerTickEvent,
-    WorkflowDefined,
-    WorkflowDefinedEvent,
-    WorkspaceChanged,
-    WorkspaceChangedEvent,
-    decode_event,
-    encode_event,
-    make_event,
-    new_id,
-)
-from ._federation import Federation, FederationSite, load_federation
-from ._identity import identity_env
-from ._index._projection import JobRecord, TriggerRecord, WorkflowRecord
-from ._jobs import JobContext, JobDefn, Resources, Workflow
-from ._jobside import current_job, emit_data, emit_info, emit_status
-from ._query import DataPage, DataQuery, DataRecord
-from ._repo._repository import Provenance
-from ._repo._workspaces import Workspaces
-from ._sites._protocol import LogStream, SiteAdapter, SiteRuntime, StatusReporter
-from ._sites._registry import ENTRY_POINT_GROUP, SiteSpec
-from ._states import JobState
-from ._subjects import check_token, data_filter, job_filter, workflow_filter
-from ._sync import SyncJob, find, get, make_job, notate, put, set_data_trigger, set_job_trigger, sync_bus, sync_close
-from ._triggers import (
-    DataTrigger,
-    Downstream,
-    Eq,
-    Glob,
-    JobTrigger,
-    JoinTrigger,
-    Match,
-    Predicate,
-    Present,
-    Range,
-    Schedule,
-    ScheduleTrigger,
-    Trigger,
-    Upstream,
-    firing_key,
-    trigger_adapter,
-)
-from ._workspace import WorkspaceLocation, WorkspaceRecord
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._bus._bundle import ImportReport
+    from ._bus._eventbus import DeadLetter, PublishAck, Subscription
+    from ._bus._server import EmbeddedServer
+    from ._client import Bus, Job, WorkflowStop, connect
+    from ._config import BusConfig, EmbeddedServerConfig, default_home, load_config
+    from ._engine._replica import Engine, EngineConfig, EngineStats, serve_engine
+    from ._errors import (
+        BundleError,
+        BusClosedError,
+        ConfigError,
+        DataError,
+        EventTooLargeError,
+        InvalidEventError,
+        InvalidTokenError,
+        JobError,
+        JobTimeoutError,
+        JobWillNotRunError,
+        LwfmBusError,
+        PublishError,
+        ServerStartError,
+        SiteError,
+        TriggerError,
+        UnknownDataError,
+        UnknownJobError,
+        WorkspaceError,
+    )
+    from ._events import (
+        DataArrival,
+        DataEvent,
+        DecodeFailure,
+        Event,
+        EventData,
+        EventDecodeError,
+        JobStatus,
+        JobStatusEvent,
+        SiteHeartbeat,
+        SiteHeartbeatEvent,
+        SiteStatus,
+        TriggerCancelled,
+        TriggerCancelledEvent,
+        TriggerDeadline,
+        TriggerDeadlineEvent,
+        TriggerExpired,
+        TriggerExpiredEvent,
+        TriggerFailed,
+        TriggerFailedEvent,
+        TriggerFired,
+        TriggerFiredEvent,
+        TriggerRegistered,
+        TriggerRegisteredEvent,
+        TriggerTick,
+        TriggerTickEvent,
+        WorkflowDefined,
+        WorkflowDefinedEvent,
+        WorkspaceChanged,
+        WorkspaceChangedEvent,
+        decode_event,
+        encode_event,
+        make_event,
+        new_id,
+    )
+    from ._federation import Federation, FederationSite, load_federation
+    from ._identity import identity_env
+    from ._index._projection import JobRecord, TriggerRecord, WorkflowRecord
+    from ._jobs import JobContext, JobDefn, Resources, Workflow
+    from ._jobside import current_job, emit_data, emit_info, emit_status
+    from ._query import DataPage, DataQuery, DataRecord
+    from ._repo._repository import Provenance
+    from ._repo._workspaces import Workspaces
+    from ._retry import Growth, RetryPolicy
+    from ._sites._protocol import LogStream, SiteAdapter, SiteRuntime, StatusReporter
+    from ._sites._registry import ENTRY_POINT_GROUP, SiteSpec
+    from ._states import JobState
+    from ._subjects import check_token, data_filter, job_filter, workflow_filter
+    from ._sync import (
+        SyncJob,
+        find,
+        get,
+        make_job,
+        notate,
+        put,
+        set_data_trigger,
+        set_job_trigger,
+        sync_bus,
+        sync_close,
+    )
+    from ._triggers import (
+        DataTrigger,
+        Downstream,
+        Eq,
+        Glob,
+        JobTrigger,
+        JoinTrigger,
+        Match,
+        Predicate,
+        Present,
+        Range,
+        Schedule,
+        ScheduleTrigger,
+        Trigger,
+        Upstream,
+        firing_key,
+        trigger_adapter,
+    )
+    from ._workspace import WorkspaceLocation, WorkspaceRecord
 
 __version__ = "0.1.0"
 
@@ -131,6 +154,7 @@ __all__ = [
     "Federation",
     "FederationSite",
     "Glob",
+    "Growth",
     "ImportReport",
     "InvalidEventError",
     "InvalidTokenError",
@@ -156,6 +180,7 @@ __all__ = [
     "PublishError",
     "Range",
     "Resources",
+    "RetryPolicy",
     "Schedule",
     "ScheduleTrigger",
     "ServerStartError",
@@ -231,3 +256,128 @@ __all__ = [
     "trigger_adapter",
     "workflow_filter",
 ]
+
+# Where each public name lives: the private module, relative to this package.
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "._bus._bundle": ("ImportReport",),
+    "._bus._eventbus": ("DeadLetter", "PublishAck", "Subscription"),
+    "._bus._server": ("EmbeddedServer",),
+    "._client": ("Bus", "Job", "WorkflowStop", "connect"),
+    "._config": ("BusConfig", "EmbeddedServerConfig", "default_home", "load_config"),
+    "._engine._replica": ("Engine", "EngineConfig", "EngineStats", "serve_engine"),
+    "._errors": (
+        "BundleError",
+        "BusClosedError",
+        "ConfigError",
+        "DataError",
+        "EventTooLargeError",
+        "InvalidEventError",
+        "InvalidTokenError",
+        "JobError",
+        "JobTimeoutError",
+        "JobWillNotRunError",
+        "LwfmBusError",
+        "PublishError",
+        "ServerStartError",
+        "SiteError",
+        "TriggerError",
+        "UnknownDataError",
+        "UnknownJobError",
+        "WorkspaceError",
+    ),
+    "._events": (
+        "DataArrival",
+        "DataEvent",
+        "DecodeFailure",
+        "Event",
+        "EventData",
+        "EventDecodeError",
+        "JobStatus",
+        "JobStatusEvent",
+        "SiteHeartbeat",
+        "SiteHeartbeatEvent",
+        "SiteStatus",
+        "TriggerCancelled",
+        "TriggerCancelledEvent",
+        "TriggerDeadline",
+        "TriggerDeadlineEvent",
+        "TriggerExpired",
+        "TriggerExpiredEvent",
+        "TriggerFailed",
+        "TriggerFailedEvent",
+        "TriggerFired",
+        "TriggerFiredEvent",
+        "TriggerRegistered",
+        "TriggerRegisteredEvent",
+        "TriggerTick",
+        "TriggerTickEvent",
+        "WorkflowDefined",
+        "WorkflowDefinedEvent",
+        "WorkspaceChanged",
+        "WorkspaceChangedEvent",
+        "decode_event",
+        "encode_event",
+        "make_event",
+        "new_id",
+    ),
+    "._federation": ("Federation", "FederationSite", "load_federation"),
+    "._identity": ("identity_env",),
+    "._index._projection": ("JobRecord", "TriggerRecord", "WorkflowRecord"),
+    "._jobs": ("JobContext", "JobDefn", "Resources", "Workflow"),
+    "._retry": ("Growth", "RetryPolicy"),
+    "._jobside": ("current_job", "emit_data", "emit_info", "emit_status"),
+    "._query": ("DataPage", "DataQuery", "DataRecord"),
+    "._repo._repository": ("Provenance",),
+    "._repo._workspaces": ("Workspaces",),
+    "._sites._protocol": ("LogStream", "SiteAdapter", "SiteRuntime", "StatusReporter"),
+    "._sites._registry": ("ENTRY_POINT_GROUP", "SiteSpec"),
+    "._states": ("JobState",),
+    "._subjects": ("check_token", "data_filter", "job_filter", "workflow_filter"),
+    "._sync": (
+        "SyncJob",
+        "find",
+        "get",
+        "make_job",
+        "notate",
+        "put",
+        "set_data_trigger",
+        "set_job_trigger",
+        "sync_bus",
+        "sync_close",
+    ),
+    "._triggers": (
+        "DataTrigger",
+        "Downstream",
+        "Eq",
+        "Glob",
+        "JobTrigger",
+        "JoinTrigger",
+        "Match",
+        "Predicate",
+        "Present",
+        "Range",
+        "Schedule",
+        "ScheduleTrigger",
+        "Trigger",
+        "Upstream",
+        "firing_key",
+        "trigger_adapter",
+    ),
+    "._workspace": ("WorkspaceLocation", "WorkspaceRecord"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+if not TYPE_CHECKING:  # hidden from type checkers: they would read every unknown name as Any
+
+    def __getattr__(name: str) -> Any:
+        """Import a public name's module on first use, and keep the name here for the next."""
+        module = _WHERE.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module, __name__), name)
+        globals()[name] = value
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -17,17 +17,17 @@ import contextlib
 import functools
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import nats.errors
 import nats.js.errors
 
-from ._bus._bundle import ImportReport, export_bundle, import_bundle
 from ._bus._connect import open_event_bus
 from ._bus._eventbus import STREAM, EventBus
 from ._bus._fedkeeper import keeping_sources
@@ -48,14 +48,14 @@ from ._identity import bus_env
 from ._index._projection import JobIndex, JobRecord, TriggerRecord, WorkflowRecord
 from ._jobs import JobContext, JobDefn, Workflow
 from ._meta import Metadata
+from ._notify import Notify, notify_triggers
 from ._query import DataPage, DataQuery, DataRecord
 from ._repo._repository import DataRepo, Provenance
 from ._repo._workspaces import Workspaces
-from ._secrets import SecretStore, redact
-from ._sites._agent import AgentConfig, SiteAgent, serve_agents
+from ._secrets import SecretStore, credential_like, redact
 from ._sites._dispatch import NOT_TAKEN, Dispatcher
 from ._sites._protocol import LogStream, SiteAdapter, SiteRuntime
-from ._sites._registry import SiteSpec, discover_adapters, load_sites
+from ._sites._registry import SiteSpec, load_sites
 from ._sites._report import Reporter
 from ._sites._submit import request_cancel
 from ._states import JobState
@@ -64,7 +64,11 @@ from ._triggers import DataTrigger, Downstream, JobTrigger, JoinTrigger, Match, 
 from ._waiting import never_runs, wait_for_end
 
 if TYPE_CHECKING:
+    # Imported where used: a job's ``step-exec`` connects through here and needs neither
+    # the bundle code nor a site agent (issue #21: start-up of what every job runs).
+    from ._bus._bundle import ImportReport
     from ._engine._replica import Engine
+    from ._sites._agent import SiteAgent
 
 __all__ = ["Bus", "Job", "WorkflowStop", "connect"]
 
@@ -107,6 +111,7 @@ class Bus(EventBus):
         # hold up opening another (issue 22: one unreachable site delayed every local job).
         self._adapter_locks: dict[str, asyncio.Lock] = {}
         self._index: JobIndex | None = None
+        self._warned_credentials: set[str] = set()  # env names warned about at registration
         self._index_lock = asyncio.Lock()
         self._agents: dict[str, SiteAgent] = {}
         self._engine: Engine | None = None
@@ -141,7 +146,7 @@ class Bus(EventBus):
 
     def site_specs(self) -> dict[str, SiteSpec]:
         if self._specs is None:
-            self._specs = load_sites(self.config.sites_path(), discover_adapters(), home_site=self.config.site)
+            self._specs = load_sites(self.config.sites_path(), home_site=self.config.site)  # its adapters only
         return self._specs
 
     def served_sites(self) -> list[SiteSpec]:
@@ -322,6 +327,14 @@ class Bus(EventBus):
         if it has not ended by then; ``wait_s=None`` does not wait).
         """
         record = await self.status(job_id)
+        index = await self.index()
+        while record.retry_next is not None:  # a retried end: the job is its latest attempt
+            following = await index.job(record.retry_next)
+            if following is None:
+                # In its back-off: the request on this attempt stops the next one before it starts.
+                await request_cancel(self, _context_of(record))
+                return await self._end_within(job_id, wait_s)
+            record = following
         if record.state.is_terminal:
             return None  # nothing to stop; a late cancel must not relabel a finished job
         ctx = _context_of(record)
@@ -336,6 +349,9 @@ class Bus(EventBus):
             await reporter.report(
                 ctx, JobState.CANCELLED, native_state="cancelled", native_info="cancelled before it started"
             )
+        return await self._end_within(job_id, wait_s)
+
+    async def _end_within(self, job_id: str, wait_s: float | None) -> JobStatus | None:
         if wait_s is None:
             return None
         try:
@@ -363,7 +379,12 @@ class Bus(EventBus):
             while True:
                 index = await self.index()
                 triggers = [t for t in await index.triggers(workflow_id=wf_id, state="active", limit=-1)]
-                jobs = [j for j in await index.jobs(workflow_id=wf_id, limit=-1) if not j.state.is_terminal]
+                everything = await index.jobs(workflow_id=wf_id, limit=-1)
+                jobs = [j for j in everything if not j.state.is_terminal]
+                for j in everything:  # retried ends whose next attempt waits out its back-off
+                    if j.retry_next is not None and j.job_id not in cancelled and await index.job(j.retry_next) is None:
+                        await self.cancel(j.job_id, wait_s=None)
+                        cancelled.append(j.job_id)
                 for t in triggers:
                     if t.trigger_id not in withdrawn:
                         await self._withdraw(t, why)
@@ -460,17 +481,36 @@ class Bus(EventBus):
         since_time: datetime | None = None,
     ) -> int:
         """Write events (one workflow's, or all; from a sequence or a time) to a bundle file."""
+        from ._bus._bundle import export_bundle
+
         wf_id = workflow.workflow_id if isinstance(workflow, Workflow) else workflow
         return await export_bundle(self, Path(path), workflow_id=wf_id, since_seq=since_seq, since_time=since_time)
 
     async def import_bundle(self, path: str | Path) -> ImportReport:
         """Replay a bundle here: refused whole if damaged; importing it again publishes nothing."""
+        from ._bus._bundle import import_bundle
+
         return await import_bundle(self, Path(path))
 
     # ------------------------------------------------------------------ triggers
 
     async def add_trigger(self, trigger: Trigger) -> Trigger:
-        """Register a trigger (validated already: a bad one never reaches the bus)."""
+        """Register a trigger (validated already: a bad one never reaches the bus).
+
+        A plain ``env`` value whose name looks like a credential is warned about (once per
+        name and process): it is stored in the registration and travels with it.
+        """
+        jobs = [
+            trigger.downstream.job,
+            *([trigger.fallback.job] if isinstance(trigger, JoinTrigger) and trigger.fallback else []),
+        ]
+        for name in sorted({n for job in jobs for n in credential_like(job.env)} - self._warned_credentials):
+            self._warned_credentials.add(name)
+            log.warning(
+                "trigger %s: env %s holds a plain value that looks like a credential; it is stored on the bus "
+                "with the trigger: use secret:NAME instead (see 'lwfm-bus secret set')",
+                trigger.trigger_id, name,
+            )  # fmt: skip
         data = TriggerRegistered(
             trigger_id=trigger.trigger_id, site=self.config.site, workflow_id=trigger.workflow_id, definition=trigger
         )
@@ -551,6 +591,32 @@ class Bus(EventBus):
         if trigger_id is not None:
             fields["trigger_id"] = trigger_id
         return await self.add_trigger(DataTrigger.model_validate(fields))
+
+    async def set_notify(
+        self,
+        workflow: Workflow | str,
+        url: str,
+        *,
+        on: Literal["failure", "success", "end"] = "failure",
+        jobs: Iterable[str | Job] = (),
+        title: str | None = None,
+    ) -> list[Trigger]:
+        """POST a JSON message to ``url`` when ``workflow`` fails (its first job that ends FAILED or
+        CANCELLED for good), succeeds (every one of ``jobs`` COMPLETE), or at its ``end`` either way.
+
+        Once per run, however many engines judge it; sent by a job on ``local``, whose retry
+        policy sends again while the webhook does not answer 2xx.  ``url`` may be
+        ``secret:NAME``, resolved by the agent that sends it.  Failures count from now on.
+        """
+        wf_id = check_token(workflow.workflow_id if isinstance(workflow, Workflow) else workflow, "workflow id")
+        finals = [j.job_id if isinstance(j, Job) else check_token(j, "job id") for j in jobs]
+        if on != "failure" and not finals:
+            raise ValueError(f"on={on!r}: name the jobs whose completion completes the workflow (jobs=...)")
+        notify = Notify(url=url, on=on)
+        triggers = notify_triggers(notify, wf_id, title or wf_id, finals, sys.executable)
+        for trigger in triggers:
+            await self.add_trigger(trigger)
+        return triggers
 
     async def set_schedule(
         self,
@@ -660,6 +726,8 @@ async def connect(config: BusConfig | None = None, *, name: str = "lwfm-bus") ->
                     bus.config = cfg = cfg.model_copy(update={"agents": ("*",)})  # the whole singleton here
                 specs = bus.served_sites()
                 if specs:
+                    from ._sites._agent import AgentConfig, serve_agents
+
                     agent_config = AgentConfig(ack_wait_s=cfg.agent_ack_wait_s)
                     agents = await stack.enter_async_context(
                         serve_agents(bus, specs, home=cfg.home, job_env=bus.job_env(), config=agent_config)

@@ -110,6 +110,11 @@ class BusConfig(_Frozen):
     agent_ack_wait_s: PositiveFloat = Field(
         default=30.0, description="How soon a dead agent's jobs are taken over by another agent of the site."
     )
+    replicas: Literal["auto"] | int = Field(
+        default="auto",
+        description="Copies the servers keep of every stream and bucket: auto = 3 when the server is one of a "
+        "cluster of 3 nodes or more, else 1. An existing stream with fewer is raised to it, never lowered.",
+    )
     autostart: Literal["background", "process", "off"] = Field(
         default="background",
         description="With no server running for an embedded home: start `lwfm-bus up` in the background "
@@ -124,6 +129,16 @@ class BusConfig(_Frozen):
             if "://" not in url:
                 raise ValueError(f"server {url!r} is not a URL (expected e.g. nats://host:4222)")
         return value
+
+    @field_validator("replicas", mode="before")
+    @classmethod
+    def _replicas(cls, value: object) -> object:
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        if not text.isdigit() or not 1 <= int(text) <= 5:
+            raise ValueError(f"replicas must be 'auto' or a number from 1 to 5, not {value!r}")
+        return int(text)
 
     @property
     def is_embedded(self) -> bool:
@@ -149,7 +164,8 @@ def load_config(env: Mapping[str, str] | None = None, overrides: Mapping[str, ob
     ``_TLS_CA``, ``_TLS_CERT``, ``_TLS_KEY``, ``_HOME``, ``_SITE``, ``_SITES``, ``_NATS_SERVER``
     (the embedded binary), ``_PORT`` (the embedded port), ``_ENGINE`` (auto, on, off),
     ``_AGENTS`` (comma-separated sites whose agents to run here), ``_AGENT_ACK_WAIT``
-    (seconds before a dead agent's jobs are taken over), ``_AUTOSTART``
+    (seconds before a dead agent's jobs are taken over), ``_REPLICAS`` (auto or 1-5: copies of every
+    stream and bucket in a cluster), ``_AUTOSTART``
     (background, process, off), ``_FEDERATION`` (federation file), ``_FEDERATION_SECRET``
     (this site's secret file).
     """
@@ -177,6 +193,7 @@ def load_config(env: Mapping[str, str] | None = None, overrides: Mapping[str, ob
         ("ENGINE", "engine"),
         ("AUTOSTART", "autostart"),
         ("AGENT_ACK_WAIT", "agent_ack_wait_s"),
+        ("REPLICAS", "replicas"),
         ("FEDERATION", "federation_file"),
         ("FEDERATION_SECRET", "federation_secret_file"),
     ):

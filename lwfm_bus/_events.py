@@ -30,8 +30,9 @@ from pydantic import (
 
 from ._errors import EventTooLargeError, InvalidEventError
 from ._ids import new_id
-from ._limits import Int64, NonNegativeInt64
+from ._limits import FiniteFloat, Int64, NonNegativeInt64
 from ._meta import Metadata
+from ._retry import MAX_ATTEMPTS
 from ._states import JobState
 from ._subjects import Token, subject_for
 from ._triggers import Trigger
@@ -109,6 +110,32 @@ class JobStatus(_Model):
     info: ShortText | None = Field(default=None, description="Free text from the job or the adapter.")
     exit_code: Int64 | None = Field(default=None, description="Process exit code, when one exists.")
     parent_ids: tuple[Token, ...] = Field(default=(), description="Jobs whose completion started this one.")
+    attempt: Annotated[int, Field(ge=1, le=MAX_ATTEMPTS)] | None = Field(
+        default=None, description="Which attempt this job is, when it has a retry policy or is a retry."
+    )
+    attempt_of: Token | None = Field(
+        default=None, description="A retry: the logical job it is an attempt of (the first attempt's id)."
+    )
+    retry_next: Token | None = Field(
+        default=None,
+        description=(
+            "On a FAILED end that the job's retry policy retries: the next attempt's job id.  This end is "
+            "then not the logical job's; triggers, joins and wait() follow the next attempt."
+        ),
+    )
+    retry_delay_s: Annotated[FiniteFloat, Field(ge=0)] | None = Field(
+        default=None, description="With retry_next: seconds after this event before the next attempt is submitted."
+    )
+
+    @property
+    def logical_id(self) -> str:
+        """The job every attempt of this one stands for."""
+        return self.attempt_of or self.job_id
+
+    @property
+    def is_final(self) -> bool:
+        """A terminal state that ends the logical job (not one its retry policy runs again)."""
+        return self.state.is_terminal and self.retry_next is None
 
 
 class DataArrival(_Model):

@@ -17,14 +17,18 @@ Everything a site needs is derived from one short file shared by all sites::
     submit_to = ["*"]               # site names alpha may submit jobs to ("*": every member's)
 
 From it follow (a) each server's configuration, rendered by :mod:`._natsconf`
-so nobody hand-writes NATS configuration; (b) what a site may publish: a leaf's
-credentials let it publish events only under its own names (``lwfm.<name>.>``), and
-submissions only to the sites its ``submit_to`` names, and the hub's server refuses
-anything else; (c) each site's stream layout
-(:meth:`Federation.stream_layout`): the stream captures the site's own names and
-sources every other site's names from that site's domain.  Sourcing is what makes
-cross-site triggers durable: the source position is kept by JetStream across restarts
-and partitions, so events produced while a link was down arrive when it heals, once.
+so nobody hand-writes NATS configuration; (b) one NATS account per site on the hub
+(:meth:`Federation.account_config`): a leaf's credentials bind its link to its site's
+account, and nothing crosses between accounts but what each exports to whom -- its
+public events, consumers of the copy of its public names, the deliveries of those
+consumers to each reader, and submissions to the members its ``submit_to`` allows; the
+leaf's credentials further let it publish events only under its own names
+(``lwfm.<name>.>``); (c) each site's stream layout (:meth:`Federation.stream_layout`):
+the stream captures the site's own names and sources every other site's names from
+that site's domain (from its ``LWFM_PUBLIC`` copy, see :data:`PUBLIC_STREAM_NAME`).
+Sourcing is what makes cross-site triggers durable: the source position is kept by
+JetStream across restarts and partitions, so events produced while a link was down
+arrive when it heals, once.
 
 ``lwfm.local.>`` stays private to each site (captured, never forwarded), so a laptop's
 habit of submitting to ``local`` keeps working; jobs meant to be seen by other sites
@@ -62,18 +66,19 @@ __all__ = [
 
 PRIVATE_NAME = "local"
 STREAM_NAME = "LWFM"
-# JetStream plumbing a site needs to source another site's stream through the hub, and
-# nothing more: creating a consumer on the LWFM stream, its replies, deliveries and flow
-# control.  Not consumer deletion, not stream administration, not other clients' inboxes.
-# (Subject permissions cannot tell a source's consumer from any other by name; only NATS
-# accounts per site could -- see the README's limits.)
-_SOURCING_OUT = (
-    "$JS.*.API.INFO",
-    f"$JS.*.API.CONSUMER.CREATE.{STREAM_NAME}.>",
-    "$JS.S.>",
-    "$JS.FC.>",
-    "$JSC.R.>",
-)
+# What other sites source: a copy of a site's public names (``lwfm.<name>.>``), kept by
+# the site's own server from its LWFM stream.  Other sites make consumers only here, so
+# none of them can touch a consumer of the site's own processes (its engine's durable one).
+PUBLIC_STREAM_NAME = "LWFM_PUBLIC"
+FEED_ROOT = "lwfm-feed"  # deliveries of a site's source consumers: lwfm-feed.<origin>.<reader>.>
+_FC = f"$JS.FC.{PUBLIC_STREAM_NAME}.>"  # flow-control replies of sourcing, as the reading server sends them
+_FC_ROOT = "lwfm-fc"  # ... and as a leaf's account renames them: lwfm-fc.<reader>.>
+_REPLIES = "_R_.>"  # replies to what another account asked through an import (the server's own names)
+# The JetStream plumbing a leaf's server sends when it sources others and is sourced:
+# consumer creation on LWFM_PUBLIC (only what its account imports reaches anyone), the hub's
+# account info (its start-up probe), deliveries of its own source consumers and
+# flow-control replies.  Not consumer deletion, not stream administration.
+_SOURCING_OUT = (f"$JS.*.API.CONSUMER.CREATE.{PUBLIC_STREAM_NAME}.>", "$JS.*.API.INFO", "$JS.FC.>")
 
 
 class _Frozen(BaseModel):
@@ -172,45 +177,131 @@ class Federation(_Frozen):
         )
         return StreamLayout(subjects=tuple(own), sources=sources)
 
-    def leaf_permissions(self, site: str) -> dict[str, object]:
-        """What the hub lets a leaf's connection carry.
+    def account(self, site: str) -> str:
+        """The NATS account of ``site`` on the hub (its leaf link, or the hub's own processes)."""
+        self.member(site)
+        return f"lwfm-{site}"
 
-        ``publish``: what the leaf may send into the federation -- its own events, the
-        sourcing plumbing, submissions, cancel requests and agent pings to the sites it
-        may submit to (``submit_to``), and replies (a submission's acknowledgement from
-        its stream, its agents' answers to pings), nothing else.  Replies need
-        ``_INBOX.>``: nats-server's ``allow_responses`` does not pass a leaf connection
-        (nats-server issue 2949), so a leaf could also answer requests it was not asked;
-        accounts per site would close that (see the README's limits).  ``subscribe``: what the hub passes
-        to it (and, as nats-server propagates interest along the same rule, what the leaf
-        learns the hub wants): everything but each site's private traffic --
-        ``lwfm.local``, dead letters, KV/object-store writes, agents' submission
-        deliveries, and the submissions, cancel requests and pings of members it may not
-        submit to -- which would otherwise reach the other side's same-named stream,
-        bucket or agents, or show one member another's job definitions.
+    def feed_prefix(self, origin: str, reader: str) -> str:
+        """Where ``origin``'s server delivers what ``reader``'s stream sources from it."""
+        return f"{FEED_ROOT}.{origin}.{reader}"
+
+    def submitters(self, name: str) -> tuple[str, ...]:
+        """The other members that may submit jobs to site name ``name``."""
+        return tuple(other for other in self.sites if name in self.submit_targets(other))
+
+    def account_config(self, site: str) -> dict[str, object]:
+        """``site``'s account on the hub: what it exports to whom, what it imports, its mappings.
+
+        Every site is its own account, so nothing crosses between sites but what is
+        exported here, each export naming the accounts that may import it:
+
+        * its public events ``lwfm.<name>.>`` as plain messages (heartbeats, live
+          watchers), never ``lwfm.local.>``, KV, dead letters or agents' deliveries;
+        * consumer creation on its ``LWFM_PUBLIC`` stream (a copy of its public names;
+          no process of the site consumes it, so no reader can redefine the site's own
+          consumers) only in the form that names the filter, and only with a filter
+          under one of its public names
+          (``<api>.CONSUMER.CREATE.LWFM_PUBLIC.<consumer>.lwfm.<name>.>``): a reader can
+          make a consumer that delivers public events, and nothing else of the API (no
+          info, no message get, no deletion, no other stream) is reachable;
+        * the deliveries of those consumers, one prefix per reader
+          (:meth:`feed_prefix`), to that reader only;
+        * flow-control replies: a leaf's account renames those its server sends
+          (``$JS.FC.LWFM_PUBLIC.>`` -> ``lwfm-fc.<site>.>``) and the others import them back
+          under the original name -- two accounts cannot import the same subject from
+          each other (nats-server refuses the cycle).  The hub's JetStream publishes
+          its replies inside its own account, where no renaming applies, so the hub
+          imports ``$JS.FC.LWFM_PUBLIC.>`` from each leaf as a service instead;
+        * submissions, cancel requests and agent pings to its names, to the members
+          whose ``submit_to`` allows it, as services (the reply comes back through the
+          import).
+        The hub's JetStream API is its account's own ``$JS.API``; a leaf's is reached
+        through its link as ``$JS.<site>.API``.  Leaves also get the hub's account info
+        (their start-up probe of the link).
+        """
+        hub = self.hub
+        others = [other for other in self.sites if other != site]
+        exports: list[dict[str, object]] = []
+        imports: list[dict[str, object]] = []
+
+        def export(kind: str, subject: str, to: list[str]) -> None:
+            if to:
+                exports.append({kind: subject, "accounts": [self.account(o) for o in to]})
+
+        def import_(kind: str, origin: str, subject: str, to: str | None = None) -> None:
+            entry: dict[str, object] = {kind: {"account": self.account(origin), "subject": subject}}
+            if to is not None:
+                entry["to"] = to
+            imports.append(entry)
+
+        for name in self.names_of(site):
+            export("stream", f"{ROOT}.{name}.>", others)
+            export("service", self._create_subject(site, name), others)
+            for root in (SUBMIT_ROOT, CANCEL_ROOT):
+                export("service", f"{root}.{name}.>", list(self.submitters(name)))
+            export("service", f"{AGENT_ROOT}.{name}.ping", list(self.submitters(name)))
+        for reader in others:
+            export("stream", f"{self.feed_prefix(site, reader)}.>", [reader])
+        if site == hub:
+            export("service", "$JS.API.INFO", others)
+        else:
+            export("stream", f"{_FC_ROOT}.{site}.>", others)
+            export("service", _FC, [hub])
+        for origin in others:
+            for name in self.names_of(origin):
+                import_("stream", origin, f"{ROOT}.{name}.>")
+                import_("service", origin, self._create_subject(origin, name))
+            import_("stream", origin, f"{self.feed_prefix(origin, site)}.>")
+            if origin != hub:
+                import_("stream", origin, f"{_FC_ROOT}.{origin}.>", to=_FC)
+                if site == hub:
+                    import_("service", origin, _FC)
+            else:
+                import_("service", origin, "$JS.API.INFO")
+            for name in self.names_of(origin):
+                if name in self.submit_targets(site):
+                    for root in (SUBMIT_ROOT, CANCEL_ROOT):
+                        import_("service", origin, f"{root}.{name}.>")
+                    import_("service", origin, f"{AGENT_ROOT}.{name}.ping")
+        config: dict[str, object] = {"exports": exports, "imports": imports}
+        if site != hub:
+            config["mappings"] = {_FC: f"{_FC_ROOT}.{site}.>"}
+        return config
+
+    def _create_subject(self, origin: str, name: str) -> str:
+        """Consumer creation on ``origin``'s stream, filtered under ``name``, as its account sees it.
+
+        The hub's API is its account's own; a leaf's arrives over its link under its
+        domain.  A reader's server asks for ``$JS.<origin>.API...`` either way: in a
+        reader's account the server maps the hub's domain prefix to ``$JS.API`` itself.
+        """
+        api = "$JS.API" if origin == self.hub else f"$JS.{origin}.API"
+        return f"{api}.CONSUMER.CREATE.{PUBLIC_STREAM_NAME}.*.{ROOT}.{name}.>"
+
+    def leaf_permissions(self, site: str) -> dict[str, object]:
+        """What the hub lets a leaf's connection (or a client with a leaf's credentials) carry.
+
+        Its account (:meth:`account_config`) decides what reaches whom; these
+        permissions refuse early what a leaf never has reason to send or receive.
+        ``publish``: its own events, the sourcing plumbing, the deliveries of its own
+        source consumers, submissions, cancel requests and agent pings to the sites it
+        may submit to, and replies to what was asked of it through an import
+        (``_R_.>``, names the server made for those requests alone).  ``subscribe``:
+        never any site's private traffic -- ``lwfm.local``, dead letters, KV/object-store
+        subjects, agents' submission deliveries.
         """
         own = self.names_of(site)
-        targets = self.submit_targets(site)
         submissions = [
             subject
-            for name in targets
+            for name in self.submit_targets(site)
             for subject in (f"{SUBMIT_ROOT}.{name}.>", f"{CANCEL_ROOT}.{name}.>", f"{AGENT_ROOT}.{name}.ping")
         ]
-        replies = ["_INBOX.>"] if any(site.submit_to for site in self.sites.values()) else []
-        # Submissions, cancel requests and pings for members this leaf may not submit to are
-        # never passed to it (job definitions may carry private values).  Those it may
-        # submit to must be: the hub passes a leaf the interest only of what it may receive,
-        # and without that interest its own submissions would find no stream.
-        others = [name for other in self.sites if other != site for name in self.names_of(other) if name not in targets]
-        not_ours = [
-            subject
-            for name in others
-            for subject in (f"{SUBMIT_ROOT}.{name}.>", f"{CANCEL_ROOT}.{name}.>", f"{AGENT_ROOT}.{name}.>")
-        ]
+        feeds = f"{FEED_ROOT}.{site}.>"
         private = [f"{ROOT}.{PRIVATE_NAME}.>", f"{DLQ_ROOT}.>", "$KV.>", "$O.>", f"{AGENT_ROOT}.*.deliver"]
         return {
-            "publish": {"allow": [*(f"{ROOT}.{n}.>" for n in own), *_SOURCING_OUT, *submissions, *replies]},
-            "subscribe": {"deny": [*private, *not_ours]},
+            "publish": {"allow": [*(f"{ROOT}.{n}.>" for n in own), *_SOURCING_OUT, feeds, *submissions, _REPLIES]},
+            "subscribe": {"deny": private},
         }
 
     def hub_permissions(self) -> dict[str, object]:

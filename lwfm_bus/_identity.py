@@ -17,9 +17,11 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from ._config import BusConfig
 from ._errors import JobError
-from ._jobs import JobContext
+from ._jobs import JobContext, RetryPolicy
 
 __all__ = [
     "CREDENTIAL_ENV",
@@ -46,7 +48,18 @@ def identity_env(ctx: JobContext) -> dict[str, str]:
         "LWFM_WORKFLOW_ID": ctx.workflow_id or "",
         "LWFM_JOB_NAME": ctx.name or "",
         "LWFM_PARENT_IDS": ",".join(ctx.parent_ids),
+        **_attempt_env(ctx),
     }
+
+
+def _attempt_env(ctx: JobContext) -> dict[str, str]:
+    """Which attempt a job is, and its retry policy: a callback from the job's host marks its end alike."""
+    if ctx.retry is None and ctx.attempt == 1:
+        return {}
+    env = {"LWFM_ATTEMPT": str(ctx.attempt), "LWFM_ATTEMPT_OF": ctx.attempt_of or ""}
+    if ctx.retry is not None:
+        env["LWFM_RETRY"] = ctx.retry.model_dump_json(exclude_defaults=True)
+    return env
 
 
 # The variables that carry the bus's credentials (as bus_env() sets them): a process started
@@ -102,13 +115,21 @@ def current_job(env: Mapping[str, str] | None = None) -> JobContext:
     if not job_id:
         raise JobError("not inside an lwfm-bus job: LWFM_JOB_ID is not set")
     parents = tuple(p for p in env.get("LWFM_PARENT_IDS", "").split(",") if p)
-    return JobContext(
-        job_id=job_id,
-        site=env.get("LWFM_SITE") or "local",
-        workflow_id=env.get("LWFM_WORKFLOW_ID") or None,
-        name=env.get("LWFM_JOB_NAME") or None,
-        parent_ids=parents,
-    )
+    try:
+        return JobContext(
+            job_id=job_id,
+            site=env.get("LWFM_SITE") or "local",
+            workflow_id=env.get("LWFM_WORKFLOW_ID") or None,
+            name=env.get("LWFM_JOB_NAME") or None,
+            parent_ids=parents,
+            attempt=env.get("LWFM_ATTEMPT") or 1,  # type: ignore[arg-type]  # pydantic parses the text
+            attempt_of=env.get("LWFM_ATTEMPT_OF") or None,
+            retry=RetryPolicy.model_validate_json(env["LWFM_RETRY"]) if env.get("LWFM_RETRY") else None,
+        )
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"]) or "the job's identity"
+        raise JobError(f"this job's identity in its environment is not valid: {where}: {error['msg']}") from None
 
 
 def calling_job() -> JobContext | None:

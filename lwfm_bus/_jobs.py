@@ -15,9 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from ._ids import new_id
 from ._limits import PositiveInt64
+from ._retry import MAX_ATTEMPTS, RetryPolicy, grown, retry_id
+from ._states import JobState
 from ._subjects import Token
 
-__all__ = ["JobContext", "JobDefn", "Resources", "Workflow", "new_job_id"]
+__all__ = ["JobContext", "JobDefn", "Resources", "RetryPolicy", "Workflow", "new_job_id"]
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,255}$")
 ArgText = Annotated[str, StringConstraints(max_length=65536)]
@@ -43,6 +45,19 @@ class Resources(_Frozen):
     account: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")] | None = None
     gpus: PositiveInt64 | None = None
 
+    def after(self, policy: RetryPolicy, native_state: str | None) -> Resources:
+        """What the next attempt asks for, after one that ended in ``native_state``."""
+        growth = policy.growth(native_state)
+        if growth is None:
+            return self
+        return self.model_copy(
+            update={
+                "memory_mb": grown(self.memory_mb, growth.memory_mb),
+                "time_limit_s": grown(self.time_limit_s, growth.time_limit_s),
+                "cpus_per_task": grown(self.cpus_per_task, growth.cpus_per_task),
+            }
+        )
+
 
 class JobDefn(_Frozen):
     """What to run.  Exactly one of ``argv`` and ``shell``."""
@@ -55,6 +70,7 @@ class JobDefn(_Frozen):
         default=None, description="Working directory on the site."
     )
     resources: Resources = Field(default_factory=Resources, description="Resource hints.")
+    retry: RetryPolicy | None = Field(default=None, description="Whether and how a failed run is run again.")
 
     @model_validator(mode="after")
     def _one_command(self) -> Self:
@@ -97,6 +113,38 @@ class JobContext(_Frozen):
     name: Annotated[str, StringConstraints(max_length=256)] | None = None
     native_id: Annotated[str, StringConstraints(max_length=256)] | None = None
     parent_ids: tuple[Token, ...] = ()
+    attempt: Annotated[int, Field(ge=1, le=MAX_ATTEMPTS)] = Field(
+        default=1, description="Which attempt of the logical job this is (1: the first)."
+    )
+    attempt_of: Token | None = Field(default=None, description="The logical job's id, for attempts after the first.")
+    retry: RetryPolicy | None = Field(
+        default=None,
+        description=(
+            "The job's retry policy, carried with who it is so that every process reporting its end "
+            "(the launching agent, an adopting one) marks that end alike."
+        ),
+    )
+
+    @property
+    def logical_id(self) -> str:
+        """The job every attempt stands for: the first attempt's id."""
+        return self.attempt_of or self.job_id
+
+    def attempt_marks(self, state: JobState, native_state: str | None, exit_code: int | None) -> dict[str, Any]:
+        """What this job's status says of its attempts: which one it is, and on a retried end, the next.
+
+        A pure function of the context and the end, so every process that reports one
+        end (each under the same fixed event id: the launching agent, an adopting one,
+        a callback from the job's host) says the same.  The :class:`JobStatus` fields.
+        """
+        if self.retry is None and self.attempt == 1:
+            return {}
+        marks: dict[str, Any] = {"attempt": self.attempt, "attempt_of": self.attempt_of}
+        if self.retry is not None and self.retry.retries(self.attempt, state, native_state, exit_code):
+            following = retry_id(self.logical_id, self.attempt + 1)
+            marks["retry_next"] = following
+            marks["retry_delay_s"] = self.retry.delay_s(self.attempt, following)
+        return marks
 
 
 class Workflow(_Frozen):

@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Mapping
 from pathlib import Path
 
-from ._client import connect
+from ._bus._connect import open_event_bus
 from ._config import load_config
 from ._errors import JobError
 from ._events import DataArrival, EventData, JobStatus, make_event, new_id
@@ -41,6 +41,7 @@ def status_event(ctx: JobContext, state: JobState, info: str | None = None) -> J
         name=ctx.name,
         info=info,
         parent_ids=ctx.parent_ids,
+        **ctx.attempt_marks(state, None, None),
     )
 
 
@@ -64,9 +65,13 @@ def data_event(ctx: JobContext, location: str, metadata: Metadata | None = None)
 
 
 async def emit(payload: EventData, env: Mapping[str, str] | None = None) -> None:
-    """Publish one event on the bus named in the job's environment."""
+    """Publish one event on the bus named in the job's environment.
+
+    Through the event bus alone, not :func:`~lwfm_bus.connect`: publishing needs no
+    index, site or engine, and a job may emit often, so what it imports counts (issue #21).
+    """
     config = load_config(env)
-    async with connect(config, name="lwfm-bus job") as bus:
+    async with open_event_bus(config, name="lwfm-bus job") as bus:
         await bus.publish(make_event(payload, source=f"/sites/{config.site}/job"))
 
 

@@ -2,9 +2,14 @@
 
 A step declares requirements such as ``numpy>=1.24,<3``; ``lwfm-bus env exec -r ... -- CMD`` runs *inside the
 job*, so the same code serves local, SSH and Slurm sites wherever lwfm-bus is installed.  It normalises the set,
-derives a key from it, the interpreter and the installer options, finds or builds ``<root>/<key>/`` (a stdlib
-``venv`` filled by its own ``pip``: no dependency beyond the standard library and ``packaging``) and then
+derives a key from it, the interpreter and the installer options, finds or builds ``<root>/<key>/`` and then
 ``exec``\\s the command with that environment activated, so the job's pid and exit code are the command's.
+
+Two builders, one result: uv when it is installed and can be given the sources pip would use, a stdlib
+``venv`` filled by its own ``pip`` otherwise (:mod:`lwfm_bus._pyenv_uv` chooses, and explains why).  The
+builder is not part of the key: both resolve the same requirement set from the same sources.  The manifest
+records which one built the environment.  Installer steps run through :mod:`lwfm_bus._pyenv_proc`, which stops
+a step and every process it started before a failed or interrupted build's directory is removed.
 
 Why the environment is built at its final path, not in a staging directory renamed into place: virtual
 environments are not relocatable (``pyvenv.cfg``, the ``bin/`` shebangs and ``activate`` hold absolute paths),
@@ -43,16 +48,14 @@ import platform
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import sysconfig
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, NoReturn
-from urllib.parse import urlsplit, urlunsplit
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import Specifier, SpecifierSet
@@ -60,13 +63,24 @@ from packaging.utils import canonicalize_name, canonicalize_version
 
 from ._errors import ConfigError, EnvBuildError
 
+# ``X as X``: moved below, and still imported from here by the CLI, bench/envbuild.py and the tests.
+from ._pyenv_proc import _redact, _run, terminate_on_signal
+from ._pyenv_proc import _redact_text as _redact_text
+from ._pyenv_uv import TOOLS as TOOLS
+from ._pyenv_uv import UV_CACHE as UV_CACHE
+from ._pyenv_uv import Installer, Tool, _absolute_link, _choose, _UvFailed, _with_uv, find_uv
+from ._pyenv_uv import _pip_settings as _pip_settings
+from ._pyenv_uv import _uv_sources as _uv_sources
+
 __all__ = [
     "EnvInfo",
     "EnvRecord",
     "Installer",
+    "Tool",
     "activated_environ",
     "ensure_env",
     "env_key",
+    "find_uv",
     "list_envs",
     "normalise",
     "remove_all",
@@ -81,25 +95,7 @@ MANIFEST = "lwfm-env.json"
 _FORMAT = 1  # bump when the layout or the key material changes: old environments are then simply not found
 _KEY_CHARS = 16  # 64 bits of the digest: short paths (shebang limits), the manifest keeps the full digest
 _KEY_RE = re.compile(rf"[0-9a-f]{{{_KEY_CHARS}}}")
-_TAIL_LINES = 60
 _ATTEMPTS = 5
-# Variables that would send pip's files elsewhere or make it see packages outside the environment.
-_INSTALLER_UNSET = ("PIP_USER", "PIP_TARGET", "PIP_PREFIX", "PIP_ROOT", "PYTHONHOME", "PYTHONPATH")
-
-
-@dataclass(frozen=True)
-class Installer:
-    """The installer options that change what gets installed, and so are part of the key."""
-
-    index_url: str | None = None
-    find_links: tuple[str, ...] = ()
-    no_index: bool = False
-
-    def pip_args(self) -> list[str]:
-        args = ["--index-url", self.index_url] if self.index_url else []
-        for link in self.find_links:
-            args += ["--find-links", link]
-        return [*args, "--no-index"] if self.no_index else args
 
 
 @dataclass(frozen=True)
@@ -123,6 +119,8 @@ class EnvRecord:
     created: str | None
     size: int
     ready: bool
+    tool: str | None = None
+    """``uv`` or ``pip``: what built it (manifests written before uv was supported say nothing: pip)."""
 
 
 def normalise(requirements: Iterable[str]) -> tuple[str, ...]:
@@ -189,8 +187,7 @@ def env_key(requirements: Iterable[str], installer: Installer | None = None) -> 
 def _absolute(installer: Installer) -> Installer:
     # A relative --find-links means the job's directory: resolve it, or two jobs in different
     # directories would share a key while installing from different places.
-    links = tuple(link if "://" in link else os.path.abspath(link) for link in installer.find_links)
-    return Installer(installer.index_url, links, installer.no_index)
+    return replace(installer, find_links=tuple(_absolute_link(link) for link in installer.find_links))
 
 
 def ensure_env(
@@ -200,9 +197,10 @@ def ensure_env(
     index_url: str | None = None,
     find_links: Iterable[str] = (),
     no_index: bool = False,
+    tool: Tool = "auto",
 ) -> EnvInfo:
-    """Find or build the environment for ``requirements`` under ``root``; :class:`EnvBuildError` if pip fails."""
-    with _prepared(requirements, root, Installer(index_url, tuple(find_links), no_index)) as (info, _fd):
+    """Find or build the environment for ``requirements`` under ``root``; :class:`EnvBuildError` if that fails."""
+    with _prepared(requirements, root, Installer(index_url, tuple(find_links), no_index, tool)) as (info, _fd):
         return info
 
 
@@ -303,15 +301,25 @@ def _build(path: Path, reqs: tuple[str, ...], installer: Installer, digest: str)
     if path.exists():  # a build that was killed outright: never trust it
         log.info("removing incomplete environment %s", path)
         shutil.rmtree(path)
-    log.info("building environment %s for %s", path.name, " ".join(reqs) or "(no requirements)")
+    uv, why = _choose(installer)
+    tool = "uv" if uv else "pip"
+    log.info("building environment %s for %s with %s%s", path.name, " ".join(reqs) or "(no requirements)", tool, why)
     started = time.monotonic()
     try:
-        _run([sys.executable, "-m", "venv", str(path)], f"could not create a virtual environment at {path}")
-        python = str(path / "bin" / "python")
-        pip = [python, "-m", "pip", "--no-input", "--disable-pip-version-check"]
-        if reqs:
-            _run([*pip, "install", *installer.pip_args(), *reqs], f"could not install {' '.join(reqs)}")
-        freeze = _run([*pip, "freeze"], "could not list the installed packages").splitlines()
+        freeze: list[str] | None = None
+        if uv is not None:
+            try:
+                freeze = _with_uv(uv, path, reqs)
+            except _UvFailed as exc:
+                if installer.tool == "uv":
+                    raise
+                log.warning("uv could not build environment %s (%s); building it with pip", path.name, exc)
+                for line in exc.output[-5:]:
+                    log.warning("  uv: %s", line)
+                shutil.rmtree(path, ignore_errors=True)
+                tool = "pip"
+        if freeze is None:
+            freeze = _with_pip(path, reqs, installer)
         manifest = {
             "key": path.name,
             "digest": digest,
@@ -319,6 +327,7 @@ def _build(path: Path, reqs: tuple[str, ...], installer: Installer, digest: str)
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "python": sys.version.split()[0],
             "installer": [_redact(arg) for arg in installer.pip_args()],
+            "tool": tool,
             "freeze": freeze,
         }
         tmp = path / f".{MANIFEST}.tmp"
@@ -330,95 +339,17 @@ def _build(path: Path, reqs: tuple[str, ...], installer: Installer, digest: str)
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)
         raise
-    log.info("environment %s ready in %.1f s", path.name, time.monotonic() - started)
+    log.info("environment %s ready in %.1f s (%s)", path.name, time.monotonic() - started, tool)
 
 
-def _redact(arg: str) -> str:
-    # An index URL may carry a token; the manifest is readable by whoever lists environments.
-    parts = urlsplit(arg)
-    if "@" not in parts.netloc:
-        return arg
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
-
-
-# While an installer step is being started, a termination signal must wait: raised inside
-# Popen's constructor it would leave the step running unknown to us (it then writes the
-# environment's directory after we removed it).  Deferred, it is raised once the step's
-# process exists, where stopping the build kills it.
-_spawning = False
-_deferred: int | None = None
-
-
-def terminate_on_signal(signum: int, frame: object) -> None:
-    """A SIGTERM handler for a process that builds environments: exit 128+signum, cleanly.
-
-    The build is stopped and its directory removed (see :func:`_build`).
-    """
-    global _deferred
-    if _spawning:
-        _deferred = signum
-        return
-    raise SystemExit(128 + signum)
-
-
-def _start(argv: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    global _spawning, _deferred
-    _spawning = True
-    try:
-        return subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            start_new_session=True,
-        )
-    finally:
-        _spawning = False
-
-
-def _raise_deferred() -> None:
-    global _deferred
-    signum, _deferred = _deferred, None
-    if signum is not None:
-        raise SystemExit(128 + signum)
-
-
-def _run(argv: list[str], headline: str) -> str:
-    """Run an installer step; on failure raise with its last error line and the tail of its output."""
-    env = {k: v for k, v in os.environ.items() if k not in _INSTALLER_UNSET}
-    env.update(PYTHONNOUSERSITE="1", PIP_NO_INPUT="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
-    # Its own process group: a step starts processes of its own (venv runs ensurepip, pip runs
-    # builds), and a build stopped half-way must stop them all before its directory is removed,
-    # or they write into it again after the removal.
-    with _start(argv, env) as proc:
-        try:
-            _raise_deferred()  # a signal that came while it was being started
-            stdout, stderr = proc.communicate()
-        except BaseException:
-            _stop_group(proc)
-            raise
-    if proc.returncode == 0:
-        return stdout
-    lines = [line for line in (stderr or stdout).splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("ERROR:")]
-    last = (errors or lines or [f"exit status {proc.returncode}"])[-1].removeprefix("ERROR:").strip()
-    raise EnvBuildError(f"{headline}: {last}", lines[-_TAIL_LINES:])
-
-
-def _stop_group(proc: subprocess.Popen[str]) -> None:
-    """Kill an installer step and every process it started; return once they are all gone (at most 10 s)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(proc.pid, 0)  # a member of the group is still there (not yet reaped by init)
-        except ProcessLookupError:
-            return
-        time.sleep(0.01)
+def _with_pip(path: Path, reqs: tuple[str, ...], installer: Installer) -> list[str]:
+    """A stdlib venv, its own pip installing ``reqs``; returns ``pip freeze``."""
+    _run([sys.executable, "-m", "venv", str(path)], f"could not create a virtual environment at {path}")
+    python = str(path / "bin" / "python")
+    pip = [python, "-m", "pip", "--no-input", "--disable-pip-version-check"]
+    if reqs:
+        _run([*pip, "install", *installer.pip_args(), *reqs], f"could not install {' '.join(reqs)}")
+    return _run([*pip, "freeze"], "could not list the installed packages").splitlines()
 
 
 def list_envs(root: Path) -> list[EnvRecord]:
@@ -430,6 +361,7 @@ def list_envs(root: Path) -> list[EnvRecord]:
         manifest = _read_manifest(path) or {}
         reqs = manifest.get("requirements")
         created = manifest.get("created")
+        tool = manifest.get("tool", "pip")  # written before uv was supported: pip built it
         records.append(
             EnvRecord(
                 key=path.name,
@@ -438,6 +370,7 @@ def list_envs(root: Path) -> list[EnvRecord]:
                 created=created if isinstance(created, str) else None,
                 size=_size(path),
                 ready=bool(manifest),
+                tool=tool if manifest and isinstance(tool, str) else None,
             )
         )
     return records
@@ -473,7 +406,11 @@ def remove_env(root: Path, key: str) -> Literal["removed", "absent", "busy"]:
 
 
 def remove_all(root: Path) -> dict[str, Literal["removed", "absent", "busy"]]:
-    """:func:`remove_env` for every environment under ``root``, and the lock files failed builds leave."""
+    """:func:`remove_env` for every environment under ``root``, and the lock files failed builds leave.
+
+    The uv cache (``<root>/.uv-cache``) stays: builds running meanwhile read it, and it is what makes the next
+    build fast.  ``uv cache clean --cache-dir <root>/.uv-cache`` empties it.
+    """
     if not root.is_dir():
         return {}
     keys = {p.name for p in root.iterdir() if p.is_dir()} | {p.stem for p in root.glob("*.lock")}

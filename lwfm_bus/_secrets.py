@@ -9,7 +9,8 @@ The store of a site is a directory ``<home>/secrets/<site>/`` (0700) holding one
 per secret, named after it, 0600: a value is any text without NUL, written whole by
 rename so a reader never sees half of one.  An agent also takes a secret from its own
 environment as ``LWFM_SECRET_<NAME>`` (a container or systemd unit that injects
-credentials); the store wins when both exist.
+credentials), or from the variable the site's configuration names for it (``secret_env =
+{DB_PASSWORD = "VAULT_DB_PASSWORD"}`` in ``sites.toml``); the store wins over both.
 
 Nothing here logs a value, and no error message quotes one: only names.
 """
@@ -26,6 +27,7 @@ from ._errors import ConfigError
 from ._jobs import JobDefn
 
 __all__ = [
+    "ENV_NAME",
     "ENV_PREFIX",
     "MIN_REDACTED",
     "SECRET_NAME",
@@ -41,6 +43,8 @@ __all__ = [
 SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _REFERENCE = re.compile(r"secret:([A-Za-z_][A-Za-z0-9_]{0,63})")
 ENV_PREFIX = "LWFM_SECRET_"
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
+"""An environment variable's name (a site's ``secret_env`` values)."""
 MIN_REDACTED = 4
 """Values shorter than this are not redacted from logs: replacing every ``a`` would wreck them."""
 _MAX_VALUE = 65536  # a job argv word or env value may be no longer (JobDefn's ArgText)
@@ -92,9 +96,11 @@ def missing_secret_reason(name: str, site: str) -> str:
 class SecretStore:
     """One site's secrets under ``<home>/secrets/<site>/``: one 0600 file per secret."""
 
-    def __init__(self, home: Path, site: str) -> None:
+    def __init__(self, home: Path, site: str, env_names: Mapping[str, str] | None = None) -> None:
         self.site = site
         self.path = home / "secrets" / site
+        # The site config's ``secret_env``: NAME -> the agent's environment variable that holds it.
+        self.env_names = dict(env_names or {})
 
     @staticmethod
     def check_name(name: str) -> str:
@@ -149,9 +155,14 @@ class SecretStore:
         return True
 
     def lookup(self, name: str, environ: Mapping[str, str]) -> str | None:
-        """The value for a job: the store's, else ``LWFM_SECRET_<NAME>`` in ``environ``."""
+        """The value for a job: the store's, else the variable the site config names for it (``secret_env``),
+        else ``LWFM_SECRET_<NAME>`` in ``environ``."""
         value = self.get(name)
-        return value if value is not None else environ.get(ENV_PREFIX + name)
+        if value is not None:
+            return value
+        if name in self.env_names:
+            return environ.get(self.env_names[name])
+        return environ.get(ENV_PREFIX + name)
 
     def values(self) -> list[str]:
         """Every stored value long enough to redact (for log redaction only)."""

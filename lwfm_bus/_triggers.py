@@ -1,13 +1,15 @@
 """Triggers are data: "run this job when that happens", with pure checks and no I/O.
 
-Four kinds, one discriminated union (``kind``):
+Five kinds, one discriminated union (``kind``):
 
 * ``job-status`` -- one upstream job reaches a state (use case 3b);
 * ``join`` -- all / any / at least N of several upstream jobs do, optionally within a
   window after the first one, else a fallback (3c);
 * ``data-flow`` -- data arrives whose metadata matches a signature (3d);
 * ``schedule`` -- a time comes: a cron expression or an interval, in a time zone,
-  between optional start and end dates (one job per tick).
+  between optional start and end dates (one job per tick);
+* ``workflow`` -- the first job of a workflow ends in a given state (a run's failure,
+  for a notification).
 
 The engine owns the state (progress, claims) and does the I/O; the models only answer
 questions such as "does this state satisfy that upstream?" or "does this metadata
@@ -29,7 +31,6 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal, Self, TypeAlias
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter  # type: ignore[import-untyped]
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -64,6 +65,7 @@ __all__ = [
     "ScheduleTrigger",
     "Trigger",
     "Upstream",
+    "WorkflowTrigger",
     "arrival_of",
     "firing_key",
     "tick_key",
@@ -382,7 +384,7 @@ class Schedule(_Model):
             ZoneInfo(self.tz)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown time zone {self.tz!r} (an IANA name such as Europe/Paris)") from exc
-        if self.cron is not None and not croniter.is_valid(self.cron):
+        if self.cron is not None and not _croniter().is_valid(self.cron):
             raise ValueError(f"not a cron expression: {self.cron!r}")
         if self.start is not None and self.end is not None and self.end < self.start:
             raise ValueError("end is before start")
@@ -408,7 +410,7 @@ class Schedule(_Model):
         else:
             assert self.cron is not None
             local = lower.astimezone(ZoneInfo(self.tz))
-            tick = _whole_second(croniter(self.cron, local).get_next(datetime))
+            tick = _whole_second(_croniter()(self.cron, local).get_next(datetime))
         if self.end is not None and tick > self.end:
             return None
         return tick
@@ -434,9 +436,17 @@ class Schedule(_Model):
             lo = max((lower - anchor) // step + 1, hi - limit + 1)
             return [anchor + k * step for k in range(lo, hi + 1)]
         assert self.cron is not None
-        walk = croniter(self.cron, (upper + _SECOND).astimezone(ZoneInfo(self.tz)))
+        walk = _croniter()(self.cron, (upper + _SECOND).astimezone(ZoneInfo(self.tz)))
         ticks = itertools.takewhile(lambda t: t > lower, (_whole_second(walk.get_prev(datetime)) for _ in _forever()))
         return sorted(itertools.islice(ticks, limit))
+
+
+def _croniter() -> Any:
+    """The croniter class, imported on first use: every event model imports this module
+    (a job's ``lwfm-bus emit`` too, issue #21), and only cron schedules need it."""
+    from croniter import croniter  # type: ignore[import-untyped]
+
+    return croniter
 
 
 def _forever() -> Iterator[None]:
@@ -468,7 +478,35 @@ class ScheduleTrigger(_TriggerBase, Schedule):
         return Schedule.model_validate({f: getattr(self, f) for f in Schedule.model_fields})
 
 
-Trigger: TypeAlias = Annotated[JobTrigger | JoinTrigger | DataTrigger | ScheduleTrigger, Field(discriminator="kind")]
+class WorkflowTrigger(_TriggerBase):
+    """Start ``downstream`` when the first job of a workflow ends in one of ``states`` (once).
+
+    "Tell me when anything in this run fails", without listing its jobs: the engine
+    finds these by the ended job's workflow, so the cost does not grow with the number
+    of triggers or of the workflow's jobs.  A job's end counts when it is final -- an
+    end its retry policy runs again is not.  The trigger's own ``workflow_id`` may be
+    left unset, so that cancelling the watched workflow does not withdraw it.
+    """
+
+    kind: Literal["workflow"] = "workflow"
+    watched_workflow: Token = Field(description="The workflow whose jobs are watched.")
+    states: tuple[JobState, ...] = Field(
+        default=(JobState.FAILED, JobState.CANCELLED),
+        min_length=1,
+        max_length=3,
+        description="End states that fire it (terminal states only).",
+    )
+
+    @model_validator(mode="after")
+    def _terminal_states(self) -> Self:
+        if not all(s.is_terminal for s in self.states):
+            raise ValueError("a workflow trigger fires on jobs' ends: COMPLETE, FAILED or CANCELLED")
+        return self
+
+
+Trigger: TypeAlias = Annotated[
+    JobTrigger | JoinTrigger | DataTrigger | ScheduleTrigger | WorkflowTrigger, Field(discriminator="kind")
+]
 """Any trigger; ``kind`` selects the model."""
 
 _TRIGGER_ADAPTER: TypeAdapter[Trigger] = TypeAdapter(Trigger)

@@ -30,6 +30,7 @@ from ._bus._eventbus import STREAM, EventBus
 from ._errors import JobTimeoutError, JobWillNotRunError, UnknownJobError
 from ._events import EventDecodeError, JobStatus, JobStatusEvent, TriggerRegistered, decode_event
 from ._index._projection import JobIndex
+from ._retry import MAX_ATTEMPTS
 from ._states import JobState
 from ._subjects import ROOT, check_token
 from ._triggers import JoinTrigger, Trigger
@@ -45,8 +46,22 @@ async def wait_for_end(
     """The job's terminal status, woken by its event (it may have ended already).
 
     ``doomed`` raises :class:`JobWillNotRunError` when the job can no longer start (see
-    :func:`never_runs`); it races the three ways of hearing the end.
+    :func:`never_runs`); it races the three ways of hearing the end.  An end that the
+    job's retry policy runs again is not the job's: the wait goes on with the next
+    attempt, and returns the final attempt's end.
     """
+    with anyio.move_on_after(timeout):
+        status = await _end_of(bus, job_id, doomed)
+        for _ in range(MAX_ATTEMPTS):
+            if status.retry_next is None:
+                return status
+            status = await _end_of(bus, status.retry_next, anyio.sleep_forever)
+        return status
+    raise JobTimeoutError(f"job {job_id} did not finish within {timeout}s")
+
+
+async def _end_of(bus: EventBus, job_id: str, doomed: Callable[[], Awaitable[None]]) -> JobStatus:
+    """One job id's terminal status (an attempt's, retried or not)."""
     subject = f"{ROOT}.*.job.*.{check_token(job_id, 'job id')}.*"
 
     async def terminal() -> JobStatus:
@@ -125,9 +140,7 @@ async def wait_for_end(
             raise outcome[0]
         return outcome[0]
 
-    with anyio.move_on_after(timeout):
-        return await ended()
-    raise JobTimeoutError(f"job {job_id} did not finish within {timeout}s")
+    return await ended()
 
 
 async def never_runs(bus: EventBus, index_of: Callable[[], Awaitable[JobIndex]], job_id: str) -> None:

@@ -7,11 +7,14 @@ that is already there counts), a FIFO a job writes, or a pidfd: nothing sleeps.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
 import os
 import signal
 import sys
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -231,3 +234,28 @@ async def raw_stream(bus: lb.Bus, stream: str) -> list[bytes]:
             continue
         out.append((msg.subject or "").encode() + repr(msg.headers).encode() + (msg.data or b""))
     return out
+
+
+def write_wheel(directory: Path, package: str, version: str, generator: str = "lwfm-bus-tests") -> Path:
+    """A minimal pure-Python wheel of ``package``: a module, METADATA, WHEEL and a RECORD with real hashes.
+
+    What the environment tests and the environment bench install: no index, no network.
+    """
+    dist = f"{package}-{version}.dist-info"
+    files = {
+        f"{package}/__init__.py": f'__version__ = "{version}"\n',
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n",
+        f"{dist}/WHEEL": f"Wheel-Version: 1.0\nGenerator: {generator}\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for name, text in files.items():
+        data = text.encode()
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(data)}")
+    files[f"{dist}/RECORD"] = "\n".join([*record, f"{dist}/RECORD,,"]) + "\n"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{package}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as whl:
+        for name, text in files.items():
+            whl.writestr(name, text)
+    return path

@@ -42,6 +42,7 @@ from .._events import Event, EventDecodeError, decode_event, encode_event
 from .._ids import derived_id, new_id
 from .._subjects import ROOT, Token, workflow_filter
 from ._eventbus import EventBus
+from ._replicas import open_bucket
 
 __all__ = [
     "BUNDLE_VERSION",
@@ -243,17 +244,8 @@ async def import_bundle(bus: EventBus, path: Path) -> ImportReport:
 
 
 async def _bucket(bus: EventBus, name: str, description: str) -> Any:
-    js = bus.jetstream
-    try:
-        return await js.key_value(name)
-    except nats.js.errors.BucketNotFoundError:
-        pass
-    try:
-        return await js.create_key_value(
-            KeyValueConfig(bucket=name, description=description, history=1, storage=StorageType.FILE)
-        )
-    except nats.js.errors.BadRequestError:
-        return await js.key_value(name)  # another process created it first
+    config = KeyValueConfig(bucket=name, description=description, history=1, storage=StorageType.FILE)
+    return await open_bucket(bus.jetstream, config, bus.replicas)  # created by whichever process comes first
 
 
 def _first(exc: ValidationError) -> str:

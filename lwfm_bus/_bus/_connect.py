@@ -24,6 +24,7 @@ from typing import IO, Any
 import anyio
 import nats
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
 from pydantic import SecretStr
 
@@ -41,6 +42,7 @@ __all__ = [
     "federation_member",
     "hide_outages",
     "is_connection_trouble",
+    "is_unanswered",
     "open_event_bus",
     "running_server_url",
     "serve_embedded",
@@ -228,6 +230,32 @@ def is_connection_trouble(exc: BaseException, nc: NATS | None = None) -> bool:
             nats.errors.NoServersError,
         ),
     )
+
+
+def is_unanswered(exc: BaseException, nc: NATS | None = None) -> bool:
+    """Whether ``exc`` (or what caused it) says the server did not answer *now*, rather than refused.
+
+    On a cluster, a node's loss means a few seconds in which JetStream has no leader for
+    some streams and buckets: requests time out, find no responders, or are answered
+    "temporarily unavailable" (503); then a new leader answers.  Such a question is
+    asked again, not treated as a refusal (the connection's own trouble counts too).
+    """
+    seen = 0
+    cause: BaseException | None = exc
+    while cause is not None and seen < 8:
+        if is_connection_trouble(cause, nc) or isinstance(
+            cause,
+            (
+                TimeoutError,
+                nats.errors.TimeoutError,
+                nats.errors.NoRespondersError,
+                nats.js.errors.NoStreamResponseError,
+                nats.js.errors.ServiceUnavailableError,
+            ),
+        ):
+            return True
+        cause, seen = cause.__cause__, seen + 1
+    return False
 
 
 def _is_refusal(exc: Exception) -> bool:

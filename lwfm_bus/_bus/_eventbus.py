@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
@@ -40,11 +41,13 @@ from nats.js.api import (
 from .._config import BusConfig
 from .._errors import BusClosedError, PublishError
 from .._events import Event, EventDecodeError, decode_event, encode_event
-from .._federation import FederationMember
+from .._federation import PUBLIC_STREAM_NAME, FederationMember
 from .._subjects import CANCEL_ROOT, DLQ_ROOT, ROOT, SUBMIT_ROOT, dead_letter_subject
+from ._replicas import not_clustered, raise_replicas, resolve_replicas
 
 __all__ = [
     "DLQ_STREAM",
+    "ORDERED_HEARTBEAT_S",
     "STREAM",
     "SUBMIT_STREAM",
     "BusStats",
@@ -58,6 +61,7 @@ __all__ = [
 log = logging.getLogger("lwfm_bus.bus")
 
 STREAM = "LWFM"
+PUBLIC_STREAM = PUBLIC_STREAM_NAME  # a federation member's public names, what other sites source
 DLQ_STREAM = "LWFM_DLQ"
 SUBMIT_STREAM = "LWFM_SUBMIT"
 # Dead letters are kept until the stream is full (then the oldest go): a bad message must
@@ -66,6 +70,10 @@ SUBMIT_STREAM = "LWFM_SUBMIT"
 _DLQ_MAX_BYTES = 1 << 30
 _PARKED_MEMORY = 100_000
 _WRONG_LAST_SEQUENCE = 10071  # JetStream: "wrong last sequence" -- it is parked already
+_NOT_CLUSTERED = 10074  # JetStream: "replicas > 1 not supported in non-clustered mode"
+# An ordered consumer lives on one server; when that server goes (a cluster node lost), nats-py
+# makes a new one after missing two heartbeats: 2-4 s with this, about 20 s with its default 5 s.
+ORDERED_HEARTBEAT_S = 1.0
 # A submission is kept this long: an agent takes it long before, and after it the job's
 # own events (in the main stream) still tell an agent that it ran.
 _SUBMIT_MAX_AGE_S = 30 * 24 * 3600.0
@@ -90,10 +98,9 @@ class BusStats:
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
 
 
-def _sources(cfg: StreamConfig) -> list[tuple[str, str, str]]:
-    return sorted(
-        (s.name or "", s.filter_subject or "", s.external.api if s.external else "") for s in cfg.sources or []
-    )
+def _sources(cfg: StreamConfig) -> list[tuple[str, str, str, str]]:
+    external = [(s, s.external or ExternalStream(api="")) for s in cfg.sources or []]
+    return sorted((s.name or "", s.filter_subject or "", x.api, x.deliver or "") for s, x in external)
 
 
 class EventBus:
@@ -106,6 +113,7 @@ class EventBus:
         self.stats = BusStats()
         self.serves_embedded = False  # True when this process started the embedded server
         self.federation: FederationMember | None = None  # set when this bus is a federation member
+        self.replicas = 1  # copies of every stream and bucket (see ._replicas); known once the streams are ensured
         self._parked: OrderedDict[str, None] = OrderedDict()  # (stream, seq) this process knows are parked
 
     # ------------------------------------------------------------------ plumbing
@@ -136,12 +144,19 @@ class EventBus:
         others' (see :mod:`._federation`); a process that was not told about the
         federation (a job, a tool) leaves a member's layout as it finds it.
         """
+        self.replicas = resolve_replicas(self._nc, self.config.replicas)
         subjects, sources = [f"{ROOT}.>"], None
         if self.federation is not None:
             layout = self.federation.federation.stream_layout(self.federation.site)
             subjects = list(layout.subjects)
+            fed, here = self.federation.federation, self.federation.site
+            # Deliveries under a prefix per (origin, reader): the hub's accounts pass each reader its own only.
             sources = [
-                StreamSource(name=STREAM, filter_subject=subject, external=ExternalStream(api=f"$JS.{site}.API"))
+                StreamSource(
+                    name=PUBLIC_STREAM,
+                    filter_subject=subject,
+                    external=ExternalStream(api=f"$JS.{site}.API", deliver=fed.feed_prefix(site, here)),
+                )
                 for site, subject in layout.sources
             ]
         await self._ensure(
@@ -154,9 +169,27 @@ class EventBus:
                 retention=RetentionPolicy.LIMITS,
                 discard=DiscardPolicy.OLD,
                 duplicate_window=self.config.dedup_window_s,
+                num_replicas=self.replicas,
                 allow_direct=True,
             )
         )
+        if self.federation is not None:
+            # What the other sites source: a copy of this site's public names, on which no
+            # process of this site has a consumer (see _federation.PUBLIC_STREAM_NAME).
+            public = self.federation.federation.names_of(self.federation.site)
+            await self._ensure(
+                StreamConfig(
+                    name=PUBLIC_STREAM,
+                    description="lwfm-bus events this site shows other sites (sourced from its own stream)",
+                    subjects=[],
+                    sources=[StreamSource(name=STREAM, filter_subject=f"{ROOT}.{name}.>") for name in public],
+                    storage=StorageType.FILE,
+                    retention=RetentionPolicy.LIMITS,
+                    discard=DiscardPolicy.OLD,
+                    duplicate_window=self.config.dedup_window_s,
+                    num_replicas=self.replicas,
+                )
+            )
         # Submissions: one message per job (a second is refused by the server, see
         # _sites/_submit.py), kept apart from the events so that replaying, exporting or
         # sourcing history never hands a job to an agent again.  A federation member's
@@ -174,6 +207,7 @@ class EventBus:
                 discard=DiscardPolicy.OLD,
                 max_age=_SUBMIT_MAX_AGE_S,
                 duplicate_window=self.config.dedup_window_s,
+                num_replicas=self.replicas,
                 allow_direct=True,
             ),
             # A process not told about a federation (a job, a tool) leaves a member's captures be.
@@ -189,6 +223,7 @@ class EventBus:
                 discard=DiscardPolicy.OLD,
                 max_bytes=_DLQ_MAX_BYTES,
                 duplicate_window=self.config.dedup_window_s,
+                num_replicas=self.replicas,
             )
         )
 
@@ -220,15 +255,23 @@ class EventBus:
         try:
             info = await self._js.stream_info(wanted.name)
         except nats.js.errors.NotFoundError:
-            if wanted.sources:
+            if any(source.external for source in wanted.sources or []):
                 await self._await_hub()
-            await self._js.add_stream(wanted)
-            return
-        if create_only:
+            try:
+                await self._js.add_stream(wanted)
+            except nats.js.errors.APIError as exc:
+                if (wanted.num_replicas or 1) > 1 and exc.err_code == _NOT_CLUSTERED:
+                    raise not_clustered(f"stream {wanted.name}", wanted.num_replicas or 1) from None
+                raise
             return
         have = info.config
-        if have.sources and not wanted.sources and self.federation is None:
-            return  # a federation member's stream, seen by a process not told about the federation
+        # An update never takes copies away (see ._replicas): a process that wants fewer keeps what is there.
+        wanted = dataclasses.replace(wanted, num_replicas=max(wanted.num_replicas or 1, have.num_replicas or 1))
+        if create_only or (have.sources and not wanted.sources and self.federation is None):
+            # A federation member's layout is left as it is (by a process not told about the
+            # federation, a job, a tool); its number of copies is everyone's to raise.
+            await raise_replicas(self._js, have, wanted.num_replicas or 1)
+            return
         new_sources = _sources(have) != _sources(wanted)
         if (
             new_sources
@@ -237,9 +280,11 @@ class EventBus:
             or (wanted.max_age is not None and have.max_age != wanted.max_age)
         ):
             log.info("updating stream %s to the current settings", wanted.name)
-            if new_sources:
+            if new_sources and any(source.external for source in wanted.sources or []):
                 await self._await_hub()  # ask for them once the link works
-            await self._js.update_stream(wanted)
+            await self._js.update_stream(wanted)  # never fewer copies than it has (see ._replicas)
+        else:
+            await raise_replicas(self._js, have, wanted.num_replicas or 1)
 
     # ------------------------------------------------------------------ publish
 
@@ -487,7 +532,7 @@ class Subscription:
         self._bus._check_open()
         stream = DLQ_STREAM if self._filter.startswith(DLQ_ROOT) else STREAM
         self._sub = await self._bus.jetstream.subscribe(
-            self._filter, stream=stream, ordered_consumer=True, config=self._config
+            self._filter, stream=stream, ordered_consumer=True, idle_heartbeat=ORDERED_HEARTBEAT_S, config=self._config
         )
         if not self._follow:
             # Nothing pending and nothing already pushed to us: the history is empty.

@@ -1,4 +1,5 @@
-"""All nats-server configuration text, in one place: the embedded server's and a federation member's.
+"""All nats-server configuration text, in one place: the embedded server's, a federation member's
+and a cluster node's.
 
 Two things write server configuration -- the embedded singleton (listen address,
 JetStream store, authorization) and a federation member (its JetStream domain, the
@@ -12,11 +13,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .._cluster import CLIENT_USER, ROUTE_USER, Cluster
 from .._config import EmbeddedServerConfig, is_loopback
 from .._errors import ConfigError
 from .._federation import FederationMember
 
-__all__ = ["quote", "render_config", "render_federation"]
+__all__ = ["adopt_global_store", "quote", "render_cluster", "render_config", "render_federation"]
 
 
 def quote(value: str) -> str:
@@ -66,26 +68,91 @@ def render_federation(member: FederationMember) -> tuple[list[str], tuple[str, s
     """nats-server configuration lines for a member, and the hub's local client login.
 
     Both kinds of member get a JetStream domain named after the site, which keeps each
-    site's streams and KV buckets its own.  The hub's users are the leaves (bcrypt-checked,
-    with :meth:`Federation.leaf_permissions`) and the hub's own processes, all in the
-    global account like a singleton's; a leaf adds a remote to the hub.  Returns the lines that
-    go after the ``jetstream`` block (whose domain the caller sets) and, for the hub,
-    the (user, password) its local clients must use.
+    site's streams and KV buckets its own.  The hub holds one account per site
+    (:meth:`Federation.account_config`): a leaf's credentials (bcrypt-checked, with
+    :meth:`Federation.leaf_permissions`) bind its link to its site's account, and the
+    hub's own processes log in to the hub site's account, the only one with JetStream
+    on the hub.  A leaf's own server needs no accounts: it serves its site alone, and
+    its link lands in its account at the hub.  Returns the lines that go after the
+    ``jetstream`` block (whose domain the caller sets) and, for the hub, the
+    (user, password) its local clients must use.
     """
     fed = member.federation
     lines: list[str] = []
     if not member.is_hub:
         lines.append(f"leafnodes {{ remotes: [ {{ url: {quote(member.leaf_remote_url())} }} ] }}")
         return lines, None
-    own = fed.hub_permissions()
-    own_perms = f", permissions: {json.dumps(own)}" if own else ""
-    users = [f"{{ user: {quote(member.site)}, password: {quote(member.secret)}{own_perms} }}"]
+    accounts: dict[str, dict[str, object]] = {}
     for name, site in fed.sites.items():
+        account = fed.account_config(name)
         if site.hub:
-            continue
-        perms = json.dumps(fed.leaf_permissions(name))
-        users.append(f"{{ user: {quote(name)}, password: {quote(site.secret_hash)}, permissions: {perms} }}")
-    # The global account, as a singleton's: a home that becomes the hub keeps its streams and buckets.
-    lines.append(f"authorization {{ users: [ {', '.join(users)} ] }}")
+            own = fed.hub_permissions()
+            user: dict[str, object] = {"user": member.site, "password": member.secret}
+            account["jetstream"] = "enabled"
+        else:
+            own = fed.leaf_permissions(name)
+            user = {"user": name, "password": site.secret_hash}
+        if own:
+            user["permissions"] = own
+        account["users"] = [user]
+        accounts[fed.account(name)] = account
+    lines.append(f"accounts: {json.dumps(accounts, ensure_ascii=False)}")
     lines.append(f"leafnodes {{ listen: {quote(member.hub_listen())} }}")
     return lines, (member.site, member.secret)
+
+
+def adopt_global_store(store_dir: Path, member: FederationMember | None) -> None:
+    """Give the hub site's account the streams and buckets its server kept in the global account.
+
+    A singleton's home (or a hub from before accounts) keeps JetStream's state under
+    ``jetstream/$G``; the hub's own processes now live in their site's account, whose
+    state nats-server keeps under ``jetstream/<account>``.  Moving the directory once,
+    before the server starts, keeps that history.
+    """
+    if member is None or not member.is_hub:
+        return
+    root = store_dir / "jetstream"
+    old, new = root / "$G", root / member.federation.account(member.site)
+    if old.is_dir() and not new.exists():
+        old.rename(new)
+
+
+def render_cluster(cluster: Cluster, node: str, routes_secret: str, max_payload: int = 1024 * 1024) -> str:
+    """The nats-server configuration of one node of a cluster (see :mod:`lwfm_bus._cluster`).
+
+    Clients log in as one user whose password the node checks by its bcrypt hash; the
+    nodes log in to each other with the routes' password, which each node must hold in
+    plain text to dial the others -- so this text is a secret and is written mode 600.
+    Each node advertises its ``host`` to clients and routes, so a client given one URL
+    learns the others (and fails over to them) whatever address the node binds.
+    """
+    me = cluster.node(node)
+    route_urls = [
+        f"nats-route://{ROUTE_USER}:{_url_part(routes_secret)}@{other.route_address()}"
+        for name, other in cluster.nodes.items()
+        if name != node
+    ]
+    client = f"{{ user: {quote(CLIENT_USER)}, password: {quote(cluster.clients_hash)} }}"
+    lines = [
+        f"server_name: {quote(node)}",
+        f"listen: {quote(f'{cluster.bind}:{me.client_port}')}",
+        f"client_advertise: {quote(f'{me.host}:{me.client_port}')}",
+        f"max_payload: {max_payload}",
+        f"jetstream {{ store_dir: {quote(cluster.node_store(node))} }}",
+        f"authorization {{ users: [ {client} ] }}",
+        "cluster {",
+        f"  name: {quote(cluster.name)}",
+        f"  listen: {quote(f'{cluster.bind}:{me.route_port}')}",
+        f"  advertise: {quote(me.route_address())}",
+        f"  authorization {{ user: {quote(ROUTE_USER)}, password: {quote(routes_secret)} }}",
+        f"  routes: [ {', '.join(quote(url) for url in route_urls)} ]",
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _url_part(value: str) -> str:
+    """A credential as it may sit in a route URL (the generated ones are URL-safe already)."""
+    from urllib.parse import quote as url_quote
+
+    return url_quote(value, safe="")

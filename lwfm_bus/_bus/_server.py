@@ -25,7 +25,7 @@ from types import TracebackType
 from .._config import EmbeddedServerConfig
 from .._errors import ConfigError, ServerStartError
 from .._federation import FederationMember
-from ._natsconf import render_config
+from ._natsconf import adopt_global_store, render_config
 
 __all__ = ["EmbeddedServer", "find_server_binary", "render_config"]
 
@@ -106,6 +106,7 @@ class EmbeddedServer:
         binary = find_server_binary(self._options.binary)
         self._store_dir.mkdir(parents=True, exist_ok=True)
         conf = self._store_dir / "nats-server.conf"
+        adopt_global_store(self._store_dir, self._federation)  # a hub keeps its history in its account
         text = render_config(self._options, self._store_dir, self._name, self._federation)
         # Created private before anything is written: it may hold passwords.
         fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -1,16 +1,21 @@
-"""``lwfm-bus emit info|status|data``: a running job tells the bus something about itself."""
+"""``lwfm-bus emit info|status|data``: a running job tells the bus something about itself.
+
+Every job may run this many times, so its start-up counts (issue #21): what builds and
+publishes the event (pydantic, nats-py) is imported once the arguments are parsed, and
+``lwfm-bus emit --help`` or a usage error needs none of it.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .._config import BusConfig
 from .._errors import ConfigError
-from .._jobside import current_job, data_event, emit, status_event
-from .._limits import load_json_bounded
-from .._meta import MetaValue
 from .._states import JobState
+
+if TYPE_CHECKING:
+    from .._config import BusConfig
+    from .._meta import MetaValue
 
 
 def register(sub: Any) -> None:
@@ -49,6 +54,8 @@ def parse_value(text: str) -> MetaValue:
 
 
 def parse_metadata(pairs: list[str], as_json: str | None) -> dict[str, MetaValue]:
+    from .._limits import load_json_bounded
+
     meta: dict[str, MetaValue] = {}
     if as_json:
         try:
@@ -67,6 +74,8 @@ def parse_metadata(pairs: list[str], as_json: str | None) -> dict[str, MetaValue
 
 
 async def run(args: argparse.Namespace, config: BusConfig) -> int:
+    from .._jobside import current_job, data_event, emit, status_event
+
     ctx = current_job()
     try:
         if args.kind == "info":

@@ -2,8 +2,12 @@
 
 ``env exec`` is job-side: it needs no bus connection and replaces itself with the step's command, so the
 site sees the command's pid and exit code.  Exit codes of its own: 2 for bad arguments (an invalid
-requirement), 3 when the environment cannot be built (pip's output tail, then one headline, on stderr),
-126/127 when the command cannot be executed or is not found, as a shell would.
+requirement or installer), 3 when the environment cannot be built (the installer's output tail, then one
+headline, on stderr), 126/127 when the command cannot be executed or is not found, as a shell would.
+
+Which installer builds a new environment (``auto``: uv when installed, else pip; see ``lwfm_bus._pyenv``) is
+read here, at the edge: ``--installer``, else ``LWFM_BUS_ENV_INSTALLER``, which a pipeline step can set in its
+``env`` since its ``env exec`` line is written for it.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -18,12 +23,13 @@ from typing import Any
 
 from .._config import BusConfig
 from .._errors import ConfigError, EnvBuildError
-from .._pyenv import Installer, list_envs, remove_all, remove_env, run_in_env, terminate_on_signal
+from .._pyenv import TOOLS, Installer, list_envs, remove_all, remove_env, run_in_env, terminate_on_signal
 from ._print import shown
 
 __all__ = ["BUILD_FAILED", "register"]
 
 BUILD_FAILED = 3
+INSTALLER_ENV = "LWFM_BUS_ENV_INSTALLER"
 
 
 def register(sub: Any) -> None:
@@ -41,18 +47,23 @@ def register(sub: Any) -> None:
     x.add_argument("--index-url", help="pip --index-url")
     x.add_argument("--find-links", action="append", default=[], metavar="DIR_OR_URL", help="pip --find-links")
     x.add_argument("--no-index", action="store_true", help="pip --no-index: only --find-links")
+    x.add_argument(
+        "--installer",
+        choices=("auto", "uv", "pip"),
+        help="what builds a new environment (default: env LWFM_BUS_ENV_INSTALLER, else auto: uv if installed)",
+    )
     _root_arg(x)
     x.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     x.set_defaults(func=exec_)
 
-    ls = env_sub.add_parser("ls", help="list environments: key, requirements, created, size")
+    ls = env_sub.add_parser("ls", help="list environments: key, created, size, what built it (uv or pip), requirements")
     _root_arg(ls)
     ls.set_defaults(func=ls_)
 
     rm = env_sub.add_parser("rm", help="delete environments (not those in use or being built)")
     which = rm.add_mutually_exclusive_group(required=True)
     which.add_argument("key", nargs="?", help="the key shown by `env ls`")
-    which.add_argument("--all", action="store_true", help="every environment under the root")
+    which.add_argument("--all", action="store_true", help="every environment under the root (not the uv cache)")
     _root_arg(rm)
     rm.set_defaults(func=rm_)
 
@@ -80,7 +91,10 @@ async def exec_(args: argparse.Namespace, config: BusConfig) -> int:
     logger = logging.getLogger("lwfm_bus._pyenv")
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)  # a build is worth one line in the job's log
-    installer = Installer(args.index_url, tuple(args.find_links), args.no_index)
+    tool = args.installer or os.environ.get(INSTALLER_ENV) or "auto"
+    if tool not in TOOLS:
+        raise ConfigError(f"{INSTALLER_ENV}={tool!r}: choose one of {', '.join(TOOLS)}")
+    installer = Installer(args.index_url, tuple(args.find_links), args.no_index, tool)
     try:
         run_in_env(command, args.requirements, _root(args, config), installer)
     except EnvBuildError as exc:
@@ -109,7 +123,8 @@ async def ls_(args: argparse.Namespace, config: BusConfig) -> int:
     for record in list_envs(_root(args, config)):
         created = record.created if record.ready else "(incomplete)"
         reqs = " ".join(shown(r) for r in record.requirements) or "-"
-        print(f"{shown(record.key)}  {shown(created)}  {_human(record.size):>10}  {reqs}")
+        tool = shown(record.tool or "-")
+        print(f"{shown(record.key)}  {shown(created)}  {_human(record.size):>10}  {tool:<3}  {reqs}")
     return 0
 
 

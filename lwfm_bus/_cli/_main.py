@@ -5,97 +5,117 @@ There is one module per top-level command word (``_submit`` for ``lwfm-bus submi
 Each command module exposes ``register(subparsers)`` and sets ``func`` on its
 parser to an ``async def (args, config) -> int``.  Errors we raise on purpose become
 one clear line on stderr and exit code 2; Ctrl-C and SIGTERM stop cleanly (130/143).
+
+A command's module is imported only when that command runs (or when ``lwfm-bus --help``
+lists them all): ``lwfm-bus emit`` and ``step-exec``, run by every job, would otherwise
+pay for every other command's imports -- the bundle code, the dashboard, the pipeline
+loader -- about 0.3 s each time (issue #21).  So this module imports nothing heavy
+either: the configuration is read, and asyncio imported, once the arguments are parsed.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import difflib
+import importlib
 import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .._config import BusConfig, load_config
 from .._errors import LwfmBusError, PipelineError, ServerStartError
-from . import (
-    _agent,
-    _cancel,
-    _data,
-    _dead_letters,
-    _demo,
-    _down,
-    _emit,
-    _engine,
-    _env,
-    _events,
-    _export,
-    _federation,
-    _find,
-    _get,
-    _graph,
-    _import,
-    _logs,
-    _notate,
-    _put,
-    _run,
-    _schemas,
-    _secret,
-    _server,
-    _status,
-    _step_exec,
-    _submit,
-    _trigger,
-    _ui,
-    _up,
-    _validate,
-    _wait,
-    _workflow,
-    _workspace,
-)
 from ._logfmt import setup_logging
-from ._print import shown
+from ._shown import shown
 
-Command = Callable[[argparse.Namespace, BusConfig], Awaitable[int]]
+if TYPE_CHECKING:
+    from .._config import BusConfig
 
-_MODULES = (
-    _up,
-    _down,
-    _agent,
-    _server,
-    _demo,
-    _submit,
-    _status,
-    _wait,
-    _cancel,
-    _logs,
-    _engine,
-    _trigger,
-    _notate,
-    _find,
-    _put,
-    _get,
-    _data,
-    _workspace,
-    _secret,
-    _workflow,
-    _export,
-    _import,
-    _validate,
-    _run,
-    _step_exec,
-    _graph,
-    _federation,
-    _env,
-    _emit,
-    _events,
-    _dead_letters,
-    _schemas,
-    _ui,
-)
+    _SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+else:
+    _SubParsers = argparse._SubParsersAction
+
+Command = Callable[[argparse.Namespace, "BusConfig"], Awaitable[int]]
+
+# Command word -> the module (in this package) whose ``register`` adds it; ``--help``
+# lists them in this order.  Adding a command is one line here.
+COMMANDS: dict[str, str] = {
+    "up": "_up",
+    "down": "_down",
+    "agent": "_agent",
+    "server": "_server",
+    "demo": "_demo",
+    "submit": "_submit",
+    "status": "_status",
+    "wait": "_wait",
+    "cancel": "_cancel",
+    "logs": "_logs",
+    "engine": "_engine",
+    "trigger": "_trigger",
+    "notate": "_notate",
+    "find": "_find",
+    "put": "_put",
+    "get": "_get",
+    "data": "_data",
+    "workspace": "_workspace",
+    "secret": "_secret",
+    "workflow": "_workflow",
+    "export": "_export",
+    "import": "_import",
+    "validate": "_validate",
+    "run": "_run",
+    "step-exec": "_step_exec",
+    "notify-send": "_notify_send",
+    "graph": "_graph",
+    "federation": "_federation",
+    "cluster": "_cluster",
+    "env": "_env",
+    "emit": "_emit",
+    "events": "_events",
+    "dead-letters": "_dead_letters",
+    "schemas": "_schemas",
+    "ui": "_ui",
+}
+
+
+class _Commands(_SubParsers):
+    """argparse's subcommands, each registered by its module only when it is needed.
+
+    Every word of :data:`COMMANDS` is a valid choice from the start (so a typo is still
+    judged against all of them); the module of the chosen word is imported and
+    registered as the word is parsed, and all of them when the help lists them.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # argparse only tests membership in, and lists, the choices: every word, loaded or not.
+        self.choices = tuple(COMMANDS)  # type: ignore[assignment]
+
+    def load(self, word: str) -> None:
+        """Import ``word``'s module and let it add its parser, once."""
+        if word not in self._name_parser_map:
+            importlib.import_module(f"{__package__}.{COMMANDS[word]}").register(self)
+            if word not in self._name_parser_map:
+                raise RuntimeError(f"{COMMANDS[word]}.register() did not add the command {word!r}")
+
+    def _get_subactions(self) -> list[argparse.Action]:
+        for word in COMMANDS:
+            self.load(word)
+        order = {word: i for i, word in enumerate(COMMANDS)}
+        return sorted(self._choices_actions, key=lambda action: order.get(action.dest, len(order)))
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        assert isinstance(values, list) and values  # nargs=PARSER: the word, then its arguments
+        if values[0] in COMMANDS:  # anything else was refused by _check_value already
+            self.load(values[0])
+        super().__call__(parser, namespace, values, option_string)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -132,13 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="text",
         help="log lines as text (default) or one JSON object per line (time, level, logger, message)",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in _MODULES:
-        module.register(sub)
+    parser.add_subparsers(dest="command", required=True, metavar="COMMAND", action=_Commands)
     return parser
 
 
 def _config(args: argparse.Namespace) -> BusConfig:
+    from .._config import load_config  # pydantic: only once the arguments are good
+
     overrides: dict[str, object] = {"home": args.home, "site": args.site, "federation_file": args.federation}
     if args.url:
         overrides["servers"] = tuple(u.strip() for u in args.url.split(",") if u.strip())
@@ -146,6 +166,8 @@ def _config(args: argparse.Namespace) -> BusConfig:
 
 
 async def _run_command(func: Command, args: argparse.Namespace, config: BusConfig) -> int:
+    import asyncio  # already imported by whoever called: asyncio.run
+
     # SIGTERM ends the command the way Ctrl-C does: by cancelling it, so every
     # ``async with`` below unwinds and child servers are stopped.
     task = asyncio.current_task()
@@ -171,6 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose, args.log_format)
+    import asyncio  # not before the arguments are good: ``--help`` and a typo need none of it
+
     try:
         config = _config(args)
         return asyncio.run(_run_command(args.func, args, config))
@@ -188,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _message(exc: LwfmBusError) -> str:
-    """The error's message with what it quotes escaped (:func:`._print.shown`), its deliberate lines kept.
+    """The error's message with what it quotes escaped (:func:`._shown.shown`), its deliberate lines kept.
 
     Two errors are several lines on purpose: a refused pipeline (one line per issue) and a
     server that failed to start (the server's own log lines after the headline).

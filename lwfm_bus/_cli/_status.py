@@ -39,6 +39,10 @@ def _row(r: JobRecord) -> str:
     row = f"{shown(r.job_id)}  {r.state.value:<9} {code:>4}  {shown(r.site):<10} {shown(r.name or '')}"
     if r.state is JobState.PENDING and r.native_state:
         row += f"  ({shown(r.native_state)})"  # why it waits: queued, or no agent serves the site
+    if r.attempt > 1:
+        row += f"  (attempt {r.attempt} of {shown(r.logical_id)})"
+    if r.retry_next is not None:
+        row += f"  (retried as {shown(r.retry_next)})"
     return row
 
 

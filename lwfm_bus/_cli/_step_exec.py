@@ -1,17 +1,18 @@
-"""``lwfm-bus step-exec``: the step runner every pipeline job runs (see :mod:`.._pipeline._stepexec`)."""
+"""``lwfm-bus step-exec``: the step runner every pipeline job runs (see :mod:`.._pipeline._stepexec`).
+
+Every pipeline job runs it, so its start-up counts (issue #21): the step runner and the
+client are imported once the arguments are parsed.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
-from .._client import connect
-from .._config import BusConfig
 from .._errors import PipelineError, PipelineIssue
-from .._pipeline._stepexec import run_step
-from .._pipeline._stepspec import StepSpec
+
+if TYPE_CHECKING:
+    from .._config import BusConfig
 
 __all__ = ["register"]
 
@@ -24,6 +25,12 @@ def register(sub: Any) -> None:
 
 
 async def step_exec(args: argparse.Namespace, config: BusConfig) -> int:
+    from pydantic import ValidationError
+
+    from .._client import connect
+    from .._pipeline._stepexec import run_step
+    from .._pipeline._stepspec import StepSpec
+
     argv = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not argv:
         raise PipelineError(issues=[PipelineIssue("step-exec needs a command after --")])

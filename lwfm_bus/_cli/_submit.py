@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from .._client import connect
 from .._config import BusConfig
 from .._jobs import JobDefn, Resources
+from .._retry import RetryPolicy
 from ._print import credential_warnings, final_line
 
 
@@ -33,6 +34,17 @@ def register(sub: Any) -> None:
     )  # fmt: skip
     for flag, field, kind, what in _RESOURCES:
         p.add_argument(flag, dest=field, type=kind, help=f"resource hint: {what}")
+    p.add_argument(
+        "--retry", dest="max_attempts", type=int, metavar="ATTEMPTS",
+        help="run a FAILED job again, up to this many attempts in all (each attempt is its own job)",
+    )  # fmt: skip
+    p.add_argument(
+        "--retry-when", dest="retry_when", metavar="EXPR",
+        help="with --retry: only when this holds, e.g. \"native_state == 'TIMEOUT' or exit_code == 75\" "
+        "(names: state, native_state, exit_code, attempt)",
+    )  # fmt: skip
+    p.add_argument("--retry-backoff", dest="backoff_s", type=float, metavar="SECONDS",
+                   help="with --retry: wait before the second attempt (doubling after; default 1)")  # fmt: skip
     p.add_argument("command", nargs=argparse.REMAINDER, help="the program and its arguments")
     p.set_defaults(func=submit)
 
@@ -60,6 +72,27 @@ def _resources(args: argparse.Namespace) -> Resources:
         raise SystemExit(2) from None
 
 
+def _retry(args: argparse.Namespace) -> RetryPolicy | None:
+    given = {"when": args.retry_when, "backoff_s": args.backoff_s}
+    if args.max_attempts is None:
+        if any(v is not None for v in given.values()):
+            print("lwfm-bus submit: error: --retry-when and --retry-backoff go with --retry ATTEMPTS", file=sys.stderr)
+            raise SystemExit(2)
+        return None
+    try:
+        return RetryPolicy.model_validate(
+            {"max_attempts": args.max_attempts, **{k: v for k, v in given.items() if v is not None}}
+        )
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        flag = {"max_attempts": "--retry", "when": "--retry-when", "backoff_s": "--retry-backoff"}.get(
+            str(error["loc"][0]) if error["loc"] else "", "--retry"
+        )
+        message = str(error["msg"]).removeprefix("Value error, ")
+        print(f"lwfm-bus submit: error: {flag}: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _defn(args: argparse.Namespace) -> JobDefn:
     command = [c for c in args.command if c != "--"] if args.command[:1] == ["--"] else list(args.command)
     if not command:
@@ -70,10 +103,10 @@ def _defn(args: argparse.Namespace) -> JobDefn:
         if not sep:
             raise SystemExit(f"lwfm-bus submit: --env {item!r} is not KEY=VALUE")
         env[key] = value
-    resources = _resources(args)
+    resources, retry = _resources(args), _retry(args)
     if args.shell:
-        return JobDefn(shell=" ".join(command), name=args.name, env=env, cwd=args.cwd, resources=resources)
-    return JobDefn(argv=tuple(command), name=args.name, env=env, cwd=args.cwd, resources=resources)
+        return JobDefn(shell=" ".join(command), name=args.name, env=env, cwd=args.cwd, resources=resources, retry=retry)
+    return JobDefn(argv=tuple(command), name=args.name, env=env, cwd=args.cwd, resources=resources, retry=retry)
 
 
 async def submit(args: argparse.Namespace, config: BusConfig) -> int:

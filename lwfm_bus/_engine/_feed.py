@@ -31,7 +31,7 @@ import nats.js.errors
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from .._bus._bundle import imported_from
-from .._bus._eventbus import STREAM, EventBus
+from .._bus._eventbus import ORDERED_HEARTBEAT_S, STREAM, EventBus
 from .._events import (
     Event,
     EventDecodeError,
@@ -87,6 +87,7 @@ class TriggerFeed:
             self._subject,
             stream=STREAM,
             ordered_consumer=True,
+            idle_heartbeat=ORDERED_HEARTBEAT_S,  # judging waits on the feed: a lost node stalls it seconds, not 20 s
             config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
         )
         try:

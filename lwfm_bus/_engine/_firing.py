@@ -24,20 +24,35 @@ import anyio
 import nats.errors
 from nats.aio.msg import Msg
 
+from .._bus._connect import is_unanswered
 from .._bus._eventbus import EventBus
 from .._errors import LwfmBusError
-from .._events import TriggerExpired, TriggerFailed, TriggerFired, make_event
+from .._events import JobStatus, JobStatusEvent, TriggerExpired, TriggerFailed, TriggerFired, make_event
 from .._identity import SCHEDULE_TICK_ENV, TRIGGER_DATA_ENV
 from .._jobs import JobContext, JobDefn
 from .._sites._dispatch import Dispatcher
+from .._sites._report import Reporter
+from .._sites._submit import cancel_requested, stored_submission
+from .._states import JobState
 from .._triggers import Downstream, JoinTrigger, Trigger, arrival_of, downstream_job_id, firing_key, tick_of
 from ._feed import TriggerFeed
 from ._settings import EngineConfig, EngineStats
 from ._store import EngineStore, FiringRecord, FiringState
 
-__all__ = ["Firing", "settle"]
+__all__ = ["Firing", "NotYet", "settle"]
 
 log = logging.getLogger("lwfm_bus.engine")
+
+# How long a dispatch the server leaves unanswered is tried again before attempts count.
+_UNANSWERED_S = 60.0
+
+
+class NotYet(Exception):
+    """An event to judge again later: a retry whose back-off has not passed (``delay_s`` from now)."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(f"not before {delay_s:.1f}s from now")
+        self.delay_s = delay_s
 
 
 class Firing:
@@ -61,6 +76,10 @@ class Firing:
         # Firings this replica is dispatching now: a redelivery of their event (it outlived
         # the ack wait) must not take over a claim that is not dead, only busy.
         self._dispatching: dict[str, asyncio.Event] = {}
+
+    def speaks_for(self, site: str) -> bool:
+        """Whether this bus starts ``site``'s jobs (and so their retries): see :meth:`Dispatcher.speaks_for`."""
+        return self._dispatcher.speaks_for(site)
 
     @property
     def _site(self) -> str:
@@ -97,7 +116,20 @@ class Firing:
             reason=reason,
             claimed_by=self.config.name,
         )
-        busy = self._dispatching.get(key)
+        claimed = await self._claim(record, redelivered)
+        if claimed is None:
+            return
+        record, revision = claimed
+        done = self._dispatching[key] = asyncio.Event()
+        try:
+            await self._dispatch(trigger, record, revision, msg)
+        finally:
+            del self._dispatching[key]
+            done.set()
+
+    async def _claim(self, record: FiringRecord, redelivered: bool) -> tuple[FiringRecord, int] | None:
+        """Claim ``record``'s firing: the record to carry through and its revision, or None if not ours."""
+        busy = self._dispatching.get(record.firing_key)
         if busy is not None:
             # This replica is dispatching it now (its event outlived the ack wait): let that
             # finish, then judge by the claim as it is then -- never ack past a live dispatch.
@@ -109,14 +141,76 @@ class Firing:
                 # Settled, or another replica holds a live claim: its own message is
                 # redelivered (and finishes the claim) if that replica dies.
                 self.stats.duplicates_skipped += 1
-                return
+                return None
             record = stored
-        done = self._dispatching[key] = asyncio.Event()
+        return record, revision
+
+    async def retry(self, event: JobStatusEvent, redelivered: bool, msg: Msg) -> None:
+        """Start the next attempt of a job whose failed end its retry policy retries: a firing like any other.
+
+        Claimed under the next attempt's id, whose submission the server takes once, so
+        replicas, redeliveries and a crash at any point start it exactly once.  The
+        next attempt runs what the failed one ran, as the server stored it, with the
+        resources the policy grows after that end.  Not before its back-off has passed,
+        counted from when the server stored the failed end: until then the event is
+        handed back (:class:`NotYet`), holding nothing.
+        """
+        d = event.data
+        assert d.retry_next is not None
+        wait_s = _since_stored(msg) - (d.retry_delay_s or 0.0)
+        if wait_s < 0:
+            raise NotYet(-wait_s)
+        record = FiringRecord(
+            firing_key=f"retry:{d.retry_next}", trigger_id=d.logical_id, outcome="fire", job_id=d.retry_next,
+            workflow_id=d.workflow_id, parent_ids=d.parent_ids, cause_event_ids=(event.id,),
+            claimed_by=self.config.name,
+        )  # fmt: skip
+        claimed = await self._claim(record, redelivered)
+        if claimed is None:
+            return
+        record, revision = claimed
+        done = self._dispatching[record.firing_key] = asyncio.Event()
         try:
-            await self._dispatch(trigger, record, revision, msg)
+            outcome = await self._next_attempt(d, msg)
+            self._fault("after-submit")
+            await self._store.settle(record, FiringState.DONE if outcome is None else FiringState.FAILED, revision)
+            self.stats.retried += 1
         finally:
-            del self._dispatching[key]
+            del self._dispatching[record.firing_key]
             done.set()
+
+    async def _next_attempt(self, d: JobStatus, msg: Msg) -> str | None:
+        """Submit the attempt after ``d``'s; why not, if it could not be (it is then reported)."""
+        assert d.retry_next is not None
+        previous = await stored_submission(self._bus, d.site, d.job_id)
+        logical = d.logical_id
+        if previous is None or previous.ctx.retry is None:
+            why = f"the submission of job {d.job_id} is no longer stored, so it cannot be run again"
+            ctx = JobContext(
+                job_id=d.retry_next, site=d.site, workflow_id=d.workflow_id, name=d.name, parent_ids=d.parent_ids,
+                attempt=(d.attempt or 1) + 1, attempt_of=logical,
+            )  # fmt: skip
+            await self._dispatcher.report_unsubmitted(ctx, why)
+            return why
+        before = previous.ctx
+        policy = before.retry
+        assert policy is not None
+        ctx = before.model_copy(
+            update={"job_id": d.retry_next, "native_id": None, "attempt": before.attempt + 1, "attempt_of": logical}
+        )
+        if await cancel_requested(self._bus, d.site, logical) or await cancel_requested(self._bus, d.site, d.job_id):
+            await Reporter(self._bus, source="engine").report(
+                ctx.model_copy(update={"retry": None}), JobState.CANCELLED, native_state="cancelled",
+                native_info=f"cancelled before attempt {ctx.attempt} started",
+            )  # fmt: skip
+            return "cancelled"
+        defn = previous.defn.model_copy(update={"resources": previous.defn.resources.after(policy, d.native_state)})
+        last = await self._submit(ctx, defn, msg, f"job {logical} (attempt {ctx.attempt})")
+        if last is None:
+            log.info("job %s: attempt %d submitted as job %s", logical, ctx.attempt, ctx.job_id)
+            return None
+        await self._dispatcher.report_unsubmitted(ctx, last)
+        return last
 
     async def _dispatch(self, trigger: Trigger, record: FiringRecord, revision: int, msg: Msg) -> None:
         expire = record.outcome == "expire"
@@ -161,33 +255,49 @@ class Firing:
     async def _submit_with_retries(
         self, trigger: Trigger, record: FiringRecord, target: Downstream, msg: Msg
     ) -> str | None:
-        """Submit the job, retrying with backoff; the last error if every attempt failed."""
+        """Submit the firing's job (see :meth:`_submit`); reported FAILED, and the last error, if it could not be."""
+        assert record.job_id is not None
+        job = _with_arrival(trigger, record, target.job)
+        ctx = JobContext(
+            job_id=record.job_id, site=target.site, workflow_id=record.workflow_id, name=job.label(),
+            parent_ids=record.parent_ids,
+        )  # fmt: skip
+        last = await self._submit(ctx, job, msg, f"trigger {trigger.trigger_id}")
+        if last is None:
+            self.stats.dispatch_latency.observe(_since_stored(msg))
+            return None
+        await self._dispatcher.report_unsubmitted(ctx, last)
+        return last
+
+    async def _submit(self, ctx: JobContext, job: JobDefn, msg: Msg, who: str) -> str | None:
+        """Store one job's submission, retrying with backoff; the last error if every attempt failed.
+
+        An attempt the server left unanswered (on a cluster, a leader election: seconds of
+        timeouts and "unavailable") is tried again without counting, for up to a minute:
+        only refusals, or a server away for longer, use up the attempts.
+        """
         delay = self.config.dispatch_backoff_s
         last = "no attempt was made"
-        assert record.job_id is not None
-        for attempt in range(1, self.config.dispatch_attempts + 1):
+        patience = anyio.current_time() + _UNANSWERED_S
+        attempt = 0
+        while attempt < self.config.dispatch_attempts:
             self.stats.dispatch_calls += 1
             try:
-                job = _with_arrival(trigger, record, target.job)
-                ctx = JobContext(
-                    job_id=record.job_id, site=target.site, workflow_id=record.workflow_id, name=job.label(),
-                    parent_ids=record.parent_ids,
-                )  # fmt: skip
                 await self._dispatcher.submit_job(ctx, job)  # one stored submission; the site's agents run it
-                self.stats.dispatch_latency.observe(_since_stored(msg))
                 return None
             except Exception as exc:  # noqa: BLE001 - every failure is retried, then reported
                 last = _in_words(exc)
-                log.warning("trigger %s: dispatch attempt %d failed: %s", trigger.trigger_id, attempt, last)
+                if is_unanswered(exc, self._bus.nats) and anyio.current_time() < patience:
+                    log.info("%s: dispatch unanswered (trying again): %s", who, last)
+                    await settle(msg.in_progress())
+                    await anyio.sleep(min(delay, 1.0))  # back-off while the server elects a leader
+                    continue
+                attempt += 1
+                log.warning("%s: dispatch attempt %d failed: %s", who, attempt, last)
             if attempt < self.config.dispatch_attempts:
                 await settle(msg.in_progress())
                 await anyio.sleep(delay)
                 delay *= 2
-        ctx = JobContext(
-            job_id=record.job_id, site=target.site, workflow_id=record.workflow_id, name=target.job.label(),
-            parent_ids=record.parent_ids,
-        )  # fmt: skip
-        await self._dispatcher.report_unsubmitted(ctx, last)
         return last
 
     async def publish(self, payload: Any, event_id: str) -> None:

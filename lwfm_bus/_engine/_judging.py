@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 import nats.js.errors
 from nats.aio.msg import Msg
 
+from .._bus._bundle import imported_from
 from .._bus._eventbus import STREAM, EventBus
 from .._events import (
     DataEvent,
@@ -37,9 +38,10 @@ from .._events import (
     TriggerTickEvent,
     decode_event,
 )
+from .._retry import MAX_ATTEMPTS
 from .._states import JobState
 from .._subjects import ROOT
-from .._triggers import DataTrigger, JobTrigger, JoinTrigger, ScheduleTrigger
+from .._triggers import DataTrigger, JobTrigger, JoinTrigger, ScheduleTrigger, WorkflowTrigger
 from ._feed import TriggerFeed
 from ._firing import Firing
 from ._matcher import JobWatch, satisfies
@@ -65,8 +67,14 @@ class Judge:
         index = self._feed.index
         fire = self._firing.fire
         if isinstance(event, JobStatusEvent):
-            for watch, mask in list(index.by_job(event.data.job_id)):
-                await self._on_upstream(watch, mask, event, redelivered, msg)
+            status = event.data
+            if status.state.is_terminal and status.retry_next is not None:
+                # Not the logical job's end: its watchers wait for the next attempt, which this
+                # site's engine starts (an imported end was retried at its origin already).
+                if imported_from(msg.headers) is None and self._firing.speaks_for(status.site):
+                    await self._firing.retry(event, redelivered, msg)
+                return
+            await self._on_job(event, redelivered, msg)
         elif isinstance(event, DataEvent):
             d = event.data
             for dw in index.by_data(d.metadata, d.site, d.workflow_id):
@@ -99,10 +107,35 @@ class Judge:
 
     # ------------------------------------------------------------------ job-status triggers and joins
 
+    async def _on_job(self, event: JobStatusEvent, redelivered: bool, msg: Msg) -> None:
+        """Meet the triggers watching this job -- for an attempt, those watching the logical job."""
+        d = event.data
+        index = self._feed.index
+        watched = list(index.by_job(d.job_id))
+        if d.logical_id != d.job_id:
+            watched += index.by_job(d.logical_id)
+        for watch, mask in watched:
+            await self._on_upstream(watch, mask, event, redelivered, msg)
+        if d.state.is_terminal:
+            for watch, mask in index.by_workflow(d.workflow_id):
+                await self._on_workflow_end(watch, mask, event, redelivered, msg)
+
+    async def _on_workflow_end(
+        self, watch: JobWatch, mask: int, event: JobStatusEvent, redelivered: bool, msg: Msg
+    ) -> None:
+        """A job of a watched workflow ended for good: fire if its end is one the trigger waits for."""
+        d = event.data
+        if satisfies(mask, d.state):
+            await self._firing.fire(
+                watch.trigger_id, watch.reg_seq, parents=(d.logical_id,), causes=(event.id,),
+                workflow_id=d.workflow_id, redelivered=redelivered, msg=msg,
+            )  # fmt: skip
+
     async def _on_upstream(
         self, watch: JobWatch, mask: int, event: JobStatusEvent, redelivered: bool, msg: Msg
     ) -> None:
         d = event.data
+        job_id = d.logical_id  # an attempt stands for its logical job
         fire = self._firing.fire
         ok = satisfies(mask, d.state)
         if not ok and not d.state.is_terminal:
@@ -110,17 +143,17 @@ class Judge:
         if not watch.multi:
             if ok:
                 await fire(
-                    watch.trigger_id, watch.reg_seq, parents=(d.job_id,), causes=(event.id,),
+                    watch.trigger_id, watch.reg_seq, parents=(job_id,), causes=(event.id,),
                     workflow_id=d.workflow_id, redelivered=redelivered, msg=msg,
                 )  # fmt: skip
             else:
                 await fire(
-                    watch.trigger_id, watch.reg_seq, outcome="expire", parents=(d.job_id,), causes=(event.id,),
+                    watch.trigger_id, watch.reg_seq, outcome="expire", parents=(job_id,), causes=(event.id,),
                     workflow_id=d.workflow_id, redelivered=redelivered, msg=msg,
-                    reason=f"upstream job {d.job_id} ended {d.state.value}; the trigger can no longer fire",
+                    reason=f"upstream job {job_id} ended {d.state.value}; the trigger can no longer fire",
                 )  # fmt: skip
             return
-        progress = await self._record_progress(watch, d.job_id, ok, d.workflow_id, event.id)
+        progress = await self._record_progress(watch, job_id, ok, d.workflow_id, event.id)
         if len(progress.satisfied) >= watch.required:
             await fire(
                 watch.trigger_id, watch.reg_seq, parents=tuple(progress.satisfied),
@@ -133,7 +166,7 @@ class Judge:
                 causes=(event.id,), workflow_id=progress.parents_workflow, redelivered=redelivered, msg=msg,
                 reason=(
                     f"{len(progress.ruled_out)} of {watch.total} upstream jobs ended otherwise "
-                    f"(last: {d.job_id} {d.state.value}); {watch.required} can no longer be satisfied"
+                    f"(last: {job_id} {d.state.value}); {watch.required} can no longer be satisfied"
                 ),
             )  # fmt: skip
 
@@ -195,15 +228,33 @@ class Judge:
             return  # cancelled (or finished) before we got here
         if isinstance(trigger, ScheduleTrigger):
             return  # its ticks come from the timer (see ._schedules), never from the past
+        if isinstance(trigger, WorkflowTrigger):
+            return  # a workflow's ends count from the registration on (a resumed run's own failures)
         if isinstance(trigger, JobTrigger | JoinTrigger):
             watch = index.job_watch(trigger.trigger_id)
             assert watch is not None
             for up in trigger.all_upstreams():
-                for earlier in await self._states_before(up.job_id, reg_seq):
+                for earlier in await self._attempts_before(up.job_id, reg_seq):
                     mask = next((m for w, m in index.by_job(up.job_id) if w is watch), 0)
                     await self._on_upstream(watch, mask, earlier, redelivered, msg)
         elif trigger.existing == "include":
             await self._data_before(trigger, reg_seq, redelivered, msg)
+
+    async def _attempts_before(self, job_id: str, before: int) -> list[JobStatusEvent]:
+        """:meth:`_states_before` of the logical job ``job_id``: of each attempt, but no retried end."""
+        found: list[JobStatusEvent] = []
+        current: str | None = job_id
+        for _ in range(MAX_ATTEMPTS):
+            if current is None:
+                break
+            states = await self._states_before(current, before)
+            current = None
+            for event in states:
+                if event.data.state.is_terminal and event.data.retry_next is not None:
+                    current = event.data.retry_next
+                else:
+                    found.append(event)
+        return found
 
     async def _states_before(self, job_id: str, before: int) -> list[JobStatusEvent]:
         """The first event of each state the job reached before stream sequence ``before``."""

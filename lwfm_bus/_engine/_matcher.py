@@ -27,7 +27,18 @@ from typing import Any
 
 from .._meta import Metadata, MetaScalar
 from .._states import JobState
-from .._triggers import DataTrigger, Eq, Glob, JobTrigger, JoinTrigger, Predicate, Schedule, ScheduleTrigger, Trigger
+from .._triggers import (
+    DataTrigger,
+    Eq,
+    Glob,
+    JobTrigger,
+    JoinTrigger,
+    Predicate,
+    Schedule,
+    ScheduleTrigger,
+    Trigger,
+    WorkflowTrigger,
+)
 
 __all__ = ["DataWatch", "JobWatch", "ScheduleWatch", "TriggerIndex", "satisfies", "state_mask"]
 
@@ -126,12 +137,19 @@ class TriggerIndex:
         self._job_watches: dict[str, tuple[JobWatch, tuple[str, ...]]] = {}
         self._data_watches: dict[str, DataWatch] = {}
         self._schedules: dict[str, ScheduleWatch] = {}
+        self._by_workflow: dict[str, list[tuple[JobWatch, int]]] = {}
+        self._workflow_watches: dict[str, tuple[JobWatch, str]] = {}
 
     def __len__(self) -> int:
-        return len(self._job_watches) + len(self._data_watches) + len(self._schedules)
+        return len(self._job_watches) + len(self._data_watches) + len(self._schedules) + len(self._workflow_watches)
 
     def __contains__(self, trigger_id: str) -> bool:
-        return trigger_id in self._job_watches or trigger_id in self._data_watches or trigger_id in self._schedules
+        return (
+            trigger_id in self._job_watches
+            or trigger_id in self._data_watches
+            or trigger_id in self._schedules
+            or trigger_id in self._workflow_watches
+        )
 
     def reg_seq(self, trigger_id: str) -> int | None:
         if trigger_id in self._job_watches:
@@ -140,6 +158,8 @@ class TriggerIndex:
             return self._data_watches[trigger_id].reg_seq
         if trigger_id in self._schedules:
             return self._schedules[trigger_id].reg_seq
+        if trigger_id in self._workflow_watches:
+            return self._workflow_watches[trigger_id][0].reg_seq
         return None
 
     def schedule(self, trigger_id: str) -> ScheduleWatch | None:
@@ -165,6 +185,12 @@ class TriggerIndex:
             if registered_at is None:
                 raise ValueError("a schedule is indexed with its registration time")
             self._schedules[trigger.trigger_id] = ScheduleWatch(trigger, reg_seq, registered_at)
+            return
+        if isinstance(trigger, WorkflowTrigger):
+            watch = JobWatch(trigger.trigger_id, reg_seq, 1, 1)
+            entry = (watch, state_mask(trigger.states))
+            self._by_workflow.setdefault(trigger.watched_workflow, []).append(entry)
+            self._workflow_watches[trigger.trigger_id] = (watch, trigger.watched_workflow)
             return
         if isinstance(trigger, JobTrigger | JoinTrigger):
             ups = trigger.all_upstreams()
@@ -195,6 +221,13 @@ class TriggerIndex:
             return
         if self._schedules.pop(trigger_id, None) is not None:
             return
+        if trigger_id in self._workflow_watches:
+            watch, workflow_id = self._workflow_watches.pop(trigger_id)
+            entries = self._by_workflow.get(workflow_id, [])
+            entries[:] = [e for e in entries if e[0] is not watch]
+            if not entries:
+                self._by_workflow.pop(workflow_id, None)
+            return
         dw = self._data_watches.pop(trigger_id, None)
         if dw is None:
             return
@@ -216,6 +249,10 @@ class TriggerIndex:
     def by_job(self, job_id: str) -> list[tuple[JobWatch, int]]:
         """Triggers waiting on ``job_id``, each with the mask of states that satisfy it."""
         return self._by_job.get(job_id, [])
+
+    def by_workflow(self, workflow_id: str | None) -> list[tuple[JobWatch, int]]:
+        """Workflow triggers watching ``workflow_id``'s jobs, each with the mask of end states that fire it."""
+        return self._by_workflow.get(workflow_id, []) if workflow_id is not None else []
 
     def by_data(self, metadata: Metadata, site: str, workflow_id: str | None) -> list[DataWatch]:
         """Data-flow triggers whose whole signature matches this arrival."""

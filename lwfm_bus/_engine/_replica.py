@@ -47,14 +47,14 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from .._bus._bundle import imported_from
-from .._bus._connect import is_connection_trouble
+from .._bus._connect import is_unanswered
 from .._bus._eventbus import STREAM, EventBus, deliveries
 from .._events import EventDecodeError, decode_event
 from .._sites._dispatch import Dispatcher
 from .._subjects import ROOT
 from ._deadlines import Deadlines
 from ._feed import TriggerFeed
-from ._firing import Firing, settle
+from ._firing import Firing, NotYet, settle
 from ._judging import Judge
 from ._matcher import TriggerIndex
 from ._schedules import Schedules
@@ -114,7 +114,7 @@ class Engine:
         self._trigger_site = bus.config.site if bus.federation is not None else "*"
         self.config = config or EngineConfig()
         self.stats = EngineStats()
-        self._store = EngineStore(bus.jetstream)
+        self._store = EngineStore(bus.jetstream, replicas=bus.replicas)
         self._feed = TriggerFeed(
             bus, f"{ROOT}.{self._trigger_site}.trigger.>", self.config.definition_cache, self.stats
         )
@@ -236,9 +236,12 @@ class Engine:
         try:
             await self._feed.barrier(seq)
             await self._judge.judge(event, seq, redelivered, msg)
+        except NotYet as later:  # a retry's back-off: the server hands the event back then
+            await settle(msg.nak(delay=later.delay_s))
+            return
         except Exception as exc:
             self.stats.errors += 1
-            if is_connection_trouble(exc, self._bus.nats):  # said once by the connection; the stream redelivers
+            if is_unanswered(exc, self._bus.nats):  # the server away or electing a leader; the stream redelivers
                 log.info("engine: event %s (seq %d) will be retried: %r", event.id, seq, exc)
             else:
                 log.warning("engine: event %s (seq %d) will be retried: %r", event.id, seq, exc, exc_info=True)

@@ -68,6 +68,8 @@ class EngineStats:
     fired: int = 0
     expired: int = 0
     failed: int = 0
+    retried: int = 0
+    """Next attempts of failed jobs submitted (or reported unsubmittable) by this replica."""
     duplicates_skipped: int = 0
     dead_lettered: int = 0
     dispatch_calls: int = 0

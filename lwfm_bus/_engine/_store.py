@@ -26,6 +26,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from .._bus._replicas import open_bucket
 from .._ids import derived_id
 from .._subjects import Token
 
@@ -92,18 +93,8 @@ class EngineStore:
         self.joins = await self._bucket(JOINS_BUCKET, "lwfm-bus join progress")
 
     async def _bucket(self, name: str, description: str) -> KeyValue:
-        try:
-            return await self._js.key_value(name)
-        except nats.js.errors.BucketNotFoundError:
-            pass
-        try:
-            return await self._js.create_key_value(
-                KeyValueConfig(
-                    bucket=name, description=description, history=1, storage=StorageType.FILE, replicas=self._replicas
-                )
-            )
-        except nats.js.errors.BadRequestError:
-            return await self._js.key_value(name)  # another replica created it first
+        config = KeyValueConfig(bucket=name, description=description, history=1, storage=StorageType.FILE)
+        return await open_bucket(self._js, config, self._replicas)  # created by whichever replica comes first
 
     # ------------------------------------------------------------------ firings
 

@@ -87,7 +87,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     parent_ids TEXT NOT NULL DEFAULT '[]',
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
-    seq INTEGER NOT NULL
+    seq INTEGER NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    attempt_of TEXT,
+    retry_next TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_workflow ON jobs (workflow_id, created_at);
 CREATE INDEX IF NOT EXISTS jobs_by_site_state ON jobs (site, state);
@@ -125,7 +128,7 @@ CREATE TABLE IF NOT EXISTS events_seen (id TEXT PRIMARY KEY) WITHOUT ROWID;
 """
 
 # Bumped when the tables change: an older file is dropped and rebuilt from the stream.
-_SCHEMA_VERSION = 4
+_SCHEMA_VERSION = 5
 _TABLES = ("meta", "jobs", "job_history", "workflows", "triggers", "events_seen", *DATA_TABLES, *WS_TABLES)
 
 _TRIGGER_EVENTS = (
@@ -155,6 +158,16 @@ class JobRecord:
     parent_ids: tuple[str, ...]
     created_at: datetime
     updated_at: datetime
+    attempt: int = 1
+    """Which attempt of its logical job this job is (see ``attempt_of``)."""
+    attempt_of: str | None = None
+    """A retry: the logical job's id (its first attempt's)."""
+    retry_next: str | None = None
+    """A FAILED end its retry policy runs again: the next attempt's id (this end is not the logical job's)."""
+
+    @property
+    def logical_id(self) -> str:
+        return self.attempt_of or self.job_id
 
 
 @dataclass(frozen=True)
@@ -430,11 +443,12 @@ class JobIndex:
         if row is None:
             await self.db.execute(
                 "INSERT INTO jobs (job_id, site, workflow_id, name, state, native_id, native_state, native_info, "
-                "info, exit_code, parent_ids, created_at, updated_at, seq) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "info, exit_code, parent_ids, created_at, updated_at, seq, attempt, attempt_of, retry_next) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     d.job_id, d.site, d.workflow_id, d.name, d.state.value, d.native_id, d.native_state,
                     d.native_info, d.info, d.exit_code, json.dumps(list(d.parent_ids)), t, t, seq,
+                    d.attempt or 1, d.attempt_of, d.retry_next,
                 ),
             )  # fmt: skip
             return
@@ -443,11 +457,12 @@ class JobIndex:
         await self.db.execute(
             "UPDATE jobs SET state = ?, native_id = COALESCE(?, native_id), native_state = ?, "
             "native_info = ?, info = COALESCE(?, info), exit_code = COALESCE(?, exit_code), "
-            "workflow_id = COALESCE(workflow_id, ?), name = COALESCE(name, ?), updated_at = ?, seq = ? "
+            "workflow_id = COALESCE(workflow_id, ?), name = COALESCE(name, ?), updated_at = ?, seq = ?, "
+            "attempt = COALESCE(?, attempt), attempt_of = COALESCE(attempt_of, ?), retry_next = ? "
             "WHERE job_id = ?",
             (
                 d.state.value, d.native_id, d.native_state, d.native_info, d.info, d.exit_code,
-                d.workflow_id, d.name, t, seq, d.job_id,
+                d.workflow_id, d.name, t, seq, d.attempt, d.attempt_of, d.retry_next, d.job_id,
             ),
         )  # fmt: skip
 
@@ -627,6 +642,9 @@ def _job(row: Sequence[object] | aiosqlite.Row) -> JobRecord:
         parent_ids=tuple(json.loads(r["parent_ids"])),  # type: ignore[call-overload]
         created_at=datetime.fromisoformat(r["created_at"]),  # type: ignore[call-overload]
         updated_at=datetime.fromisoformat(r["updated_at"]),  # type: ignore[call-overload]
+        attempt=r["attempt"],  # type: ignore[call-overload]
+        attempt_of=r["attempt_of"],  # type: ignore[call-overload]
+        retry_next=r["retry_next"],  # type: ignore[call-overload]
     )
 
 

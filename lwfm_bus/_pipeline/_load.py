@@ -25,8 +25,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from .._errors import PipelineError, PipelineIssue
+from .._expr import ExprError
 from ._check import hint, ref_issues
-from ._expr import ExprError
 from ._model import Pipeline
 from ._template import TemplateError
 from ._types import NAME_PATTERN
@@ -121,6 +121,8 @@ class _Loader:
                 ("schedule",),
                 "a nested pipeline runs when its parent's step does: only the file run has a schedule",
             )
+        if stack and pipeline.notify is not None:
+            self._at(doc, ("notify",), "a nested pipeline is part of its parent's run: only the file run notifies")
         self._check_sites(doc, pipeline)
         inner = (*workspaces, pipeline.workspace) if pipeline.workspace else workspaces
         outputs: dict[str, frozenset[str]] = {}

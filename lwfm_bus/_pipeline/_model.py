@@ -40,6 +40,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from .._errors import PipelineError, PipelineIssue
 from .._jobs import Resources
 from .._meta import MetaKey
+from .._notify import Notify
+from .._retry import RetryPolicy
 from .._subjects import Token
 from .._triggers import Schedule
 from ._sources import MAX_RUNS, UNTIL_NAMES, OnData, Scalar, Source, Until, UntilExpr
@@ -112,6 +114,11 @@ class Step(_Model):
         default=(),
         description="Python requirements (PEP 508) added to the pipeline's for this step; several entries on one "
         "package narrow it together.",
+    )
+    retry: RetryPolicy | None = Field(
+        default=None,
+        description="Run a failed run again (default: the pipeline's retry), e.g. {max_attempts: 3, when: "
+        "\"native_state in ('NODE_FAIL', 'PREEMPTED')\", grow: {OUT_OF_MEMORY: {memory_mb: 2}}}.",
     )
     inputs: dict[Name, Template] = Field(
         default_factory=dict, max_length=64, description="Named inputs of one run, used as {inputs.NAME}."
@@ -249,6 +256,14 @@ class Pipeline(_Model):
     requirements: Requirements = Field(
         default=(), description="Python requirements (PEP 508) of every step; a step's own are added to these."
     )
+    retry: RetryPolicy | None = Field(
+        default=None, description="Every step's retry policy, unless the step has its own (see a step's retry)."
+    )
+    notify: Notify | None = Field(
+        default=None,
+        description="POST the run's end as JSON to a webhook, once: {url: https://... or secret:NAME, on: failure "
+        "| success | end}. Read from the file run only (a nested pipeline's is refused).",
+    )
     inputs: dict[Name, InputDecl] = Field(
         default_factory=dict,
         max_length=64,
@@ -316,6 +331,10 @@ class Pipeline(_Model):
     def site_for(self, step: str) -> str:
         """The site a step runs on."""
         return self.steps[step].site or self.site
+
+    def retry_for(self, step: str) -> RetryPolicy | None:
+        """A step's retry policy: its own, else the pipeline's."""
+        return self.steps[step].retry or self.retry
 
     def requirements_for(self, step: str) -> tuple[str, ...]:
         """The pipeline's requirements followed by the step's own (an environment builder merges them)."""

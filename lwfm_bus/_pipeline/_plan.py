@@ -311,7 +311,8 @@ class _Compiler:
                 *argv,
             ]
             run_name = job_name(self.plan.name, path, label or None, k if step.repeat != "once" else None)
-            defn = JobDefn(argv=tuple(wrapped), name=run_name, env=env, cwd=cwd, resources=step.resources)
+            defn = JobDefn(argv=tuple(wrapped), name=run_name, env=env, cwd=cwd, resources=step.resources,
+                           retry=pipeline.retry_for(name))  # fmt: skip
             job_id = self._id("job", path, label, k)
             if step.fan_out == "on_data":
                 assert step.on_data is not None

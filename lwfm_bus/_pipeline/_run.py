@@ -17,7 +17,7 @@ import contextlib
 import functools
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,12 +26,15 @@ import anyio
 from .._client import Bus
 from .._errors import LwfmBusError, PipelineError, PipelineIssue, WorkspaceError
 from .._events import (
+    JobStatus,
     JobStatusEvent,
     TriggerCancelledEvent,
     TriggerExpiredEvent,
     TriggerFailedEvent,
     TriggerFiredEvent,
 )
+from .._index._projection import JobRecord
+from .._notify import notify_triggers
 from .._query import DataQuery, DataRecord
 from .._states import JobState
 from .._subjects import workflow_filter
@@ -109,6 +112,7 @@ class _Follower:
         self.jobs = {j.job_id: j for j in plan.jobs}
         self.triggers = {_trigger_id(j): j for j in plan.jobs if not isinstance(j.start, Root)}
         self.state: dict[str, JobState] = {}
+        self.attempts: dict[str, int] = {}  # the latest attempt heard of, by planned job
         self.finals = {j for ids in plan.finals.values() for j in ids}
         self.loop_of = {job_id: loop for loop in plan.loops for job_id in loop}
         self.held: dict[str, list[Callable[[], list[str]]]] = {}  # a loop job's lines, waiting for earlier ones
@@ -145,36 +149,48 @@ class _Follower:
         for loop in self.plan.loops:
             self._release(loop, everything=True)
 
-    def _progress(self, job: PlannedJob, state: JobState, exit_code: int | None, tail: list[str]) -> list[str]:
-        extra = f" (exit {exit_code})" if state is JobState.FAILED and exit_code is not None else ""
+    def _progress(self, job: PlannedJob, d: JobStatus, tail: list[str]) -> list[str]:
+        state = d.state
+        extra = f" (exit {d.exit_code})" if state is JobState.FAILED and d.exit_code is not None else ""
+        if (d.attempt or 1) > 1:
+            extra += f" (attempt {d.attempt})"
         finals = self.plan.finals.get(job.step, [])
-        if state.is_terminal and finals:  # the step's progress: its finished runs (already shown) out of all
+        if d.retry_next is not None:  # not the step's end: it runs again
+            extra += f"   retrying in {d.retry_delay_s or 0:.0f}s as job {d.retry_next}"
+        elif state.is_terminal and finals:  # the step's progress: its finished runs (already shown) out of all
             done = sum(self.state.get(j) is JobState.COMPLETE and j not in self.held for j in finals)
             extra += f"   [{job.step}: {done}/{len(finals)}]"
         if state.is_terminal and state is not JobState.COMPLETE:
-            extra += f"   job {job.job_id}"  # for 'lwfm-bus logs JOB --stderr'
+            extra += f"   job {d.job_id}"  # for 'lwfm-bus logs JOB --stderr'
         return [f"{job.name:<40} {state.value}{extra}", *tail]
 
     async def on_job(self, event: JobStatusEvent) -> None:
         d = event.data
-        job = self.jobs.get(d.job_id)
+        key = d.logical_id  # an attempt stands for its planned job
+        job = self.jobs.get(key)
         if job is None:
             return
         if d.state is JobState.INFO:
             if d.info == UP_TO_DATE:
-                self.up_to_date.add(d.job_id)
-                self._show(d.job_id, lambda: [f"{job.name:<40} up to date (not run again)"])
+                self.up_to_date.add(key)
+                self._show(key, lambda: [f"{job.name:<40} up to date (not run again)"])
             return
-        before = self.state.get(d.job_id)
+        attempt, known = d.attempt or 1, self.attempts.get(key, 1)
+        if attempt < known:
+            return  # an earlier attempt's late news
+        if attempt > known:
+            self.attempts[key] = attempt
+            self.state.pop(key, None)  # a new attempt starts its states over
+        before = self.state.get(key)
         if before is not None and not d.state.at_or_after(before):
             return  # the state order, not arrival order, says what a job is in
-        self.state[d.job_id] = d.state
+        self.state[key] = JobState.PENDING if d.retry_next is not None else d.state
         if d.state is JobState.RUNNING or d.state.is_terminal:
             tail: list[str] = []
             if d.state is JobState.FAILED and self.stderr_tail is not None:
                 tail = await self.stderr_tail(d.job_id)
-            self._show(d.job_id, functools.partial(self._progress, job, d.state, d.exit_code, tail))
-        if d.state.is_terminal and d.state is not JobState.COMPLETE:
+            self._show(key, functools.partial(self._progress, job, d, tail))
+        if d.is_final and d.state is not JobState.COMPLETE:
             self.failures.append(f"{job.name}: {d.state.value}" + (f" ({d.info})" if d.info else ""))
 
     def on_trigger_failed(self, trigger_id: str, reason: str) -> None:
@@ -398,7 +414,7 @@ async def run_pipeline(
 
     plan = await compile_plan(pipeline, wf.workflow_id, finder, python=python, home=bus.config.home, local=here)
     if resume is not None:  # what failed or was cancelled runs again, as its next attempt
-        jobs = {r.job_id: r.state for r in await bus.jobs(workflow=wf.workflow_id, limit=None)}
+        jobs = _logical_states(await bus.jobs(workflow=wf.workflow_id, limit=None))
         triggers = {r.trigger_id: r.state for r in await bus.triggers(workflow=wf.workflow_id)}
         plan = run_again(plan, jobs, triggers, _trigger_of)
     follower = _Follower(plan, echo, functools.partial(_stderr_tail, bus))
@@ -410,6 +426,10 @@ async def run_pipeline(
         for job in plan.jobs:
             if not isinstance(job.start, Root):
                 await bus.add_trigger(_trigger_for(job, wf.workflow_id))
+        if pipeline.notify is not None:  # before any job starts: its first failure is heard
+            finals = [j for ids in plan.finals.values() for j in ids]
+            for trigger in notify_triggers(pipeline.notify, wf.workflow_id, pipeline.name, finals, sys.executable):
+                await bus.add_trigger(trigger)
         for job in roots:
             await bus.submit(job.defn, site=job.site, workflow=wf.workflow_id, job_id=job.job_id)
         failed_at: float | None = None
@@ -438,6 +458,20 @@ async def run_pipeline(
                 echo(f"{job.name} keeps running once per matching data: trigger {_trigger_id(job)} "
                      f"(stop it with: lwfm-bus trigger rm {_trigger_id(job)})")  # fmt: skip
     return follower.report(ok)
+
+
+def _logical_states(records: Iterable[JobRecord]) -> dict[str, JobState]:
+    """Each job's state as a resume sees it: a job retried by its policy is in its latest attempt's state.
+
+    An end that is being retried is no end (the next attempt is on its way): such a job
+    is neither spent nor run again by the resume.
+    """
+    latest: dict[str, tuple[int, JobState]] = {}
+    for r in records:
+        state = JobState.PENDING if r.retry_next is not None else r.state
+        if r.logical_id not in latest or r.attempt >= latest[r.logical_id][0]:
+            latest[r.logical_id] = (r.attempt, state)
+    return {job_id: state for job_id, (_, state) in latest.items()}
 
 
 async def _withdraw(bus: Bus, follower: _Follower, reason: str, keep: set[str] | None = None) -> set[str]:

@@ -20,11 +20,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, PlainValidator, StrictInt, Tag, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from .._expr import Expr
 from .._meta import MAX_STRING, MetaKey
 from .._query import DataQuery
 from .._subjects import Token
 from .._triggers import MAX_SIGNATURE_KEYS, Predicate
-from ._expr import Expr
 from ._template import Template
 
 __all__ = [

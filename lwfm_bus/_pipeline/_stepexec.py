@@ -38,10 +38,10 @@ from typing import Any
 from .._client import Bus
 from .._errors import PipelineError
 from .._events import make_event
+from .._expr import compile_expr
 from .._identity import TRIGGER_DATA_ENV, calling_job, file_checksum
 from .._jobside import status_event
 from .._states import JobState
-from ._expr import compile_expr
 from ._stepspec import StepSpec
 
 __all__ = ["run_step"]

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._errors import PipelineError, PipelineIssue
-from ._parsed import ParsedText
+from .._parsed import ParsedText
 
 __all__ = ["MAX_RENDERED", "MAX_TEMPLATE", "Template", "TemplateError"]
 

@@ -29,10 +29,10 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import nats.errors
@@ -42,7 +42,9 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
 from pydantic import ValidationError
 
+from .._bus._connect import is_unanswered
 from .._bus._eventbus import STREAM, SUBMIT_STREAM, EventBus, deliveries
+from .._bus._replicas import open_bucket
 from .._errors import ConfigError, LwfmBusError
 from .._events import SiteStatus
 from .._jobs import JobContext, JobDefn
@@ -65,6 +67,7 @@ _UNLIMITED = 10_000
 # Who first launched each job: where (host and state directory) -- see SiteAgent._claim_launch.
 LAUNCH_BUCKET = "lwfm_launches"
 _CLAIM_TTL_S = 30 * 24 * 3600.0
+_T = TypeVar("_T")
 
 
 def consumer_name(site: str) -> str:
@@ -191,6 +194,7 @@ class SiteAgent:
             job_env=self._job_env,
             role="agent",
             on_health=self.health.set,
+            withheld_env=frozenset(self._secrets.env_names.values()) if self._secrets is not None else frozenset(),
         )
         delay = min(1.0, self.config.open_retry_max_s)
         said: str | None = None  # the failure last reported at WARNING
@@ -405,7 +409,7 @@ class SiteAgent:
             # The common case, a job nobody has seen: it cannot have ended, and whether it
             # was cancelled while queued and the claim of its launch are asked at once.
             cancelled, here = await asyncio.gather(
-                cancel_requested(self._bus, self.site, ctx.job_id), self._claim_launch(ctx)
+                self._asked(lambda: cancel_requested(self._bus, self.site, ctx.job_id)), self._claim_launch(ctx)
             )
             if not here:
                 return  # launched elsewhere (see _start): its end comes from the bus
@@ -435,7 +439,7 @@ class SiteAgent:
         """Start the job; then stop it if a cancel came while it started (a cancel heard just
         before its launch found nothing to stop)."""
         await self._start(held, claimed=claimed)
-        if await cancel_requested(self._bus, self.site, held.submission.ctx.job_id):
+        if await self._asked(lambda: cancel_requested(self._bus, self.site, held.submission.ctx.job_id)):
             await self._cancel_held(held)
 
     async def _keep_held(self, held: _Held) -> None:
@@ -511,8 +515,10 @@ class SiteAgent:
 
     async def _launch_claims(self) -> Any:
         if self._claims is None:
-            self._claims = await self._bus.jetstream.create_key_value(
-                KeyValueConfig(bucket=LAUNCH_BUCKET, history=1, storage=StorageType.FILE, ttl=_CLAIM_TTL_S)
+            self._claims = await open_bucket(
+                self._bus.jetstream,
+                KeyValueConfig(bucket=LAUNCH_BUCKET, history=1, storage=StorageType.FILE, ttl=_CLAIM_TTL_S),
+                self._bus.replicas,
             )
         return self._claims
 
@@ -523,14 +529,39 @@ class SiteAgent:
         agent elsewhere (another home, another machine) must never start a job that was
         launched somewhere it cannot see.  True: launch it here.
         """
-        kv = await self._launch_claims()
+        kv = await self._asked(self._launch_claims)
         key = _claim_key(ctx)
-        try:
-            await kv.create(key, self._place.encode())
-            return True
-        except nats.js.errors.KeyWrongLastSequenceError:
-            entry = await kv.get(key)
-            return bytes(entry.value or b"").decode() == self._place
+
+        async def claim() -> bool:
+            try:
+                await kv.create(key, self._place.encode())
+                return True
+            except nats.js.errors.KeyWrongLastSequenceError:
+                entry = await kv.get(key)
+                return bytes(entry.value or b"").decode() == self._place
+
+        # Asked until answered: a claim stored whose answer was lost (a leader election) is
+        # found again as this agent's own, rather than left for another agent to wait on.
+        return await self._asked(claim)
+
+    async def _asked(self, question: Callable[[], Awaitable[_T]]) -> _T:
+        """A question to the server, asked again while it goes unanswered (an election, a reconnect).
+
+        Before a job is launched, a failure would hand its submission back with this
+        agent's launch claim possibly stored: another agent (another place) that took the
+        submission then would wait for the end of a job nobody started.  So the questions
+        around a launch end only with an answer or a refusal (the lease is renewed meanwhile).
+        """
+        delay = 0.05
+        while True:
+            try:
+                return await question()
+            except Exception as exc:
+                if not is_unanswered(exc, self._bus.nats):
+                    raise
+                log.info("agent %s: the server did not answer (%r); asking again", self.config.name, exc)
+                await anyio.sleep(delay)  # back-off between questions, not synchronisation
+                delay = min(2.0, delay * 2)
 
     async def _launched_elsewhere(self, ctx: JobContext) -> bool:
         kv = await self._launch_claims()
@@ -618,7 +649,7 @@ class SiteAgent:
         if self._spec.adapter != "local" or store is None:
             return resolve_defn(defn, values), values
         env_refs = {var: ref for var, value in defn.env.items() if (ref := secret_name(value)) is not None}
-        spec = json.dumps({"store": str(store.path), "site": self.site, "env": env_refs})
+        spec = json.dumps({"store": str(store.path), "site": self.site, "env": env_refs, "vars": store.env_names})
         runner = str(Path(__file__).with_name("_secretrun.py"))
         wrapped = defn.model_copy(update={"argv": (sys.executable, runner, spec, "--", *defn.command()), "shell": None})
         return wrapped, values
@@ -674,7 +705,7 @@ async def serve_agents(
                 state_dir=home / "sites" / spec.name,
                 job_env=job_env,
                 config=config,
-                secrets=SecretStore(home, spec.name),
+                secrets=SecretStore(home, spec.name, spec.secret_env),
             )
         )
     async with anyio.create_task_group() as tg:

@@ -90,6 +90,8 @@ class Dispatcher:
                 "and no agent serves it"
             )
         defn = await self._resolve(defn, ctx.site)  # before anything: a bad reference starts nothing
+        if defn.retry is not None and ctx.retry is None:
+            ctx = ctx.model_copy(update={"retry": defn.retry})  # whoever reports its end decides alike
         submission = Submission(ctx=ctx, defn=defn, submitted_by=self._bus.config.site)
         if not await store_submission(self._bus, submission):
             log.info("job %s was already submitted; not submitting it again", ctx.job_id)
@@ -145,6 +147,7 @@ class Dispatcher:
         if not self.speaks_for(ctx.site):
             reason = f"to site {ctx.site!r}: {reason}"
             ctx = ctx.model_copy(update={"site": self._bus.config.site})
+        ctx = ctx.model_copy(update={"retry": None})  # it never ran: nothing to run again
         reporter = Reporter(self._bus, source="engine", deadline_s=3 * self._bus.config.request_timeout_s)
         try:
             await reporter.report(ctx, JobState.FAILED, native_info=f"dispatch failed: {reason}"[:4000])

@@ -253,11 +253,13 @@ class LocalSite:
             (self._active / job_id).unlink()
 
     def _env(self, ctx: JobContext, defn: JobDefn, jobdir: Path) -> dict[str, str]:
-        # The agent's own environment, but its LWFM_SECRET_* values: a job gets a secret only
+        # The agent's own environment, but its LWFM_SECRET_* values (and the variables the site's
+        # secret_env names): a job gets a secret only
         # by naming it, through the secret runner (which reads them and hides them again from
         # the command it starts) -- never every secret of the agent, by inheritance.
         runner = defn.argv is not None and len(defn.argv) > 1 and defn.argv[1].endswith(_SECRET_RUNNER)
-        env = {k: v for k, v in os.environ.items() if runner or not k.startswith(_SECRET_ENV)}
+        withheld = self._rt.withheld_env
+        env = {k: v for k, v in os.environ.items() if runner or not (k.startswith(_SECRET_ENV) or k in withheld)}
         env.update(self._rt.job_env)
         env.update(defn.env)
         env.update(identity_env(ctx))

@@ -64,6 +64,9 @@ class SiteRuntime:
     job_env: Mapping[str, str] = field(default_factory=dict)
     role: SiteRole = "agent"
     on_health: Callable[[SiteStatus, str | None], None] | None = None
+    withheld_env: frozenset[str] = frozenset()
+    """Variables of this process a job must not inherit: the ones the site's ``secret_env`` names
+    (a job gets a secret only by naming it).  ``LWFM_SECRET_*`` are withheld too."""
 
     def report_health(self, status: SiteStatus, reason: str | None = None) -> None:
         """Say how the site is: DEGRADED with why (its scheduler does not answer, its output

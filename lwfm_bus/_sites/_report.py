@@ -130,6 +130,7 @@ class Reporter:
             exit_code=exit_code,
             info=info,
             parent_ids=ctx.parent_ids,
+            **ctx.attempt_marks(state, native_state, exit_code),
         )
         envelope: dict[str, Any] = {}
         fixed = lifecycle_id(ctx.job_id, state, variant)

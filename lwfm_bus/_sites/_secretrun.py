@@ -6,9 +6,10 @@ agent hands it the job as written, wrapped in this script::
 
     python .../_secretrun.py SPEC -- COMMAND...
 
-``SPEC`` is JSON: the site's store directory, the site's name, and which env variables
-hold which reference (never a value).  The script reads each value from the store (or
-``LWFM_SECRET_<NAME>`` in its environment, the agent's), replaces the references in
+``SPEC`` is JSON: the site's store directory, the site's name, which env variables
+hold which reference, and the site config's ``secret_env`` (names only, never a value).
+The script reads each value from the store (or the variable ``secret_env`` names, or
+``LWFM_SECRET_<NAME>``, in its environment, the agent's), replaces the references in
 the command and its environment, runs it, and copies its stdout and stderr to its own
 with every value replaced by ``***``: the job's log files never hold them.  It takes the
 job's signals as the job's: its command is in the same process group, which cancel and
@@ -36,12 +37,12 @@ _MARK = b"***"
 _MISSING = 1
 
 
-def _value(name: str, store: str) -> str | None:
+def _value(name: str, store: str, variables: dict[str, str]) -> str | None:
     try:
         with open(os.path.join(store, name), "rb") as f:
             return f.read().decode()
     except FileNotFoundError:
-        return os.environ.get(_ENV_PREFIX + name)
+        return os.environ.get(variables.get(name, _ENV_PREFIX + name))
 
 
 class _Redactor:
@@ -93,18 +94,19 @@ def main(argv: list[str]) -> int:
         return 2
     spec = json.loads(argv[0])
     store, site, env_refs = str(spec["store"]), str(spec["site"]), dict(spec.get("env", {}))
+    variables = {str(k): str(v) for k, v in dict(spec.get("vars", {})).items()}  # the site's secret_env
     command = argv[2:]
     names = {m.group(1) for w in command if (m := _REFERENCE.fullmatch(w))} | set(env_refs.values())
     values: dict[str, str] = {}
     for name in sorted(names):
-        value = _value(name, store)
+        value = _value(name, store, variables)
         if value is None:
             # Removed since the agent looked: the same reason the agent gives, never a value.
             print(f"lwfm-bus: secret {name!r} is not set at site {site!r}", file=sys.stderr)
             return _MISSING
         values[name] = value
     command = [values[m.group(1)] if (m := _REFERENCE.fullmatch(w)) else w for w in command]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_ENV_PREFIX)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_ENV_PREFIX) and k not in variables.values()}
     env.update({var: values[name] for var, name in env_refs.items()})
     redactor = _Redactor([v.encode() for v in values.values() if len(v) >= _MIN_REDACTED])
     # A handler, not SIG_IGN: handlers are reset at exec, so the command gets its signals as usual.

@@ -36,6 +36,7 @@ __all__ = [
     "cancel_requested",
     "request_cancel",
     "store_submission",
+    "stored_submission",
 ]
 
 log = logging.getLogger("lwfm_bus.submit")
@@ -90,6 +91,19 @@ async def store_submission(bus: EventBus, submission: Submission) -> bool:
             f"submission of job {ctx.job_id} to site {ctx.site!r} was not acknowledged: {exc!r}"
         ) from exc
     return not ack.duplicate
+
+
+async def stored_submission(bus: EventBus, site: str, job_id: str) -> Submission | None:
+    """The submission of ``job_id`` as the server keeps it (None if it has none, or no longer).
+
+    A retry is made from it: the next attempt runs what the failed one ran, as it was
+    stored, not as some process remembers it.
+    """
+    try:
+        raw = await bus.jetstream.get_msg(SUBMIT_STREAM, subject=submission_subject(site, job_id))
+    except nats.js.errors.NotFoundError:
+        return None
+    return Submission.model_validate_json(raw.data or b"")
 
 
 async def request_cancel(bus: EventBus, ctx: JobContext, reason: str | None = None) -> None:

@@ -1,27 +1,44 @@
-"""Per-requirement-set Python environments: real venvs, real pip, real ``lwfm-bus env`` processes, no network.
+"""Per-requirement-set Python environments: real venvs, real uv and pip, real ``lwfm-bus env`` processes, no
+network beyond 127.0.0.1.
 
 The packages come from wheels written here with ``zipfile`` (building them would need setuptools from an
-index), installed with ``--no-index --find-links``.  Each environment costs a few seconds, so the module builds
-few: ``v1`` once for the module, after which its wheels are taken away, so every later use of that set proves
-that pip did not run again.
+index), installed with ``--no-index --find-links``.  uv builds in a fraction of a second, pip in a few, so the
+module builds few with pip: ``v1`` (uv) once for the module, after which its wheels are taken away, so every
+later use of that set proves that no installer ran again.  uv comes with the test extra.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
-import zipfile
+import sysconfig
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from lwfm_bus._errors import ConfigError, EnvBuildError
-from lwfm_bus._pyenv import MANIFEST, EnvInfo, Installer, ensure_env, env_key, list_envs, normalise, remove_env
+from lwfm_bus._pyenv import (
+    MANIFEST,
+    UV_CACHE,
+    EnvInfo,
+    Installer,
+    Tool,
+    _pip_settings,
+    _redact_text,
+    _uv_sources,
+    ensure_env,
+    env_key,
+    find_uv,
+    list_envs,
+    normalise,
+    remove_env,
+)
+from tests._helpers import write_wheel as write_package
 
 CLI = [sys.executable, "-m", "lwfm_bus"]
 PKG = "lwfmtestpkg"
@@ -29,36 +46,32 @@ SHOW = "import os, sys, lwfmtestpkg; print(lwfmtestpkg.__version__, sys.prefix, 
 
 
 def write_wheel(directory: Path, version: str) -> Path:
-    """A minimal pure-Python wheel: a module, METADATA, WHEEL and a RECORD with real hashes."""
-    dist = f"{PKG}-{version}.dist-info"
-    files = {
-        f"{PKG}/__init__.py": f'__version__ = "{version}"\n',
-        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {PKG}\nVersion: {version}\n",
-        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: lwfm-bus-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    record = []
-    for name, text in files.items():
-        data = text.encode()
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{name},sha256={digest},{len(data)}")
-    files[f"{dist}/RECORD"] = "\n".join([*record, f"{dist}/RECORD,,"]) + "\n"
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{PKG}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as whl:
-        for name, text in files.items():
-            whl.writestr(name, text)
-    return path
+    """A minimal pure-Python wheel of the test package (see :func:`tests._helpers.write_wheel`)."""
+    return write_package(directory, PKG, version)
 
 
-def cli(home: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_BUS_")}
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without any user bus setting."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("LWFM_BUS_")} | extra
+
+
+def without_pip_config(**extra: str) -> dict[str, str]:
+    """Nor pip's own configuration (files or variables): what ``auto`` picks no longer depends on the machine."""
+    bare = {k: v for k, v in clean_env().items() if not k.startswith("PIP_")}
+    return bare | {"PIP_CONFIG_FILE": os.devnull} | extra
+
+
+def cli(
+    home: Path, *args: str, timeout: float = 90, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = clean_env() if env is None else env
     return subprocess.run(
         [*CLI, "--home", str(home), *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
     )
 
 
 def popen(home: Path, *args: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LWFM_BUS_")}
+    env = clean_env()
     return subprocess.Popen(
         [*CLI, "--home", str(home), *args],
         stdin=subprocess.PIPE,
@@ -102,7 +115,7 @@ def v1(root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[EnvInfo, P
     """``lwfmtestpkg>=1,<2`` built once; then its find-links directory is emptied."""
     drained = tmp_path_factory.mktemp("drained")
     wheel = write_wheel(drained, "1.0")
-    info = ensure_env([f"{PKG}>=1,<2"], root, find_links=[str(drained)], no_index=True)
+    info = ensure_env([f"{PKG}>=1,<2"], root, find_links=[str(drained)], no_index=True, tool="uv")
     assert not info.reused
     wheel.unlink()
     return info, drained
@@ -117,6 +130,8 @@ def test_normalise_is_order_case_and_split_blind() -> None:
     assert env_key(["requests", "NumPy>=1.24,<3"]) == env_key(["numpy<3,>=1.24", "REQUESTS"])
     assert env_key(["requests"]) != env_key(["requests"], Installer(no_index=True))
     assert env_key(["requests"]) != env_key(["requests>=2"])
+    # uv and pip build the same environment from the same options: one key for both.
+    assert env_key(["requests"], Installer(tool="uv")) == env_key(["requests"], Installer(tool="pip"))
 
 
 @pytest.mark.parametrize("bad", ["numpy>>1", "-e .", "", "numpy==1.0; os_name=="])
@@ -135,7 +150,10 @@ def test_the_env_holds_the_set_and_a_manifest(v1: tuple[EnvInfo, Path]) -> None:
     manifest = json.loads((info.path / MANIFEST).read_text())
     assert manifest["requirements"] == ["lwfmtestpkg<2,>=1"]
     assert manifest["key"] == info.key == info.path.name
+    assert manifest["tool"] == "uv"
     assert f"{PKG}==1.0" in manifest["freeze"]
+    assert (info.path.parent / UV_CACHE).is_dir()  # the root's shared cache, not the user's
+    assert [r.tool for r in list_envs(info.path.parent) if r.key == info.key] == ["uv"]
 
 
 @pytest.mark.slow
@@ -144,6 +162,9 @@ def test_the_same_set_respelled_is_reused_without_pip(v1: tuple[EnvInfo, Path], 
     stamp = (info.path / MANIFEST).stat().st_mtime_ns
     again = ensure_env(["LWFMTESTPKG<2", "lwfmtestpkg >= 1"], root, find_links=[str(drained)], no_index=True)
     assert again.reused and again.path == info.path
+    # Built by uv, and what a caller that wants pip gets too: the installer is not part of the key.
+    as_pip = ensure_env([f"{PKG}<2,>=1"], root, find_links=[str(drained)], no_index=True, tool="pip")
+    assert as_pip.reused and as_pip.path == info.path
     proc = popen(
         home, "env", "exec", *offline(drained), "-r", "LwfmTestPkg<2", "-r", f"{PKG}>=1.0", "--", "python", "-c", SHOW
     )
@@ -184,17 +205,37 @@ def test_a_changed_set_gets_its_own_env(v1: tuple[EnvInfo, Path], home: Path, ro
 
 
 @pytest.mark.slow
-def test_an_uninstallable_requirement_fails_with_pips_words(home: Path, root: Path, links: Path) -> None:
-    done = cli(home, "env", "exec", *offline(links), "-r", f"{PKG}>=99", "--", "python", "-c", "print('ran')")
+@pytest.mark.parametrize(
+    ("tool", "words"),
+    [("uv", "we can conclude that your requirements are unsatisfiable"), ("pip", "No matching distribution found")],
+)
+def test_an_uninstallable_requirement_fails_with_the_installers_words(
+    home: Path, root: Path, links: Path, tool: Tool, words: str
+) -> None:
+    run = [
+        "env",
+        "exec",
+        "--installer",
+        tool,
+        *offline(links),
+        "-r",
+        f"{PKG}>=99",
+        "--",
+        "python",
+        "-c",
+        "print('ran')",
+    ]
+    done = cli(home, *run, env=without_pip_config())  # auto would pick uv too: nothing steers it to pip
     assert done.returncode == 3
     assert "ran" not in done.stdout
-    assert "No matching distribution found for lwfmtestpkg>=99" in done.stderr
+    assert words in done.stderr
+    assert "building it with pip" not in done.stderr  # uv's verdict on the requirements is final
     assert done.stderr.strip().splitlines()[-1].startswith(f"lwfm-bus env: could not install {PKG}>=99: ")
     key = env_key([f"{PKG}>=99"], Installer(find_links=(str(links),), no_index=True))
     assert not (root / key).exists()
     with pytest.raises(EnvBuildError, match="could not install") as caught:
-        ensure_env([f"{PKG}>=99"], root, find_links=[str(links)], no_index=True)
-    assert any("No matching distribution" in line for line in caught.value.output)
+        ensure_env([f"{PKG}>=99"], root, find_links=[str(links)], no_index=True, tool=tool)
+    assert any(words in line for line in caught.value.output)
     assert not (root / key).exists()
 
 
@@ -240,16 +281,149 @@ def test_a_killed_build_is_rebuilt_and_rm_spares_envs_in_use(home: Path, tmp_pat
     assert remove_env(root, key) == "absent"
 
 
+@pytest.fixture
+def silent_index() -> Iterator[socket.socket]:
+    """A package index on 127.0.0.1 that accepts connections and never answers: a build that reaches it hangs."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(60)  # bounds the wait for the installer to connect
+        yield server
+
+
 @pytest.mark.slow
-def test_sigterm_during_a_build_leaves_nothing(home: Path, tmp_path: Path, links: Path) -> None:
+@pytest.mark.parametrize("tool", ["uv", "pip"])
+def test_sigterm_during_a_build_leaves_nothing(
+    home: Path, tmp_path: Path, silent_index: socket.socket, tool: str
+) -> None:
     root = tmp_path / "envs"
-    proc = popen(home, "env", "exec", "--root", str(root), *offline(links), "-r", f"{PKG}<2", "--", "true")
-    assert proc.stderr is not None
-    assert "building environment" in proc.stderr.readline()
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=30)
+    index = f"http://127.0.0.1:{silent_index.getsockname()[1]}/simple"
+    proc = popen(
+        home, "env", "exec", "--root", str(root), "--installer", tool, "--index-url", index, "-r", PKG, "--", "true"
+    )
+    try:
+        conn, _ = silent_index.accept()  # the installer is asking the index: the build is under way
+    except TimeoutError:
+        proc.kill()
+        pytest.fail(f"the installer never asked the index: {proc.communicate(timeout=30)[1][-2000:]}")
+    with conn:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+        conn.settimeout(10)
+        for _ in range(100):  # the request, then the end of the stream: the installer is gone too
+            if not conn.recv(65536):
+                break
+        else:
+            pytest.fail("the installer still holds its connection")
     assert proc.returncode == 128 + signal.SIGTERM
-    assert [p.name for p in root.iterdir() if not p.name.endswith(".lock")] == []
+    assert [p.name for p in root.iterdir() if not p.name.endswith(".lock") and p.name != UV_CACHE] == []
+
+
+@pytest.mark.slow
+def test_uvs_own_failure_falls_back_to_pip_unless_uv_was_chosen(home: Path, tmp_path: Path, links: Path) -> None:
+    root = tmp_path / "envs"
+    root.mkdir()
+    (root / UV_CACHE).write_text("not a directory")  # uv cannot open its cache: its failure, not the set's
+    run = ["env", "exec", "--root", str(root), *offline(links), "-r", f"{PKG}>=2"]
+    chosen = cli(home, *run, "--installer", "uv", "--", "true", env=without_pip_config())
+    assert chosen.returncode == 3
+    assert "[uv exit status 2]" in chosen.stderr.strip().splitlines()[-1]
+    assert list_envs(root) == []
+
+    done = cli(home, *run, "--", "python", "-c", SHOW, env=without_pip_config())
+    assert done.returncode == 0, done.stderr
+    assert "with uv" in done.stderr and "building it with pip" in done.stderr
+    assert shown(done.stdout)[0] == "2.0"
+    manifest = json.loads((Path(shown(done.stdout)[1]) / MANIFEST).read_text())
+    assert manifest["tool"] == "pip"
+    assert f"{PKG}==2.0" in manifest["freeze"]
+    assert (root / UV_CACHE).read_text() == "not a directory"
+
+
+@pytest.mark.slow
+def test_auto_uses_pip_where_pips_configuration_says_more_than_uv_is_told(
+    home: Path, tmp_path: Path, links: Path
+) -> None:
+    root = tmp_path / "envs"
+    env = without_pip_config(PIP_PRE="1")  # pre-releases: a pip setting passed on to no uv option
+    done = cli(home, "env", "exec", "--root", str(root), *offline(links), "-r", f"{PKG}<2", "--", "true", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "with pip (pip's configuration sets pre, which uv would not honour)" in done.stderr
+    listed = cli(home, "env", "ls", "--root", str(root))
+    assert "  pip  lwfmtestpkg<2" in listed.stdout
+    bad = cli(
+        home, "env", "exec", "--root", str(root), "-r", "x", "--", "true", env=clean_env(LWFM_BUS_ENV_INSTALLER="fast")
+    )
+    assert bad.returncode == 2
+    assert "LWFM_BUS_ENV_INSTALLER='fast': choose one of auto, uv, pip" in bad.stderr
+
+
+@pytest.mark.slow
+def test_without_uv_auto_builds_with_pip_and_choosing_uv_fails(home: Path, tmp_path: Path, links: Path) -> None:
+    # A Python with lwfm-bus importable but no uv beside it, and a PATH without one either.
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=60)
+    site_dir = subprocess.run(
+        [str(bare / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout.strip()  # fmt: skip
+    ours = sysconfig.get_path("purelib")
+    Path(site_dir, "lwfm-bus-test.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
+    path = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if not Path(d, "uv").exists())
+    env = without_pip_config(PATH=path)
+    root = tmp_path / "envs"
+    run = [str(bare / "bin" / "python"), "-m", "lwfm_bus", "--home", str(home), "env", "exec", "--root", str(root)]
+    run += [*offline(links), "-r", f"{PKG}>=2"]
+
+    chosen = subprocess.run(
+        [*run, "--installer", "uv", "--", "true"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert chosen.returncode == 3
+    assert "installer uv was chosen but no uv is installed" in chosen.stderr
+
+    done = subprocess.run([*run, "--", "python", "-c", SHOW], capture_output=True, text=True, env=env, timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert f"for {PKG}>=2 with pip\n" in done.stderr
+    assert [(r.tool, r.requirements) for r in list_envs(root)] == [("pip", (f"{PKG}>=2",))]
+
+
+def test_uv_is_given_the_sources_pip_would_use(tmp_path: Path) -> None:
+    conf = tmp_path / "pip.conf"
+    conf.write_text(
+        "[global]\nindex-url = https://mirror.example/simple\nfind-links = wheels\n"
+        "extra-index-url = https://a.example/simple https://b.example/simple\n"
+        "[install]\nno-index = yes\nconstraint = /etc/c.txt\n"
+    )
+    env = {"HOME": str(tmp_path), "PIP_CONFIG_FILE": str(conf), "PIP_TRUSTED_HOST": "a.example", "PIP_CERT": "/ca.pem"}
+    settings = _pip_settings(env)
+    args, uv_env, ignored = _uv_sources(Installer(find_links=("/w",)), settings)
+    assert args[args.index("--index-url") + 1] == "https://mirror.example/simple"
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--extra-index-url"][-2:] == [
+        "https://a.example/simple",
+        "https://b.example/simple",
+    ]
+    links = [args[i + 1] for i, a in enumerate(args) if a == "--find-links"]
+    assert links[-2:] == [os.path.abspath("wheels"), "/w"]  # pip's configuration first, then the options
+    assert "--no-index" in args and "/etc/c.txt" in args and "a.example" in args
+    assert uv_env == {"SSL_CERT_FILE": "/ca.pem"}
+    assert ignored == []
+    explicit = _uv_sources(Installer(index_url="https://own.example/simple"), settings)[0]
+    assert explicit[explicit.index("--index-url") + 1] == "https://own.example/simple"
+    assert _uv_sources(Installer(), _pip_settings({"PIP_CONFIG_FILE": os.devnull, "PIP_NO_BINARY": ":all:"}))[2] == [
+        "no-binary"
+    ]
+    assert _pip_settings({"PIP_CONFIG_FILE": os.devnull}) == {}
+
+
+def test_credentials_never_reach_the_log(home: Path, tmp_path: Path) -> None:
+    assert _redact_text("GET https://bob:s3cret@host/simple/x/ failed") == "GET https://***@host/simple/x/ failed"
+    assert find_uv() is not None, "uv comes with the test extra"
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    index = f"http://bob:s3cret@127.0.0.1:{port}/simple"
+    run = ["env", "exec", "--root", str(tmp_path), "--installer", "uv", "--index-url", index, "-r", PKG, "--", "true"]
+    done = cli(home, *run, env=without_pip_config(UV_HTTP_RETRIES="0"))
+    assert done.returncode == 3
+    assert "127.0.0.1" in done.stderr
+    assert "s3cret" not in done.stderr
 
 
 def test_cli_refusals(home: Path, tmp_path: Path) -> None:
@@ -266,6 +440,7 @@ def test_cli_refusals(home: Path, tmp_path: Path) -> None:
     for key in ("0123456789abcdef", "fedcba9876543210"):
         (tmp_path / key).mkdir()  # partial builds, never ready
     (tmp_path / "aaaaaaaaaaaaaaaa.lock").touch()  # what a failed build leaves
+    (tmp_path / UV_CACHE).mkdir()  # kept on purpose: see remove_all
     assert run("rm", "--all").returncode == 0
     assert list_envs(tmp_path) == []
-    assert list(os.listdir(tmp_path)) == []
+    assert list(os.listdir(tmp_path)) == [UV_CACHE]

@@ -23,7 +23,9 @@ from lwfm_bus import JobState
 from lwfm_bus._bus._eventbus import STREAM, SUBMIT_STREAM
 from lwfm_bus._secrets import SecretStore, credential_like, redact, references
 from lwfm_bus._sites import _secretrun
-from tests._helpers import raw_stream, wait_pid_exit, wait_state
+from lwfm_bus._sites._registry import load_sites
+from lwfm_bus.testing import hold_connection
+from tests._helpers import raw_stream, wait_pid_exit, wait_state, write_sites
 
 _WAIT_S = 60
 # Writes the sha256 of argv[2] and of $SEEN to argv[1], and prints both values (to be redacted).
@@ -177,3 +179,50 @@ async def test_a_job_with_secrets_is_cancelled_whole(bus: lb.Bus, bus_config: lb
     final = await bus.wait(job.job_id, timeout=_WAIT_S)
     assert final.state is JobState.CANCELLED
     await wait_pid_exit(int(ready.read_text()), timeout=_WAIT_S)  # the job's command is gone too
+
+
+async def test_a_secret_from_a_variable_the_site_config_names(
+    bus_config: lb.BusConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    value = secrets.token_hex(16)
+    monkeypatch.setenv("VAULT_DB_PASSWORD", value)  # the agent runs in this process
+    bus_config.sites_path().parent.mkdir(parents=True, exist_ok=True)
+    write_sites(bus_config.sites_path(), {"local": {"secret_env": {"DB": "VAULT_DB_PASSWORD"}}})
+    out = tmp_path / "seen"
+    async with hold_connection(bus_config) as bus:
+        defn = lb.JobDefn.of([sys.executable, "-c", _SHOW, str(out), "secret:DB"], env={"SEEN": "secret:DB"})
+        job = await bus.submit(defn)
+        assert (await bus.wait(job.job_id, timeout=_WAIT_S)).state is JobState.COMPLETE
+        assert out.read_text() == f"{_sha(value)} {_sha(value)} []"
+        # A job that names no secret does not inherit the variable either.
+        other = await bus.submit(lb.JobDefn.of(["env"]))
+        assert (await bus.wait(other.job_id, timeout=_WAIT_S)).state is JobState.COMPLETE
+        seen = (await bus.logs(other.job_id)).decode()
+        assert "PATH=" in seen and value not in seen
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"DB": "not a variable"}, "secret_env.DB: expected an environment variable's name"),
+        ({"9x": "VAR"}, "secret_env.9x: not a secret name"),
+        ("VAR", "secret_env: expected a table"),
+    ],
+)
+def test_a_bad_secret_env_is_refused_naming_the_key(tmp_path: Path, table: object, message: str) -> None:
+    path = write_sites(tmp_path / "sites.toml", {"local": {"secret_env": table}})
+    with pytest.raises(lb.ConfigError, match=message):
+        load_sites(path)
+
+
+async def test_registering_a_trigger_warns_of_a_plain_credential_once(
+    bus: lb.Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("WARNING", logger="lwfm_bus.client")
+    plain = lb.JobDefn.of(["true"], env={"API_TOKEN": "plain-value", "HOME_DIR": "/x"})
+    await bus.set_job_trigger(plain, lb.new_id())
+    await bus.set_job_trigger(plain, lb.new_id())
+    await bus.set_job_trigger(lb.JobDefn.of(["true"], env={"DB_PASSWORD": "secret:DB"}), lb.new_id())
+    said = [r.getMessage() for r in caplog.records if "looks like a credential" in r.getMessage()]
+    assert len(said) == 1 and "API_TOKEN" in said[0] and "secret:NAME" in said[0], said
+    assert "plain-value" not in said[0]

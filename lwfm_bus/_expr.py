@@ -23,7 +23,7 @@ import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .._errors import PipelineError, PipelineIssue
+from ._errors import PipelineError, PipelineIssue
 from ._parsed import ParsedText
 
 __all__ = ["FUNCTIONS", "MAX_EXPR", "MAX_NODES", "MAX_STRING", "Expr", "ExprError", "compile_expr"]
