@@ -59,6 +59,7 @@ ITEMS = (
     Item("matching", "bench.matching", 90, 15, "matching cost per event at 1 k / 100 k / 1 M triggers"),
     Item("firings", "bench.firings", 90, 20, "firings/s (claim + stored submission) vs raw KV creates"),
     Item("dag", "bench.dag", 360, 30, "10 k-job fan-out / fan-in DAG, two agents, vs raw subprocess spawning"),
+    Item("cluster", "bench.cluster", 300, 30, "3-node cluster (R3) vs one server: firings/s, DAG jobs/s, publish->ack"),
     Item("memory", "bench.memory", 120, 20, "engine RSS per registered trigger"),
     Item("find", "bench.find", 240, 20, "find with two predicates over 1 M records"),
     Item("remote", "bench.remote", 120, 30, "remote hop latency (sshd, Slurm), polled and with callbacks, vs local"),

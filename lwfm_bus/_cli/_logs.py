@@ -3,6 +3,7 @@
 A job that has not started yet (READY or PENDING) has no log: that is one line on stderr
 and exit code 1, rather than empty output that looks like a job that printed nothing
 (and rather than asking its site, which may be out of reach until an agent takes it).
+A retried job's log is its attempt's own; the next attempt is named after it, on stderr.
 """
 
 from __future__ import annotations
@@ -39,4 +40,11 @@ async def logs(args: argparse.Namespace, config: BusConfig) -> int:
             return _NOT_STARTED
         data = await bus.logs(args.job, "stderr" if args.stderr else "stdout")
     sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+    if record.retry_next is not None:  # after the log, on stderr: a pipe gets the bytes alone
+        print(
+            f"lwfm-bus logs: job {shown(record.job_id)} was run again as job {shown(record.retry_next)} "
+            f"(its retry policy): 'lwfm-bus logs {shown(record.retry_next)}'",
+            file=sys.stderr,
+        )
     return 0

@@ -16,31 +16,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import socket
 import subprocess
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import nats
 import nats.errors
 import nats.js.errors
 import pytest
-from nats.aio.client import Client as NATS
-from pydantic import SecretStr
 
 import lwfm_bus as lb
 from lwfm_bus import JobState
 from tests._helpers import cli_env, write_sites
+from tests.cluster._nodes import CLI, NODES, Cluster, client_env, init_cluster, running_nodes, spawn
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="signals")
 
-CLI = [sys.executable, "-m", "lwfm_bus"]
-NODES = ("n1", "n2", "n3")
 ENGINES = ("e1", "e2")
 AGENTS = ("agent1", "agent2")  # each with its own home: two places, as two machines
 FAN_OUT = 300
@@ -49,183 +43,23 @@ FAN_OUT = 300
 _RECORD = 'printf "%s\\n" "$LWFM_JOB_ID" >> "$1"'
 
 
-def _free_ports(count: int) -> list[int]:
-    """Ports the kernel has just handed out on 127.0.0.1 (the nodes must know each other's in advance)."""
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
-class _Process:
-    """A long-running child: its output is kept (and drained, so it never blocks)."""
-
-    def __init__(self, name: str, proc: asyncio.subprocess.Process) -> None:
-        self.name = name
-        self.proc = proc
-        self.lines: list[str] = []
-        self._drain: asyncio.Task[None] | None = None
-
-    async def ready(self, marker: str, timeout: float = 60) -> None:
-        """Until the process prints ``marker`` (fails at once if it exits first)."""
-        assert self.proc.stdout is not None
-
-        async def read() -> None:
-            assert self.proc.stdout is not None
-            while raw := await self.proc.stdout.readline():
-                self.lines.append(raw.decode(errors="replace"))
-                if marker in self.lines[-1]:
-                    return
-            raise AssertionError(f"{self.name} exited before it was ready:\n{''.join(self.lines[-30:])}")
-
-        await asyncio.wait_for(read(), timeout)
-        self._drain = asyncio.get_running_loop().create_task(self._keep_reading())
-
-    async def _keep_reading(self) -> None:
-        assert self.proc.stdout is not None
-        while raw := await self.proc.stdout.readline():
-            self.lines.append(raw.decode(errors="replace"))
-
-    async def kill(self) -> None:
-        """SIGKILL, reap, and keep what it said."""
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-        await asyncio.wait_for(self.proc.wait(), 30)
-        if self._drain is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._drain, 10)
-
-    async def stop(self) -> None:
-        """SIGTERM (SIGKILL if it lingers); never raises."""
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.proc.wait(), 15)
-        with contextlib.suppress(Exception):
-            await self.kill()
-
-
-async def _spawn(name: str, *argv: str, env: dict[str, str]) -> _Process:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env=env,
-    )  # fmt: skip
-    return _Process(name, proc)
-
-
-@dataclass
-class Cluster:
-    root: Path
-    urls: tuple[str, ...]
-    env: dict[str, str]  # the clients' login, as `cluster init` wrote it
-    servers: dict[str, _Process] = field(default_factory=dict)
-    others: list[_Process] = field(default_factory=list)
-
-    def config(self, home: Path) -> lb.BusConfig:
-        return lb.BusConfig(
-            servers=self.urls,
-            user=self.env["LWFM_BUS_USER"],
-            password=SecretStr(self.env["LWFM_BUS_PASSWORD"]),
-            home=home,
-            engine="off",
-            autostart="off",
-        )
-
-    async def start_node(self, name: str) -> None:
-        binary = Path(sys.executable).with_name("nats-server")
-        server = await _spawn(name, str(binary), "-c", str(self.root / f"{name}.conf"), env=cli_env())
-        self.servers[name] = server
-        await server.ready("Server is ready")
-
-    async def kill_node(self, name: str) -> None:
-        await self.servers[name].kill()
-
-    def all_lines(self) -> str:
-        return "".join(f"--- {p.name}\n" + "".join(p.lines[-400:]) for p in [*self.servers.values(), *self.others])
-
-
-def _init(root: Path) -> tuple[str, ...]:
-    ports = _free_ports(2 * len(NODES))
-    nodes = [f"--node={n}=127.0.0.1:{ports[2 * i]}:{ports[2 * i + 1]}" for i, n in enumerate(NODES)]
-    subprocess.run(
-        [*CLI, "cluster", "init", "-o", str(root), *nodes, "--bind", "127.0.0.1", "--store-dir", str(root / "{node}")],
-        check=True, capture_output=True, timeout=60, env=cli_env(),
-    )  # fmt: skip
-    return tuple(f"nats://127.0.0.1:{ports[2 * i]}" for i in range(len(NODES)))
-
-
-def _client_env(root: Path) -> dict[str, str]:
-    lines = (root / "secrets" / "clients.env").read_text().splitlines()
-    return dict(line.split("=", 1) for line in lines if line)
-
-
-async def _whole(cluster: Cluster, timeout: float = 60) -> None:
-    """Until a client of one node has heard of all three and JetStream has a meta leader.
-
-    Both are the server's answers: the routes' discovery comes to the client as INFO (the
-    callback wakes us), and the JetStream API answers only once its cluster has a leader.
-    """
-    found = asyncio.Event()
-    nc: NATS | None = None
-
-    async def discovered() -> None:
-        if nc is not None and len(nc.servers) >= len(NODES):
-            found.set()
-
-    nc = await nats.connect(
-        cluster.urls[0], user=cluster.env["LWFM_BUS_USER"], password=cluster.env["LWFM_BUS_PASSWORD"],
-        discovered_server_cb=discovered,
-    )  # fmt: skip
-    try:
-        await discovered()
-        await asyncio.wait_for(found.wait(), timeout)
-
-        async def meta_leader() -> None:
-            while True:  # each try is one answer of the server (503 until it has a leader)
-                try:
-                    await nc.jetstream(timeout=2).account_info()
-                    return
-                except (nats.errors.Error, nats.js.errors.Error, TimeoutError):
-                    await asyncio.sleep(0.1)  # between requests, bounded by the timeout
-
-        await asyncio.wait_for(meta_leader(), timeout)
-    finally:
-        await nc.close()
-
-
 @contextlib.asynccontextmanager
 async def running_cluster(tmp_path: Path, *, processes: bool = True) -> AsyncIterator[Cluster]:
     """Three nodes, two engines and two agents of site ``local`` (unless not ``processes``), stopped at the end."""
-    root = tmp_path / "cluster"
-    urls = await asyncio.to_thread(_init, root)
-    cluster = Cluster(root=root, urls=urls, env=_client_env(root))
     sites = write_sites(tmp_path / "sites.toml", {"local": {"adapter": "local", "max_concurrent": 16}})
-    try:
-        await asyncio.gather(*(cluster.start_node(name) for name in NODES))
-        await _whole(cluster)
+    async with running_nodes(tmp_path / "cluster") as cluster:
         env = cli_env(**cluster.env, LWFM_BUS_SITES=str(sites))
         for name in ENGINES if processes else ():
-            engine = await _spawn(
+            engine = await spawn(
                 name, *CLI, "--home", str(tmp_path / name), "-v", "engine", "--name", name, "--ack-wait", "5", env=env
             )
             cluster.others.append(engine)
             await engine.ready(f"engine {name} ready")
         for name in AGENTS if processes else ():
-            agent = await _spawn(name, *CLI, "--home", str(tmp_path / name), "agent", "--site", "local", env=env)
+            agent = await spawn(name, *CLI, "--home", str(tmp_path / name), "agent", "--site", "local", env=env)
             cluster.others.append(agent)
             await agent.ready("agent for local")
         yield cluster
-    finally:
-        for proc in [*cluster.others, *cluster.servers.values()]:
-            await proc.stop()
-        if os.environ.get("LWFM_TEST_SHOW_LOGS"):
-            sys.stderr.write(cluster.all_lines())
 
 
 def _job(record: Path, name: str) -> lb.JobDefn:
@@ -382,10 +216,10 @@ def test_the_compose_file_describes_the_tested_topology() -> None:
 
 def test_init_writes_each_node_its_configuration_and_keeps_the_secrets_private(tmp_path: Path) -> None:
     root = tmp_path / "cluster"
-    urls = _init(root)
+    urls = init_cluster(root)
     routes = (root / "secrets" / "routes.secret").read_text().strip()
-    password = _client_env(root)["LWFM_BUS_PASSWORD"]
-    assert _client_env(root)["LWFM_BUS_URL"] == ",".join(urls)  # every node: a client fails over
+    password = client_env(root)["LWFM_BUS_PASSWORD"]
+    assert client_env(root)["LWFM_BUS_URL"] == ",".join(urls)  # every node: a client fails over
     for private in ("secrets/routes.secret", "secrets/clients.env", *(f"{n}.conf" for n in NODES)):
         assert (root / private).stat().st_mode & 0o777 == 0o600, private
     shared = (root / "cluster.toml").read_text()

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 import lwfm_bus as lb
 from lwfm_bus import JobState
 from lwfm_bus._sites._submit import stored_submission
-from tests._helpers import engine_idle, job_events, wait_state
+from tests._helpers import engine_idle, job_events, run_cli, wait_state
 
 _ENGINE = lb.EngineConfig(ack_wait_s=2, dispatch_backoff_s=0.05)
 _QUICK = {"backoff_s": 0.0, "jitter": 0.0}
@@ -234,3 +234,14 @@ async def test_cancelling_the_job_stops_its_running_attempt(bus: lb.Bus, tmp_pat
         final = await bus.cancel(job.job_id, wait_s=60)
         assert final is not None
         assert (final.state, final.job_id) == (JobState.CANCELLED, first.retry_next), final
+
+
+async def test_logs_of_a_retried_job_name_its_next_attempt(
+    bus: lb.Bus, bus_config: lb.BusConfig, tmp_path: Path
+) -> None:
+    async with lb.serve_engine(bus, _ENGINE):
+        job = await bus.submit(_flaky(tmp_path / "runs", failures=1, max_attempts=2))
+        final = await job.wait(timeout=60)
+    code, out, err = await run_cli(bus_config, "logs", job.job_id)
+    assert (code, out) == (0, ""), err  # the first attempt printed nothing: its log is its own
+    assert f"was run again as job {final.job_id}" in err
