@@ -6,7 +6,9 @@ site's own code, so it may report the terminal state that a job's own ``emit`` m
 Event ids are the deterministic ``<job>:<STATE>`` the adapters' reporter uses, so the
 watcher's later report of the same transition (its safety-net poll) is dropped by the
 bus as a duplicate.  A failure here never changes the job's exit code: it is logged to
-the job directory, and the watcher still reports.
+the job directory, and the watcher still reports.  A job with a retry policy leaves a
+FAILED end to the watcher: whether it runs again depends on the native state
+(OUT_OF_MEMORY, TIMEOUT...), which the job cannot see.
 """
 
 from __future__ import annotations
@@ -68,7 +70,13 @@ def main(argv: list[str]) -> int:
         print("usage: python -m adapters._callback running | exit RC", file=sys.stderr)
         return 2
     rc = int(argv[1]) if argv[0] == "exit" else None
-    asyncio.run(_publish(status_for(argv[0], rc, os.environ)))
+    status = status_for(argv[0], rc, os.environ)
+    if status.state is lb.JobState.FAILED and lb.current_job(os.environ).retry is not None:
+        # Whether it runs again depends on how it failed, which only the site's watcher knows
+        # (OUT_OF_MEMORY, TIMEOUT, NODE_FAIL...; the job sees an exit code): its end is said
+        # there, once, with the native state its retry policy reads.
+        return 0
+    asyncio.run(_publish(status))
     return 0
 
 

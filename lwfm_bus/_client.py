@@ -48,11 +48,11 @@ from ._identity import bus_env
 from ._index._projection import JobIndex, JobRecord, TriggerRecord, WorkflowRecord
 from ._jobs import JobContext, JobDefn, Workflow
 from ._meta import Metadata
-from ._notify import Notify, notify_triggers
+from ._notify import NOTIFY_URL_ENV, Notify, notify_triggers
 from ._query import DataPage, DataQuery, DataRecord
 from ._repo._repository import DataRepo, Provenance
 from ._repo._workspaces import Workspaces
-from ._secrets import SecretStore, credential_like, redact
+from ._secrets import SecretStore, credential_like, redact, secret_name
 from ._sites._dispatch import NOT_TAKEN, Dispatcher
 from ._sites._protocol import LogStream, SiteAdapter, SiteRuntime
 from ._sites._registry import SiteSpec, load_sites
@@ -331,8 +331,10 @@ class Bus(EventBus):
         while record.retry_next is not None:  # a retried end: the job is its latest attempt
             following = await index.job(record.retry_next)
             if following is None:
-                # In its back-off: the request on this attempt stops the next one before it starts.
-                await request_cancel(self, _context_of(record))
+                # In its back-off: a request for the logical job, which the engine honours before it
+                # starts the next attempt, and agents before they launch one (the engine may be storing
+                # it this instant).
+                await request_cancel(self, JobContext(job_id=record.logical_id, site=record.site))
                 return await self._end_within(job_id, wait_s)
             record = following
         if record.state.is_terminal:
@@ -504,7 +506,9 @@ class Bus(EventBus):
             trigger.downstream.job,
             *([trigger.fallback.job] if isinstance(trigger, JoinTrigger) and trigger.fallback else []),
         ]
-        for name in sorted({n for job in jobs for n in credential_like(job.env)} - self._warned_credentials):
+        plain = {n for job in jobs for n in credential_like(job.env)}
+        plain |= {NOTIFY_URL_ENV for job in jobs if secret_name(job.env.get(NOTIFY_URL_ENV, "secret:X")) is None}
+        for name in sorted(plain - self._warned_credentials):
             self._warned_credentials.add(name)
             log.warning(
                 "trigger %s: env %s holds a plain value that looks like a credential; it is stored on the bus "

@@ -32,7 +32,7 @@ from ._errors import EventTooLargeError, InvalidEventError
 from ._ids import new_id
 from ._limits import FiniteFloat, Int64, NonNegativeInt64
 from ._meta import Metadata
-from ._retry import MAX_ATTEMPTS
+from ._retry import MAX_ATTEMPTS, MAX_RETRY_DELAY_S, retry_id
 from ._states import JobState
 from ._subjects import Token, subject_for
 from ._triggers import Trigger
@@ -123,9 +123,28 @@ class JobStatus(_Model):
             "then not the logical job's; triggers, joins and wait() follow the next attempt."
         ),
     )
-    retry_delay_s: Annotated[FiniteFloat, Field(ge=0)] | None = Field(
+    retry_delay_s: Annotated[FiniteFloat, Field(ge=0, le=MAX_RETRY_DELAY_S)] | None = Field(
         default=None, description="With retry_next: seconds after this event before the next attempt is submitted."
     )
+
+    @model_validator(mode="after")
+    def _attempts_hold_together(self) -> Self:
+        """A retry mark is only what a retry policy can say: on a FAILED end, naming the one next attempt.
+
+        Judges act on it (the next attempt is started, the end is not the job's), so a
+        mark that no policy could have made -- on a COMPLETE end, or naming another job --
+        is refused at the edge rather than trusted.
+        """
+        if self.attempt_of is not None and (self.attempt is None or self.attempt < 2):
+            raise ValueError("attempt_of is for attempts after the first: give attempt >= 2")
+        if self.retry_delay_s is not None and self.retry_next is None:
+            raise ValueError("retry_delay_s goes with retry_next")
+        if self.retry_next is not None:
+            if self.state is not JobState.FAILED or self.attempt is None:
+                raise ValueError("retry_next marks a FAILED end of a numbered attempt")
+            if self.retry_next != retry_id(self.logical_id, self.attempt + 1):
+                raise ValueError("retry_next is not the id of this job's next attempt")
+        return self
 
     @property
     def logical_id(self) -> str:

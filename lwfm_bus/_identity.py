@@ -53,13 +53,16 @@ def identity_env(ctx: JobContext) -> dict[str, str]:
 
 
 def _attempt_env(ctx: JobContext) -> dict[str, str]:
-    """Which attempt a job is, and its retry policy: a callback from the job's host marks its end alike."""
-    if ctx.retry is None and ctx.attempt == 1:
-        return {}
-    env = {"LWFM_ATTEMPT": str(ctx.attempt), "LWFM_ATTEMPT_OF": ctx.attempt_of or ""}
-    if ctx.retry is not None:
-        env["LWFM_RETRY"] = ctx.retry.model_dump_json(exclude_defaults=True)
-    return env
+    """Which attempt a job is, and its retry policy: a callback from the job's host marks its end alike.
+
+    Always set (empty when unused), so that a value left in the agent's environment or
+    in the job's own ``env`` can never make a job without a policy look retried.
+    """
+    return {
+        "LWFM_ATTEMPT": str(ctx.attempt),
+        "LWFM_ATTEMPT_OF": ctx.attempt_of or "",
+        "LWFM_RETRY": ctx.retry.model_dump_json(exclude_defaults=True) if ctx.retry is not None else "",
+    }
 
 
 # The variables that carry the bus's credentials (as bus_env() sets them): a process started

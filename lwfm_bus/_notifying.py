@@ -5,7 +5,10 @@ failed job, or the jobs that completed the run), reads their ends from the strea
 no index, no engine, as a job publishes through the event bus alone -- and POSTs one
 JSON document.  It never prints the webhook's address, which may be a secret.  A
 webhook that does not answer 2xx fails the job, and the job's retry policy sends
-again; then the other notify trigger of the run is withdrawn, since the run has ended.
+again: delivery is at least once, each copy with the same ``id`` (and
+``Idempotency-Key``).  The other notify trigger of the run is withdrawn first, since the
+run has ended; the POST is the last step, so a message the webhook took is not sent again
+for a failure after it.  Redirects are not followed.
 """
 
 from __future__ import annotations
@@ -54,14 +57,14 @@ async def send_notification(
     ctx = current_job(env)
     config = load_config(env)
     async with open_event_bus(config, name="lwfm-bus notify-send") as bus:
-        jobs = [j for j in [await _final_end(bus, job_id) for job_id in ctx.parent_ids[:_MOST_JOBS]] if j]
-        payload = _payload(workflow_id, outcome, title, jobs, len(ctx.parent_ids))
-        answer = await anyio.to_thread.run_sync(_post, url, payload)
         for trigger_id in withdraw:  # the run has ended: its other notification can no longer be due
-            why = f"the run ended ({outcome}) and was notified"
+            why = f"the run ended ({outcome}) and is notified"
             data = TriggerCancelled(trigger_id=trigger_id, site=config.site, workflow_id=None, reason=why)
             await bus.publish(make_event(data, source=f"/sites/{config.site}/notify", id=f"cancelled:{trigger_id}"))
-    return answer
+        jobs = [j for j in [await _final_end(bus, job_id) for job_id in ctx.parent_ids[:_MOST_JOBS]] if j]
+        payload = _payload(ctx.logical_id, workflow_id, outcome, title, jobs, len(ctx.parent_ids))
+    # Last, and nothing after it can fail the job: a POST the webhook took is not sent again.
+    return await anyio.to_thread.run_sync(_post, url, payload)
 
 
 async def _final_end(bus: EventBus, job_id: str) -> JobStatus | None:
@@ -91,7 +94,9 @@ async def _end_of(bus: EventBus, job_id: str) -> JobStatus | None:
     return None
 
 
-def _payload(workflow_id: str, outcome: str, title: str, jobs: list[JobStatus], count: int) -> dict[str, Any]:
+def _payload(
+    message_id: str, workflow_id: str, outcome: str, title: str, jobs: list[JobStatus], count: int
+) -> dict[str, Any]:
     if outcome == "failure":
         first = jobs[0] if jobs else None
         what = f"job {first.name or first.job_id} {first.state.value}" if first else "a job failed"
@@ -101,6 +106,7 @@ def _payload(workflow_id: str, outcome: str, title: str, jobs: list[JobStatus], 
     else:
         text = f"lwfm-bus: run {workflow_id} of {title} completed ({count} final job{'s' if count != 1 else ''})"
     return {
+        "id": message_id,  # the same in every attempt at sending it: a receiver can drop a repeat
         "type": "lwfm.workflow.ended",
         "outcome": outcome,
         "workflow_id": workflow_id,
@@ -123,15 +129,28 @@ def _payload(workflow_id: str, outcome: str, title: str, jobs: list[JobStatus], 
     }
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer (not delivered), never followed: the agent's machine must not be sent
+    elsewhere, nor a POST turned into a GET of some other address, by whoever answers the webhook."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 def _post(url: str, payload: dict[str, Any]) -> str:
     request = urllib.request.Request(  # noqa: S310 - the scheme was checked to be http(s) (see Notify)
         url,
         data=json.dumps(payload).encode(),
-        headers={"Content-Type": "application/json", "User-Agent": "lwfm-bus"},
+        headers={
+            "Content-Type": "application/json",
+            "User-Agent": "lwfm-bus",
+            "Idempotency-Key": str(payload["id"]),
+        },
         method="POST",
     )
+    opener = urllib.request.build_opener(_NoRedirect)
     try:
-        with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:  # noqa: S310 - http(s) only
+        with opener.open(request, timeout=_TIMEOUT_S) as response:
             return f"the webhook answered HTTP {response.status}"
     except urllib.error.HTTPError as exc:
         raise JobError(

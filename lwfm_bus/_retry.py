@@ -26,13 +26,15 @@ from ._expr import Expr, ExprError
 from ._ids import derived_id
 from ._states import JobState
 
-__all__ = ["MAX_ATTEMPTS", "WHEN_NAMES", "Growth", "RetryPolicy", "grown", "retry_id"]
+__all__ = ["MAX_ATTEMPTS", "MAX_RETRY_DELAY_S", "WHEN_NAMES", "Growth", "RetryPolicy", "grown", "retry_id"]
 
 MAX_ATTEMPTS = 100
 """Most attempts one job may get, its first included."""
 WHEN_NAMES = frozenset({"state", "native_state", "exit_code", "attempt"})
 """The names a ``when`` condition may use."""
 _MAX_DELAY_S = 7 * 24 * 3600.0
+MAX_RETRY_DELAY_S = 2 * _MAX_DELAY_S
+"""The longest wait an event may name before a next attempt (a policy's wait with its jitter stays below)."""
 _NativeWord = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:+\-]{1,64}$")]
 
 

@@ -30,6 +30,7 @@ from .._errors import LwfmBusError
 from .._events import JobStatus, JobStatusEvent, TriggerExpired, TriggerFailed, TriggerFired, make_event
 from .._identity import SCHEDULE_TICK_ENV, TRIGGER_DATA_ENV
 from .._jobs import JobContext, JobDefn
+from .._retry import MAX_RETRY_DELAY_S
 from .._sites._dispatch import Dispatcher
 from .._sites._report import Reporter
 from .._sites._submit import cancel_requested, stored_submission
@@ -157,9 +158,9 @@ class Firing:
         """
         d = event.data
         assert d.retry_next is not None
-        wait_s = _since_stored(msg) - (d.retry_delay_s or 0.0)
-        if wait_s < 0:
-            raise NotYet(-wait_s)
+        waited = _since_stored(msg, fallback=event.time)
+        if waited < (d.retry_delay_s or 0.0):
+            raise NotYet(min((d.retry_delay_s or 0.0) - waited, MAX_RETRY_DELAY_S))
         record = FiringRecord(
             firing_key=f"retry:{d.retry_next}", trigger_id=d.logical_id, outcome="fire", job_id=d.retry_next,
             workflow_id=d.workflow_id, parent_ids=d.parent_ids, cause_event_ids=(event.id,),
@@ -184,8 +185,14 @@ class Firing:
         assert d.retry_next is not None
         previous = await stored_submission(self._bus, d.site, d.job_id)
         logical = d.logical_id
+        if (
+            previous is not None
+            and previous.ctx.attempt_marks(d.state, d.native_state, d.exit_code).get("retry_next") != d.retry_next
+        ):
+            previous = None  # the end says "retried", the job's own policy does not: said, never started
+            log.warning("job %s: its end names a next attempt its retry policy does not give; not retried", d.job_id)
         if previous is None or previous.ctx.retry is None:
-            why = f"the submission of job {d.job_id} is no longer stored, so it cannot be run again"
+            why = f"job {d.job_id} cannot be run again: its submission is gone, or its retry policy does not retry it"
             ctx = JobContext(
                 job_id=d.retry_next, site=d.site, workflow_id=d.workflow_id, name=d.name, parent_ids=d.parent_ids,
                 attempt=(d.attempt or 1) + 1, attempt_of=logical,
@@ -198,7 +205,12 @@ class Firing:
         ctx = before.model_copy(
             update={"job_id": d.retry_next, "native_id": None, "attempt": before.attempt + 1, "attempt_of": logical}
         )
-        if await cancel_requested(self._bus, d.site, logical) or await cancel_requested(self._bus, d.site, d.job_id):
+        cancelled = await cancel_requested(self._bus, d.site, logical) or await cancel_requested(
+            self._bus, d.site, d.job_id
+        )
+        if cancelled and await stored_submission(self._bus, d.site, ctx.job_id) is None:
+            # Not started yet (a replica that died after storing it leaves the cancel to the agents,
+            # which honour a cancel of the logical job).
             await Reporter(self._bus, source="engine").report(
                 ctx.model_copy(update={"retry": None}), JobState.CANCELLED, native_state="cancelled",
                 native_info=f"cancelled before attempt {ctx.attempt} started",
@@ -310,16 +322,17 @@ class Firing:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _since_stored(msg: Msg) -> float:
+def _since_stored(msg: Msg, fallback: datetime | None = None) -> float:
     """Seconds since the server stored the event being judged (the upstream event), by its clock.
 
     The stream's time, not the event's own ``time``: one clock for every event (a remote
-    job's host may be skewed), and an imported event counts from its arrival here.
+    job's host may be skewed), and an imported event counts from its arrival here.  When
+    the message does not say (``fallback``, the event's time, else 0).
     """
     try:
         stored = msg.metadata.timestamp
     except (nats.errors.NotJSMessageError, ValueError, IndexError, AttributeError):
-        return 0.0
+        return time.time() - fallback.timestamp() if fallback is not None else 0.0
     return time.time() - stored.timestamp()
 
 

@@ -23,7 +23,6 @@ from datetime import UTC, datetime, timedelta
 import nats.js.errors
 from nats.aio.msg import Msg
 
-from .._bus._bundle import imported_from
 from .._bus._eventbus import STREAM, EventBus
 from .._events import (
     DataEvent,
@@ -67,13 +66,8 @@ class Judge:
         index = self._feed.index
         fire = self._firing.fire
         if isinstance(event, JobStatusEvent):
-            status = event.data
-            if status.state.is_terminal and status.retry_next is not None:
-                # Not the logical job's end: its watchers wait for the next attempt, which this
-                # site's engine starts (an imported end was retried at its origin already).
-                if imported_from(msg.headers) is None and self._firing.speaks_for(status.site):
-                    await self._firing.retry(event, redelivered, msg)
-                return
+            if event.data.retry_next is not None:
+                return  # not the logical job's end: its watchers wait for the next attempt (see ._retrying)
             await self._on_job(event, redelivered, msg)
         elif isinstance(event, DataEvent):
             d = event.data

@@ -44,19 +44,20 @@ import nats.errors
 import nats.js.errors
 from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from .._bus._bundle import imported_from
 from .._bus._connect import is_unanswered
-from .._bus._eventbus import STREAM, EventBus, deliveries
+from .._bus._eventbus import EventBus, deliveries
 from .._events import EventDecodeError, decode_event
 from .._sites._dispatch import Dispatcher
 from .._subjects import ROOT
+from ._consumer import ensure_push_consumer, own_delivery
 from ._deadlines import Deadlines
 from ._feed import TriggerFeed
-from ._firing import Firing, NotYet, settle
+from ._firing import Firing, settle
 from ._judging import Judge
 from ._matcher import TriggerIndex
+from ._retrying import RetryLoop
 from ._schedules import Schedules
 from ._settings import EngineConfig, EngineStats
 from ._store import EngineStore
@@ -120,6 +121,7 @@ class Engine:
         )
         self._firing = Firing(bus, bus.dispatcher, self._feed, self._store, self.config, self.stats)
         self._judge = Judge(bus, self._feed, self._store, self._firing)
+        self._retries = RetryLoop(bus, self._firing, self.config)
         self._deadlines = Deadlines(
             self._store, bus.config.site, lambda trigger_id: trigger_id in self._feed.index, self._firing.publish
         )
@@ -166,31 +168,17 @@ class Engine:
             log.info("engine %s: %d triggers indexed (feed at %d)", self.config.name, len(self.index), target)
             await tg.start(self._deadlines.run)
             await tg.start(self._work_loop)
+            await tg.start(self._retries.run)
             await tg.start(self._schedules.run)
             task_status.started()
 
     # ------------------------------------------------------------------ the work loop
 
     async def _ensure_consumer(self) -> str:
-        deliver = f"{DURABLE}.{STREAM}.deliver"
-        cfg = ConsumerConfig(
-            durable_name=DURABLE,
-            deliver_subject=deliver,
-            deliver_group=DURABLE,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=self.config.ack_wait_s,
-            max_ack_pending=max(1024, self.config.max_inflight * 4),
-            filter_subject=_WORK_FILTER,
-        )
-        try:
-            # Create, or bring an existing consumer's settings (filters, ack wait) up to date.
-            await self._bus.jetstream.add_consumer(STREAM, cfg)
-        except nats.js.errors.APIError as exc:  # 400, or 500 for "cannot be updated" (e.g. deliver policy)
-            info = await self._bus.jetstream.consumer_info(STREAM, DURABLE)
-            log.warning("engine: keeping the existing consumer %s as it is: %s", DURABLE, exc)
-            return str(info.config.deliver_subject or deliver)
-        return deliver
+        return await ensure_push_consumer(
+            self._bus, DURABLE, _WORK_FILTER,
+            ack_wait_s=self.config.ack_wait_s, max_ack_pending=max(1024, self.config.max_inflight * 4),
+        )  # fmt: skip
 
     async def _work_loop(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         deliver = await self._ensure_consumer()
@@ -199,6 +187,8 @@ class Engine:
         try:
             async with anyio.create_task_group() as tg:
                 async for msg in sub.messages:
+                    if not own_delivery(msg, DURABLE):
+                        continue  # not our consumer's: no work, and nothing of ours to settle
                     seq = _stream_seq(msg)
                     self._feed.saw_work(seq)
                     if not _is_work(msg.subject, self._trigger_site, msg.headers):
@@ -236,9 +226,6 @@ class Engine:
         try:
             await self._feed.barrier(seq)
             await self._judge.judge(event, seq, redelivered, msg)
-        except NotYet as later:  # a retry's back-off: the server hands the event back then
-            await settle(msg.nak(delay=later.delay_s))
-            return
         except Exception as exc:
             self.stats.errors += 1
             if is_unanswered(exc, self._bus.nats):  # the server away or electing a leader; the stream redelivers

@@ -38,7 +38,7 @@ from .._notify import notify_triggers
 from .._query import DataQuery, DataRecord
 from .._states import JobState
 from .._subjects import workflow_filter
-from .._triggers import DataTrigger, Downstream, JobTrigger, JoinTrigger, Trigger, Upstream
+from .._triggers import DataTrigger, Downstream, JobTrigger, JoinTrigger, Trigger, Upstream, WorkflowTrigger
 from ._again import run_again
 from ._model import Pipeline
 from ._plan import AfterJobs, OnData, Plan, PlannedJob, Root, compile_plan
@@ -426,9 +426,11 @@ async def run_pipeline(
         for job in plan.jobs:
             if not isinstance(job.start, Root):
                 await bus.add_trigger(_trigger_for(job, wf.workflow_id))
+        notifying: list[Trigger] = []
         if pipeline.notify is not None:  # before any job starts: its first failure is heard
             finals = [j for ids in plan.finals.values() for j in ids]
-            for trigger in notify_triggers(pipeline.notify, wf.workflow_id, pipeline.name, finals, sys.executable):
+            notifying = notify_triggers(pipeline.notify, wf.workflow_id, pipeline.name, finals, sys.executable)
+            for trigger in notifying:
                 await bus.add_trigger(trigger)
         for job in roots:
             await bus.submit(job.defn, site=job.site, workflow=wf.workflow_id, job_id=job.job_id)
@@ -451,6 +453,10 @@ async def run_pipeline(
                 break  # a loop's gate may complete while its last iteration's job is still exiting
     follower.flush()
     ok = not follower.failures
+    for trigger in notifying:  # the run has ended: the notification it did not end with is no longer due
+        if isinstance(trigger, WorkflowTrigger) == ok:
+            with contextlib.suppress(LwfmBusError):
+                await bus.cancel_trigger(trigger.trigger_id, reason="the run ended otherwise")
     if ok:
         await _withdraw(bus, follower, "the run is complete", keep=set(plan.standing))  # unneeded loop iterations
         for job in plan.jobs:

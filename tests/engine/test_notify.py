@@ -25,6 +25,7 @@ import lwfm_bus as lb
 from lwfm_bus._config import BusConfig
 from lwfm_bus._errors import PipelineError
 from lwfm_bus._notify import Notify
+from lwfm_bus._notifying import _post
 from lwfm_bus._pipeline import load_pipeline
 from lwfm_bus._pipeline._run import run_pipeline
 
@@ -33,7 +34,9 @@ class _Webhook:
     """A local HTTP server that records each POST's JSON and answers with the next queued status."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.posts: list[dict[str, Any]] = []
+        self.posts: list[dict[str, Any]] = []  # what it took (answered 200)
+        self.tried: list[dict[str, Any]] = []  # every POST, whatever it answered
+        self.paths: list[str] = []
         self.answers: list[int] = []
         self._loop = loop
         self._arrived = asyncio.Event()
@@ -42,11 +45,20 @@ class _Webhook:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                hook.paths.append(self.path)
                 status = hook.answers.pop(0) if hook.answers else 200
+                hook.tried.append(json.loads(body))
                 if status == 200:
                     hook.posts.append(json.loads(body))
                     loop.call_soon_threadsafe(hook._arrived.set)
                 self.send_response(status)
+                if status in (301, 302, 303, 307, 308):
+                    self.send_header("Location", "/elsewhere")
+                self.end_headers()
+
+            def do_GET(self) -> None:
+                hook.paths.append(self.path)
+                self.send_response(200)
                 self.end_headers()
 
             def log_message(self, format: str, *args: Any) -> None:
@@ -156,6 +168,8 @@ async def test_a_webhook_that_fails_is_sent_again_by_the_retry_policy(tmp_path: 
             assert sender.last_job_id is not None
             final = await bus.wait(sender.last_job_id, timeout=30)  # follows the attempts to the last
             assert (final.state, final.attempt) == (lb.JobState.COMPLETE, 2)
+            refused, taken = hook.tried
+            assert refused["id"] == taken["id"] == sender.last_job_id, "one message id, for a receiver to dedupe"
             first = await bus.status(sender.last_job_id)
             assert (first.state, first.retry_next) == (lb.JobState.FAILED, final.job_id)
 
@@ -189,3 +203,26 @@ def test_a_nested_pipeline_cannot_notify(tmp_path: Path) -> None:
     outer.write_text("pipeline: 1\nname: outer\nsteps:\n  sub:\n    pipeline: inner.yaml\n")
     with pytest.raises(PipelineError, match="only the file run notifies"):
         load_pipeline(outer)
+
+
+async def test_a_successful_run_withdraws_its_failure_notification(tmp_path: Path) -> None:
+    with _webhook(asyncio.get_running_loop()) as hook:
+        async with lb.connect(BusConfig(home=tmp_path / "home")) as bus:
+            report = await run_pipeline(bus, load_pipeline(_pipeline(tmp_path, hook.url, "failure", False)), print)
+            assert report.ok
+            states = await _wait_trigger_state(bus, "notify on failure", "cancelled")
+            assert states == {"notify on failure: told": "cancelled"}, "no longer due: it cannot fire late"
+        assert hook.tried == []
+
+
+def test_a_redirect_is_not_followed(tmp_path: Path) -> None:
+    """A webhook that answers 302 has not taken the message; the POST is not turned into a GET elsewhere."""
+    loop = asyncio.new_event_loop()
+    try:
+        with _webhook(loop) as hook:
+            hook.answers = [302]
+            with pytest.raises(lb.JobError, match="HTTP 302"):
+                _post(hook.url, {"id": "x", "outcome": "failure"})
+            assert hook.paths == ["/hook"], "the redirect's target was never asked"
+    finally:
+        loop.close()

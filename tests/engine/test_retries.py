@@ -16,8 +16,10 @@ from pydantic import ValidationError
 
 import lwfm_bus as lb
 from lwfm_bus import JobState
+from lwfm_bus._identity import bus_env
+from lwfm_bus._retry import retry_id
 from lwfm_bus._sites._submit import stored_submission
-from tests._helpers import engine_idle, job_events, run_cli, wait_state
+from tests._helpers import cli_env, engine_idle, job_events, run_cli, wait_state
 
 _ENGINE = lb.EngineConfig(ack_wait_s=2, dispatch_backoff_s=0.05)
 _QUICK = {"backoff_s": 0.0, "jitter": 0.0}
@@ -245,3 +247,55 @@ async def test_logs_of_a_retried_job_name_its_next_attempt(
     code, out, err = await run_cli(bus_config, "logs", job.job_id)
     assert (code, out) == (0, ""), err  # the first attempt printed nothing: its log is its own
     assert f"was run again as job {final.job_id}" in err
+
+
+async def test_many_jobs_in_their_back_off_hold_up_no_other_trigger(bus: lb.Bus) -> None:
+    """A retried end waits out its back-off unacknowledged; on the work consumer (1024 at most in
+    flight) 1,100 of them stopped every trigger of the bus for the whole back-off."""
+    ids = [lb.new_id() for _ in range(1100)]
+
+    def retried_end(job_id: str) -> lb.Event:
+        status = lb.JobStatus(
+            job_id=job_id, site="local", state=JobState.FAILED, attempt=1, retry_next=retry_id(job_id, 2),
+            retry_delay_s=600.0,
+        )  # fmt: skip
+        return lb.make_event(status, source="/test", id=f"{job_id}:FAILED")
+
+    async with lb.serve_engine(bus, _ENGINE):
+        for start in range(0, len(ids), 100):
+            await asyncio.gather(*(bus.publish(retried_end(j)) for j in ids[start : start + 100]))
+        a_id, b_id = lb.new_id(), lb.new_id()
+        await bus.set_job_trigger(lb.JobDefn.of(["true"]), a_id, job_id=b_id)
+        await bus.submit(lb.JobDefn.of(["true"]), job_id=a_id)
+        assert (await bus.wait(b_id, timeout=60)).state is JobState.COMPLETE
+
+
+def test_a_retry_mark_no_policy_could_make_is_refused_at_the_edge() -> None:
+    with pytest.raises(ValidationError, match="next attempt"):
+        lb.JobStatus(job_id="a", site="local", state=JobState.FAILED, attempt=1, retry_next="victim")
+    with pytest.raises(ValidationError, match="FAILED end"):
+        lb.JobStatus(job_id="a", site="local", state=JobState.COMPLETE, attempt=1, retry_next=retry_id("a", 2))
+    with pytest.raises(ValidationError, match="less than or equal"):
+        lb.JobStatus(
+            job_id="a", site="local", state=JobState.FAILED, attempt=1, retry_next=retry_id("a", 2), retry_delay_s=1e300
+        )
+
+
+async def test_a_callback_leaves_a_retried_jobs_failed_end_to_the_watcher(
+    bus: lb.Bus, bus_config: lb.BusConfig
+) -> None:
+    """In callback mode the job's wrapper reports its own end, with native state "exited" (it cannot
+    see an OUT_OF_MEMORY or a TIMEOUT): for a job with a retry policy that end would decide the retry
+    wrongly, so it is left to the site's watcher.  A job without a policy still reports it."""
+
+    async def callback(ctx: lb.JobContext) -> int:
+        env = {**cli_env(), **bus_env(bus_config, bus_config.servers[0]), **lb.identity_env(ctx)}
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "adapters._callback", "exit", "1", env=env)
+        return await asyncio.wait_for(proc.wait(), 60)
+
+    with_policy = lb.JobContext(job_id=lb.new_id(), retry=lb.RetryPolicy(max_attempts=2))
+    without = lb.JobContext(job_id=lb.new_id())
+    assert await callback(with_policy) == 0
+    assert await callback(without) == 0  # published and acknowledged before the process exits
+    assert [s.state for s in await job_events(bus, with_policy.job_id)] == []
+    assert [s.state for s in await job_events(bus, without.job_id)] == [JobState.FAILED]

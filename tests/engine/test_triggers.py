@@ -18,10 +18,12 @@ import sys
 from collections import Counter
 
 import pytest
+from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 import lwfm_bus as lb
 from lwfm_bus import JobState
+from lwfm_bus._engine._consumer import own_delivery
 from tests._helpers import engine_idle
 
 _ENGINE = lb.EngineConfig(ack_wait_s=2, dispatch_backoff_s=0.05)
@@ -625,3 +627,20 @@ async def test_cancelled_trigger_never_fires(bus: lb.Bus) -> None:
         assert engine.stats.fired == 1
         with pytest.raises(lb.TriggerError):
             await bus.cancel_trigger("no-such-trigger")
+
+
+@pytest.mark.parametrize(
+    ("reply", "ours"),
+    [
+        ("$JS.ACK.LWFM.lwfm-engine.1.42.7.1700000000.0", True),
+        ("$JS.ACK.LWFM_PUBLIC.rogue.1.42.7.1700000000.0", False),  # another site's consumer of our copy
+        ("$JS.ACK.LWFM.lwfm-engine-x.1.42.7.1700000000.0", False),
+        ("_INBOX.abc", False),
+        (None, False),  # a plain publish onto the delivery subject
+    ],
+)
+def test_only_what_the_engines_own_consumer_delivers_is_work(reply: str | None, ours: bool) -> None:
+    """In a federation another site can point a consumer's deliveries at any subject of this server,
+    the engine's delivery subject included (tests/federation/test_accounts.py does it for real)."""
+    msg = Msg(_client=None, subject="lwfm.local.job._.a.COMPLETE", reply=reply or "", data=b"")  # type: ignore[arg-type]
+    assert own_delivery(msg, "lwfm-engine") is ours
