@@ -26,11 +26,13 @@ holds the routes' password, is written mode 600 too.
 
 from __future__ import annotations
 
+import re
 import tomllib
+from collections import Counter
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from ._errors import ConfigError
 from ._limits import load_toml_bounded, read_text_bounded
@@ -41,7 +43,9 @@ __all__ = [
     "ROUTE_USER",
     "Cluster",
     "ClusterNode",
+    "host_port",
     "load_cluster",
+    "problems",
     "read_private",
 ]
 
@@ -64,6 +68,11 @@ class ClusterNode(_Frozen):
     host: _Host = Field(description="Where clients and the other nodes reach this node (a name or an address).")
     client_port: _Port = Field(default=4222, description="Port for clients (engines, agents, users).")
     route_port: _Port = Field(default=6222, description="Port for the other nodes' routes.")
+
+    @field_validator("host")
+    @classmethod
+    def _bracketed(cls, value: str) -> str:
+        return _check_host(value, "an IPv6 host")
 
     def client_url(self) -> str:
         return f"nats://{self.host}:{self.client_port}"
@@ -90,8 +99,21 @@ class Cluster(_Frozen):
     )
     nodes: dict[Token, ClusterNode] = Field(description="Every node, by name.", min_length=1)
 
+    @field_validator("bind")
+    @classmethod
+    def _bind(cls, value: str) -> str:
+        return _check_host(value, "an IPv6 bind address", bare_ipv6=True)
+
     @model_validator(mode="after")
     def _distinct(self) -> Cluster:
+        if "{node}" not in self.store_dir:
+            hosts = Counter(node.host for node in self.nodes.values())
+            shared = sorted(host for host, count in hosts.items() if count > 1)
+            if shared:
+                raise ValueError(
+                    f"several nodes on host {shared[0]} would share the store directory {self.store_dir!r}: "
+                    "put {node} in --store-dir (e.g. /data/{node}/jetstream)"
+                )
         seen: dict[str, str] = {}
         for name, node in self.nodes.items():
             for address in (f"{node.host}:{node.client_port}", node.route_address()):
@@ -115,6 +137,32 @@ class Cluster(_Frozen):
 
     def node_store(self, name: str) -> str:
         return self.store_dir.replace("{node}", name)
+
+
+def _check_host(value: str, what: str, *, bare_ipv6: bool = False) -> str:
+    """A host name or address; an IPv6 address in brackets (``[::1]``), or bare too where allowed."""
+    if value.startswith("[") or value.endswith("]") or (":" in value and not bare_ipv6):
+        if not re.fullmatch(r"\[[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]", value):
+            raise ValueError(f"{value!r}: {what} goes in brackets, e.g. [::1]")
+    elif ":" in value and not re.fullmatch(r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*", value):
+        raise ValueError(f"{value!r}: not a host name or an address")
+    return value
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port``, an IPv6 address in brackets (``[::]:4222``)."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def problems(exc: ValidationError, whole: str = "<file>") -> str:
+    """A validation error in one line: each problem names its field (``whole``: none, the whole)."""
+
+    def one(e: Any) -> str:
+        where = ".".join(str(p) for p in e["loc"]) or whole
+        message = str(e["msg"]).removeprefix("Value error, ")
+        return f"{where}: {message}" if where else message
+
+    return "; ".join(one(e) for e in exc.errors())
 
 
 def read_private(path: Path, what: str) -> str:
@@ -144,5 +192,4 @@ def load_cluster(path: Path) -> Cluster:
     try:
         return Cluster.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<file>'}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{path}: {problems}") from None
+        raise ConfigError(f"{path}: {problems(exc)}") from None

@@ -43,7 +43,7 @@ from .._errors import BusClosedError, PublishError
 from .._events import Event, EventDecodeError, decode_event, encode_event
 from .._federation import PUBLIC_STREAM_NAME, FederationMember
 from .._subjects import CANCEL_ROOT, DLQ_ROOT, ROOT, SUBMIT_ROOT, dead_letter_subject
-from ._replicas import not_clustered, raise_replicas, resolve_replicas
+from ._replicas import is_not_clustered, not_clustered, raise_replicas, resolve_replicas
 
 __all__ = [
     "DLQ_STREAM",
@@ -70,7 +70,6 @@ SUBMIT_STREAM = "LWFM_SUBMIT"
 _DLQ_MAX_BYTES = 1 << 30
 _PARKED_MEMORY = 100_000
 _WRONG_LAST_SEQUENCE = 10071  # JetStream: "wrong last sequence" -- it is parked already
-_NOT_CLUSTERED = 10074  # JetStream: "replicas > 1 not supported in non-clustered mode"
 # An ordered consumer lives on one server; when that server goes (a cluster node lost), nats-py
 # makes a new one after missing two heartbeats: 2-4 s with this, about 20 s with its default 5 s.
 ORDERED_HEARTBEAT_S = 1.0
@@ -260,7 +259,7 @@ class EventBus:
             try:
                 await self._js.add_stream(wanted)
             except nats.js.errors.APIError as exc:
-                if (wanted.num_replicas or 1) > 1 and exc.err_code == _NOT_CLUSTERED:
+                if (wanted.num_replicas or 1) > 1 and is_not_clustered(exc):
                     raise not_clustered(f"stream {wanted.name}", wanted.num_replicas or 1) from None
                 raise
             return
@@ -282,7 +281,12 @@ class EventBus:
             log.info("updating stream %s to the current settings", wanted.name)
             if new_sources and any(source.external for source in wanted.sources or []):
                 await self._await_hub()  # ask for them once the link works
-            await self._js.update_stream(wanted)  # never fewer copies than it has (see ._replicas)
+            try:
+                await self._js.update_stream(wanted)  # never fewer copies than it has (see ._replicas)
+            except nats.js.errors.APIError as exc:
+                if (wanted.num_replicas or 1) > (have.num_replicas or 1) and is_not_clustered(exc):
+                    raise not_clustered(f"stream {wanted.name}", wanted.num_replicas or 1) from None
+                raise
         else:
             await raise_replicas(self._js, have, wanted.num_replicas or 1)
 

@@ -11,14 +11,25 @@ meaning of a line.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
-from .._cluster import CLIENT_USER, ROUTE_USER, Cluster
+from .._cluster import CLIENT_USER, ROUTE_USER, Cluster, host_port
 from .._config import EmbeddedServerConfig, is_loopback
 from .._errors import ConfigError
 from .._federation import FederationMember
 
-__all__ = ["adopt_global_store", "quote", "render_cluster", "render_config", "render_federation"]
+__all__ = [
+    "adopt_global_store",
+    "both_stores",
+    "global_store",
+    "quote",
+    "render_cluster",
+    "render_config",
+    "render_federation",
+]
+
+log = logging.getLogger("lwfm_bus.server")
 
 
 def quote(value: str) -> str:
@@ -109,12 +120,30 @@ def adopt_global_store(store_dir: Path, member: FederationMember | None) -> None
     state nats-server keeps under ``jetstream/<account>``.  Moving the directory once,
     before the server starts, keeps that history.
     """
-    if member is None or not member.is_hub:
+    old, new = global_store(store_dir, member)
+    if old is None:
         return
-    root = store_dir / "jetstream"
-    old, new = root / "$G", root / member.federation.account(member.site)
-    if old.is_dir() and not new.exists():
+    if not new.exists():
         old.rename(new)
+    else:
+        log.warning(both_stores(old, new))
+
+
+def global_store(store_dir: Path, member: FederationMember | None) -> tuple[Path | None, Path]:
+    """A hub's store kept in the global account (``jetstream/$G``), if any, and its account's directory."""
+    root = store_dir / "jetstream"
+    if member is None or not member.is_hub:
+        return None, root
+    old, new = root / "$G", root / member.federation.account(member.site)
+    return (old if old.is_dir() else None), new
+
+
+def both_stores(old: Path, new: Path) -> str:
+    """What is said when a hub's store holds both the global account's state and its site account's."""
+    return (
+        f"{old} and {new} both exist: the hub uses {new}; the streams under {old} (from before "
+        "per-site accounts) are not served -- move what you need from it, then remove it"
+    )
 
 
 def render_cluster(cluster: Cluster, node: str, routes_secret: str, max_payload: int = 1024 * 1024) -> str:
@@ -135,14 +164,14 @@ def render_cluster(cluster: Cluster, node: str, routes_secret: str, max_payload:
     client = f"{{ user: {quote(CLIENT_USER)}, password: {quote(cluster.clients_hash)} }}"
     lines = [
         f"server_name: {quote(node)}",
-        f"listen: {quote(f'{cluster.bind}:{me.client_port}')}",
+        f"listen: {quote(host_port(cluster.bind, me.client_port))}",
         f"client_advertise: {quote(f'{me.host}:{me.client_port}')}",
         f"max_payload: {max_payload}",
         f"jetstream {{ store_dir: {quote(cluster.node_store(node))} }}",
         f"authorization {{ users: [ {client} ] }}",
         "cluster {",
         f"  name: {quote(cluster.name)}",
-        f"  listen: {quote(f'{cluster.bind}:{me.route_port}')}",
+        f"  listen: {quote(host_port(cluster.bind, me.route_port))}",
         f"  advertise: {quote(me.route_address())}",
         f"  authorization {{ user: {quote(ROUTE_USER)}, password: {quote(routes_secret)} }}",
         f"  routes: [ {', '.join(quote(url) for url in route_urls)} ]",

@@ -26,11 +26,11 @@ from nats.js.kv import KeyValue
 
 from .._errors import ConfigError
 
-__all__ = ["not_clustered", "open_bucket", "raise_replicas", "resolve_replicas"]
+__all__ = ["CLUSTER_REPLICAS", "is_not_clustered", "not_clustered", "open_bucket", "raise_replicas", "resolve_replicas"]
 
 log = logging.getLogger("lwfm_bus.bus")
 
-_CLUSTER_REPLICAS = 3
+CLUSTER_REPLICAS = 3
 _NOT_CLUSTERED = 10074  # JetStream: "replicas > 1 not supported in non-clustered mode"
 
 
@@ -43,19 +43,25 @@ def resolve_replicas(nc: NATS, setting: Literal["auto"] | int) -> int:
     urls = info.get("connect_urls")
     if not info.get("cluster") or not isinstance(urls, list):
         return 1
-    return _CLUSTER_REPLICAS if len(set(urls)) >= _CLUSTER_REPLICAS else 1
+    return CLUSTER_REPLICAS if len(set(urls)) >= CLUSTER_REPLICAS else 1
 
 
 async def raise_replicas(js: JetStreamContext, have: StreamConfig, wanted: int) -> None:
-    """Give an existing stream (or a bucket's stream) ``wanted`` copies if it has fewer; never raises.
+    """Give an existing stream (or a bucket's stream) ``wanted`` copies if it has fewer.
 
     JetStream moves a clustered stream to more replicas through an ordinary update.
-    A refusal (not enough nodes up now) is said and left for the next process to try.
+    A refusal (not enough nodes up now) is said and left for the next process to try;
+    a server that is not part of a cluster at all raises :class:`ConfigError`, in one line.
     """
     if (have.num_replicas or 1) >= wanted or have.name is None:
         return
     try:
         await js.update_stream(dataclasses.replace(have, num_replicas=wanted))
+    except nats.js.errors.APIError as exc:
+        if is_not_clustered(exc):  # a configuration error, not a passing refusal: said once, in one line
+            raise not_clustered(f"stream {have.name}", wanted) from None
+        log.warning("stream %s keeps %d copies (wanted %d): %r", have.name, have.num_replicas or 1, wanted, exc)
+        return
     except (nats.js.errors.Error, nats.errors.Error, TimeoutError) as exc:
         log.warning("stream %s keeps %d copies (wanted %d): %r", have.name, have.num_replicas or 1, wanted, exc)
         return
@@ -71,7 +77,7 @@ async def open_bucket(js: JetStreamContext, config: KeyValueConfig, replicas: in
         try:
             return await js.create_key_value(dataclasses.replace(config, replicas=replicas))
         except nats.js.errors.APIError as exc:  # 400: made by another process first; 500: see below
-            if replicas > 1 and exc.err_code == _NOT_CLUSTERED:
+            if replicas > 1 and is_not_clustered(exc):
                 raise not_clustered(f"bucket {config.bucket}", replicas) from None
             if not isinstance(exc, nats.js.errors.BadRequestError):
                 raise
@@ -80,6 +86,12 @@ async def open_bucket(js: JetStreamContext, config: KeyValueConfig, replicas: in
         info = await js.stream_info(f"KV_{config.bucket}")
         await raise_replicas(js, info.config, replicas)
     return kv
+
+
+def is_not_clustered(exc: nats.js.errors.APIError) -> bool:
+    """Whether the server refused more than one copy because it is not part of a cluster."""
+    text = (exc.description or "").lower()
+    return exc.err_code == _NOT_CLUSTERED or "non-clustered" in text or "not clustered" in text
 
 
 def not_clustered(what: str, replicas: int) -> ConfigError:

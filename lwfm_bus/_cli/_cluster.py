@@ -16,8 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from .._bus._natsconf import render_cluster
-from .._cluster import CLIENT_USER, Cluster, ClusterNode, load_cluster, read_private
+from .._bus._replicas import CLUSTER_REPLICAS
+from .._cluster import CLIENT_USER, Cluster, ClusterNode, load_cluster, problems, read_private
 from .._config import BusConfig
 from .._errors import ConfigError
 from .._federation import hash_secret, new_secret
@@ -32,14 +35,16 @@ CLIENTS_ENV = "clients.env"
 
 def _node_arg(text: str) -> tuple[str, ClusterNode]:
     """``NAME=HOST[:CLIENT_PORT[:ROUTE_PORT]]`` (an IPv6 host in brackets)."""
-    usage = f"{text!r}: expected NAME=HOST[:CLIENT_PORT[:ROUTE_PORT]]"
+    usage = f"{text!r}: expected NAME=HOST[:CLIENT_PORT[:ROUTE_PORT]] (an IPv6 host in brackets: [::1])"
     name, sep, where = text.partition("=")
     if where.startswith("["):
-        host, _, rest = where.partition("]")
+        host, closed, rest = where.partition("]")
+        if not closed or (rest and not rest.startswith(":")):
+            raise argparse.ArgumentTypeError(usage)  # "[::1" or "[::1]junk"
         parts = [host + "]", *rest.split(":")[1:]]
     else:
         parts = where.split(":")
-    if not sep or not where or len(parts) > 3:
+    if not sep or not where or len(parts) > 3 or not all(parts):
         raise argparse.ArgumentTypeError(usage)
     try:
         check_token(name, "node name")
@@ -47,9 +52,12 @@ def _node_arg(text: str) -> tuple[str, ClusterNode]:
         raise argparse.ArgumentTypeError(str(exc)) from None
     try:
         ports = dict(zip(("client_port", "route_port"), (int(p) for p in parts[1:]), strict=False))
-        return name, ClusterNode.model_validate({"host": parts[0], **ports})
     except ValueError:
         raise argparse.ArgumentTypeError(usage) from None
+    try:
+        return name, ClusterNode.model_validate({"host": parts[0], **ports})
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {problems(exc)}") from None
 
 
 def register(sub: Any) -> None:
@@ -93,7 +101,7 @@ def _toml(cluster: Cluster) -> str:
         f"clients_hash = {q(cluster.clients_hash)}",
     ]
     for name, node in cluster.nodes.items():
-        lines += ["", f"[nodes.{name}]", f"host = {q(node.host)}"]
+        lines += ["", f"[nodes.{q(name)}]", f"host = {q(node.host)}"]  # a name may hold ':' or '@'...
         lines += [f"client_port = {node.client_port}", f"route_port = {node.route_port}"]
     return "\n".join(lines) + "\n"
 
@@ -116,15 +124,17 @@ def _init(out: Path, given: list[tuple[str, ClusterNode]], args: argparse.Namesp
         cluster = Cluster(
             name=args.name, bind=args.bind, store_dir=args.store_dir, clients_hash=hash_secret(clients), nodes=nodes
         )
-    except ValueError as exc:
-        raise ConfigError(f"cluster init: {str(exc).splitlines()[-1].strip()}") from None
+    except ValidationError as exc:
+        raise ConfigError(f"cluster init: {problems(exc, whole='')}") from None
     (out / "secrets").mkdir(parents=True, mode=0o700)
     (out / "cluster.toml").write_text(_toml(cluster))
     _write_private(out / "secrets" / ROUTES_SECRET, routes + "\n")
-    _write_private(
-        out / "secrets" / CLIENTS_ENV,
-        f"LWFM_BUS_URL={','.join(cluster.client_urls())}\nLWFM_BUS_USER={CLIENT_USER}\nLWFM_BUS_PASSWORD={clients}\n",
-    )
+    env = f"LWFM_BUS_URL={','.join(cluster.client_urls())}\nLWFM_BUS_USER={CLIENT_USER}\nLWFM_BUS_PASSWORD={clients}\n"
+    if len(nodes) >= CLUSTER_REPLICAS:
+        # Not left to "auto": it reads the server's INFO at connect time, which may come
+        # from a node whose routes have not formed yet (one copy, wrongly).
+        env += f"LWFM_BUS_REPLICAS={CLUSTER_REPLICAS}\n"
+    _write_private(out / "secrets" / CLIENTS_ENV, env)
     for name in nodes:
         _write_private(out / f"{name}.conf", render_cluster(cluster, name, routes))
     print(f"wrote {shown(out / 'cluster.toml')}, {len(nodes)} node configurations and the secrets under "

@@ -17,6 +17,7 @@ from typing import Any
 
 from .._bus._connect import federation_member
 from .._bus._fedkeeper import source_states
+from .._bus._natsconf import adopt_global_store, both_stores, global_store
 from .._bus._server import render_config
 from .._client import connect
 from .._config import BusConfig
@@ -54,6 +55,11 @@ def register(sub: Any) -> None:
     cfg = cmds.add_parser("config", help="print this site's nats-server configuration (for your own server)")
     cfg.add_argument("--listen", default="127.0.0.1:4222", help="client listen address (default 127.0.0.1:4222)")
     cfg.add_argument("--store", type=Path, help="JetStream store directory (default <home>/jetstream)")
+    cfg.add_argument("-o", "--output", type=Path, help="write here, mode 600 (default: standard output)")
+    cfg.add_argument(
+        "--move-store", action="store_true",
+        help="a hub: move the store's global-account state (jetstream/$G) to the site's account (server stopped)",
+    )  # fmt: skip
     cfg.set_defaults(func=config_cmd)
     status = cmds.add_parser("status", help="how far this site has received every other site's events")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -73,7 +79,7 @@ def _toml(fed: Federation) -> str:
     if fed.hub_listen:
         lines.append(f"hub_listen = {q(fed.hub_listen)}")
     for name, site in fed.sites.items():
-        lines += ["", f"[sites.{name}]"]
+        lines += ["", f"[sites.{q(name)}]"]  # a name may hold ":" or "@", which a bare key may not
         if site.hub:
             lines.append("hub = true")
         lines.append(f"secret_hash = {q(site.secret_hash)}")
@@ -126,7 +132,28 @@ async def config_cmd(args: argparse.Namespace, config: BusConfig) -> int:
         raise ConfigError(f"--listen {args.listen!r}: expected host:port")
     options = config.embedded.model_copy(update={"host": host, "port": int(port)})
     store = args.store or config.store_dir()
-    sys.stdout.write(render_config(options, store, f"lwfm-{member.site}", member))
+    text = render_config(options, store, f"lwfm-{member.site}", member)
+    # A hub's own processes live in its site's account: a store from before (a single
+    # server, or a hub from before accounts) keeps its streams under the global account.
+    old, new = global_store(store, member)
+    if old is not None and new.exists():
+        print(f"warning: {both_stores(old, new)}", file=sys.stderr)
+    elif old is not None and not args.move_store:
+        raise ConfigError(
+            f"{old} holds this hub's streams under the global account, which it no longer serves: stop the "
+            f"server, then run again with --move-store (it moves them to {new.name}), or move it yourself"
+        )
+    elif old is not None:
+        adopt_global_store(store, member)
+        print(f"moved {shown(old)} to {shown(new)}", file=sys.stderr)
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(out.fileno(), 0o600)  # an existing file too: the hub's configuration holds a password
+        out.write(text)
+    print(f"wrote {shown(args.output)} (mode 600: it holds this site's password)")
     return 0
 
 

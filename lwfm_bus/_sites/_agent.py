@@ -22,7 +22,6 @@ until acknowledged (:mod:`._report`).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -288,8 +287,8 @@ class SiteAgent:
                                 "agent %s: ignored a malformed cancel request on %s", self.config.name, msg.subject
                             )
                             continue
-                        held = self._held.get(request.job_id)
-                        if held is not None:
+                        # A job's own id, or the logical id all its attempts share (a retried job).
+                        for held in [h for h in self._held.values() if request.job_id in _ids(h.submission.ctx)]:
                             tg.start_soon(self._cancel_held, held)
             except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
                 if not started:
@@ -360,8 +359,21 @@ class SiteAgent:
                 await anyio.sleep(delay)  # back-off before the next attempt
                 delay = min(30.0, delay * 2)
         log.info("agent %s: serving site %s", self.config.name, self.site)
+        # Only the deliveries of this agent's own consumer are submissions: another
+        # consumer of a stream of this site's server (a leaf may make one on LWFM_PUBLIC)
+        # could name this delivery subject.  Its messages are dropped untouched.
+        ours = f"$JS.ACK.{SUBMIT_STREAM}.{consumer_name(self.site)}."
+        warned = False
         try:
             async for msg in sub.messages:
+                if not (msg.reply or "").startswith(ours):
+                    if not warned:
+                        warned = True
+                        log.warning(
+                            "agent %s: ignoring deliveries on %s that are not from consumer %s (reply %r)",
+                            self.config.name, msg.subject, consumer_name(self.site), msg.reply,
+                        )  # fmt: skip
+                    continue
                 try:
                     submission = Submission.model_validate_json(msg.data)
                     if submission.ctx.site != self.site:
@@ -406,19 +418,20 @@ class SiteAgent:
         """Start, adopt, cancel or recognise as ended the job of a submission just taken."""
         ctx = held.submission.ctx
         if deliveries(held.msg) == 1 and await self._adapter_state(ctx) is None:
-            # The common case, a job nobody has seen: it cannot have ended, and whether it
-            # was cancelled while queued and the claim of its launch are asked at once.
-            cancelled, here = await asyncio.gather(
-                self._asked(lambda: cancel_requested(self._bus, self.site, ctx.job_id)), self._claim_launch(ctx)
-            )
-            if not here:
+            # The common case, a job nobody has seen: it cannot have ended.  Whether it was
+            # cancelled while queued is asked first, and only then is its launch claimed: a
+            # claim is stored only once nothing can fail before the launch (a claim stored
+            # and the submission handed back would leave the next agent waiting for a job
+            # nobody started).
+            if await self._asked(lambda: self._cancel_asked(ctx)):
+                if not await self._asked(lambda: self._launched_elsewhere(ctx)):
+                    await self._cancelled_unstarted(ctx)
+                return  # or launched elsewhere (see _start): its end comes from the bus
+            if not await self._claim_launch(ctx):
                 return  # launched elsewhere (see _start): its end comes from the bus
-            if cancelled:
-                await self._cancelled_unstarted(ctx)
-                return
             await self._start_then_check(held, claimed=True)
             return
-        if await cancel_requested(self._bus, self.site, ctx.job_id):
+        if await self._cancel_asked(ctx):
             if await self._adapter_state(ctx) is None and not await self._launched_elsewhere(ctx):
                 await self._cancelled_unstarted(ctx)
                 return
@@ -439,8 +452,15 @@ class SiteAgent:
         """Start the job; then stop it if a cancel came while it started (a cancel heard just
         before its launch found nothing to stop)."""
         await self._start(held, claimed=claimed)
-        if await self._asked(lambda: cancel_requested(self._bus, self.site, held.submission.ctx.job_id)):
+        if await self._asked(lambda: self._cancel_asked(held.submission.ctx)):
             await self._cancel_held(held)
+
+    async def _cancel_asked(self, ctx: JobContext) -> bool:
+        """Whether a cancel is stored for this attempt or for the logical job all its attempts stand for."""
+        for job_id in _ids(ctx):
+            if await cancel_requested(self._bus, self.site, job_id):
+                return True
+        return False
 
     async def _keep_held(self, held: _Held) -> None:
         """Every third of the ack wait: renew the lease, and look again at what may have been missed.
@@ -454,7 +474,7 @@ class SiteAgent:
             await anyio.sleep(self.config.ack_wait_s / 3)  # a lease renewal period, not synchronisation
             await _settle(held.msg.in_progress())
             try:
-                if not held.cancelled and await cancel_requested(self._bus, self.site, ctx.job_id):
+                if not held.cancelled and await self._cancel_asked(ctx):
                     await self._cancel_held(held)
             except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
                 log.info("agent %s: job %s: could not look at the bus: %r", self.config.name, ctx.job_id, exc)
@@ -653,6 +673,11 @@ class SiteAgent:
         runner = str(Path(__file__).with_name("_secretrun.py"))
         wrapped = defn.model_copy(update={"argv": (sys.executable, runner, spec, "--", *defn.command()), "shell": None})
         return wrapped, values
+
+
+def _ids(ctx: JobContext) -> tuple[str, ...]:
+    """The ids a cancel request may name for this job: its own, and its logical job's (a retry attempt)."""
+    return (ctx.job_id,) if ctx.attempt_of is None else (ctx.job_id, ctx.attempt_of)
 
 
 def _claim_key(ctx: JobContext) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import subprocess
 import sys
 from collections import Counter
@@ -27,9 +28,12 @@ import nats
 import nats.errors
 import nats.js.errors
 import pytest
+from nats.js.api import KeyValueConfig
 
 import lwfm_bus as lb
 from lwfm_bus import JobState
+from lwfm_bus._bus._replicas import open_bucket
+from lwfm_bus._cluster import load_cluster
 from tests._helpers import cli_env, write_sites
 from tests.cluster._nodes import CLI, NODES, Cluster, client_env, init_cluster, running_nodes, spawn
 
@@ -220,6 +224,9 @@ def test_init_writes_each_node_its_configuration_and_keeps_the_secrets_private(t
     routes = (root / "secrets" / "routes.secret").read_text().strip()
     password = client_env(root)["LWFM_BUS_PASSWORD"]
     assert client_env(root)["LWFM_BUS_URL"] == ",".join(urls)  # every node: a client fails over
+    # Three copies, said outright: "auto" reads the INFO a node gives at connect time,
+    # which may predate its routes (one copy, wrongly).
+    assert client_env(root)["LWFM_BUS_REPLICAS"] == "3"
     for private in ("secrets/routes.secret", "secrets/clients.env", *(f"{n}.conf" for n in NODES)):
         assert (root / private).stat().st_mode & 0o777 == 0o600, private
     shared = (root / "cluster.toml").read_text()
@@ -237,9 +244,20 @@ def test_init_writes_each_node_its_configuration_and_keeps_the_secrets_private(t
         (["config", "--cluster", str(root / "cluster.toml"), "--node", "n9"], "node 'n9' is not in the cluster"),
         (["init", "-o", str(tmp_path / "x"), "--node", "n1=h:notaport"], "expected NAME=HOST"),
         (["init", "-o", str(root), "--node", "n1=h"], "never overwrites secrets"),
+        (["init", "-o", str(tmp_path / "x"), "--node", "n1=[::1"], "expected NAME=HOST"),
+        (["init", "-o", str(tmp_path / "x"), "--node", "n1=[::1]junk"], "expected NAME=HOST"),
+        (["init", "-o", str(tmp_path / "x"), "--node", "n1=::1"], "an IPv6 host in brackets"),
+        (["init", "-o", str(tmp_path / "x"), "--node", "n1=h:70000"], "client_port: Input should be less than"),
+        (["init", "-o", str(tmp_path / "x"), "--node", "n1=h", "--bind", "a b"], "bind: String should match"),
+        (["init", "-o", str(tmp_path / "x"), "--node", "n1=h", "--name", "a.b"], "name: String should match"),
+        (
+            ["init", "-o", str(tmp_path / "x"), "--node", "n1=h:1:2", "--node", "n2=h:3:4"],
+            "several nodes on host h would share the store directory '/data/jetstream': put {node} in --store-dir",
+        ),
     ):
         done = subprocess.run([*CLI, "cluster", *argv], capture_output=True, text=True, timeout=60, env=cli_env())
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert "pydantic" not in done.stderr and not (tmp_path / "x").exists(), done.stderr
     (root / "secrets" / "routes.secret").chmod(0o644)
     done = subprocess.run(
         [*CLI, "cluster", "config", "--cluster", str(root / "cluster.toml"), "--node", "n1"],
@@ -248,20 +266,56 @@ def test_init_writes_each_node_its_configuration_and_keeps_the_secrets_private(t
     assert done.returncode == 2 and "readable by others" in done.stderr
 
 
+def test_node_names_beyond_toml_bare_keys_and_ipv6_addresses_make_a_readable_cluster(tmp_path: Path) -> None:
+    root = tmp_path / "cluster"
+    nodes = {"a:b@c": "[::1]:4222:6222", "n+2": "[::1]:4223:6223", "n~3^x": "[fd00::3]"}
+    subprocess.run(
+        [*CLI, "cluster", "init", "-o", str(root), "--bind", "::", "--store-dir", "/data/{node}",
+         *(f"--node={name}={where}" for name, where in nodes.items())],
+        check=True, capture_output=True, text=True, timeout=60, env=cli_env(),
+    )  # fmt: skip
+    cluster = load_cluster(root / "cluster.toml")
+    assert list(cluster.nodes) == list(nodes)
+    assert cluster.client_urls() == ("nats://[::1]:4222", "nats://[::1]:4223", "nats://[fd00::3]:4222")
+    conf = subprocess.run(
+        [*CLI, "cluster", "config", "--cluster", str(root / "cluster.toml"), "--node", "a:b@c"],
+        check=True, capture_output=True, text=True, timeout=60, env=cli_env(),
+    ).stdout  # fmt: skip
+    assert conf == (root / "a:b@c.conf").read_text()
+    assert 'listen: "[::]:4222"' in conf and 'listen: "[::]:6222"' in conf  # the bind address, bracketed
+    assert 'client_advertise: "[::1]:4222"' in conf and 'store_dir: "/data/a:b@c"' in conf
+    assert "@[::1]:6223" in conf and "@[fd00::3]:6222" in conf  # the routes to the others
+
+
 async def test_streams_made_with_one_copy_are_raised_to_three_and_never_lowered(tmp_path: Path) -> None:
     async with running_cluster(tmp_path, processes=False) as cluster:
         one = cluster.config(tmp_path / "home").model_copy(update={"replicas": 1})
+        everything = ("LWFM", "LWFM_SUBMIT", "LWFM_DLQ", *(f"KV_{b}" for b in _BUCKETS))
         async with lb.connect(one) as bus:
             assert bus.replicas == 1
-            assert (await bus.jetstream.stream_info("LWFM")).config.num_replicas == 1
+            await _open_buckets(bus)  # as the engine (firings, joins) and the agents (launches) do
+            for stream in everything:
+                assert (stream, (await bus.jetstream.stream_info(stream)).config.num_replicas) == (stream, 1)
         async with lb.connect(cluster.config(tmp_path / "home")) as bus:  # auto: three nodes, three copies
             assert bus.replicas == 3
-            await _three_copies(bus, ("LWFM", "LWFM_SUBMIT", "LWFM_DLQ"))
+            await _open_buckets(bus)
+            await _three_copies(bus, everything)
         async with lb.connect(one) as bus:  # a process configured for less takes nothing away
-            await _three_copies(bus, ("LWFM", "LWFM_SUBMIT", "LWFM_DLQ"))
+            await _open_buckets(bus)
+            await _three_copies(bus, everything)
 
 
-async def test_a_single_server_keeps_one_copy_and_refuses_three_in_one_line(bus_config: lb.BusConfig) -> None:
+_BUCKETS = ("lwfm_firings", "lwfm_joins", "lwfm_launches")
+
+
+async def _open_buckets(bus: lb.Bus) -> None:
+    for bucket in _BUCKETS:
+        await open_bucket(bus.jetstream, KeyValueConfig(bucket=bucket, history=1), bus.replicas)
+
+
+async def test_a_single_server_keeps_one_copy_and_refuses_three_in_one_line(
+    bus_config: lb.BusConfig, caplog: pytest.LogCaptureFixture
+) -> None:
     alone = bus_config.model_copy(update={"engine": "off"})
     with pytest.raises(lb.ConfigError, match="not part of a JetStream cluster"):
         async with lb.connect(alone.model_copy(update={"replicas": 3})):
@@ -269,3 +323,15 @@ async def test_a_single_server_keeps_one_copy_and_refuses_three_in_one_line(bus_
     async with lb.connect(alone) as bus:  # auto
         assert bus.replicas == 1
         assert (await bus.jetstream.stream_info("LWFM")).config.num_replicas == 1
+        await open_bucket(bus.jetstream, KeyValueConfig(bucket="lwfm_launches", history=1), 1)
+        # An existing bucket asked for three copies on one server: one line, not a warning.
+        with caplog.at_level(logging.WARNING, logger="lwfm_bus"):
+            with pytest.raises(lb.ConfigError, match="not part of a JetStream cluster"):
+                await open_bucket(bus.jetstream, KeyValueConfig(bucket="lwfm_launches", history=1), 3)
+    # An existing home's streams, then LWFM_BUS_REPLICAS=3: the same one line, no warning per stream.
+    with caplog.at_level(logging.WARNING, logger="lwfm_bus"):
+        with pytest.raises(lb.ConfigError, match="not part of a JetStream cluster") as raised:
+            async with lb.connect(alone.model_copy(update={"replicas": 3})):
+                pass  # pragma: no cover
+    assert "\n" not in str(raised.value) and "(set LWFM_BUS_REPLICAS=auto or 1)" in str(raised.value)
+    assert [r.getMessage() for r in caplog.records if "copies" in r.getMessage()] == []

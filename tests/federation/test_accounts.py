@@ -251,3 +251,94 @@ def test_each_site_is_its_own_account_exporting_only_its_public_names(tmp_path: 
 def _init_file(tmp_path: Path) -> Path:
     _init(tmp_path / "fed")
     return tmp_path / "fed" / "federation.toml"
+
+
+# --------------------------------------------------------------------------- deliveries aimed at a site's processes
+
+# A leaf may make a consumer on another site's LWFM_PUBLIC (it is granted, to read its
+# public events) and may name any delivery subject, including the subject on which that
+# site's agents or engine take their own consumer's deliveries.  They must ignore such
+# deliveries: neither run nor settle them.
+_HOUR_NS = 3600 * 1_000_000_000
+
+
+async def _aim_public_deliveries(federation: Federation, name: str, deliver: str, group: str | None) -> set[str]:
+    """Alpha makes a consumer of beta's public events delivered to ``deliver``; returns once some were delivered.
+
+    The events delivered are three job statuses beta publishes: their job ids are returned.
+    """
+    beta = federation["beta"]
+    events = [_status("beta") for _ in range(3)]
+    for event in events:
+        await beta.publish(event)
+    watch = await beta.nats.subscribe(deliver)  # beta's account: sees every delivery to that subject
+    await beta.nats.flush()
+    config: dict[str, object] = {
+        "name": name,
+        "deliver_subject": deliver,
+        "ack_policy": "explicit",  # an ack, nak or term by anyone shows in the consumer's state
+        "ack_wait": _HOUR_NS,  # no redelivery during the test
+        "deliver_policy": "all",
+        "filter_subject": "lwfm.beta.>",
+        "inactive_threshold": _HOUR_NS,
+    }
+    if group is not None:
+        config["deliver_group"] = group
+    async with _rogue(federation, "alpha") as rogue:
+        answer = await rogue.ask(
+            f"$JS.beta.API.CONSUMER.CREATE.LWFM_PUBLIC.{name}.lwfm.beta.>",
+            {"stream_name": "LWFM_PUBLIC", "config": config},
+        )
+    assert json.loads(answer)["config"]["deliver_subject"] == deliver, answer  # accepted, as the reviewer showed
+    waiting = {e.id for e in events}
+    while waiting:  # the copy into LWFM_PUBLIC is asynchronous: wait for these three to be delivered
+        msg = await watch.next_msg(timeout=30)
+        if (msg.reply or "").startswith(f"$JS.ACK.LWFM_PUBLIC.{name}."):  # not the site's own consumer's
+            waiting.discard(lb.decode_event(msg.data).id)
+    await watch.unsubscribe()
+    return {e.data.job_id for e in events if isinstance(e.data, lb.JobStatus)}
+
+
+async def _untouched(federation: Federation, name: str) -> None:
+    info = await federation["beta"].jetstream.consumer_info("LWFM_PUBLIC", name)
+    assert info.delivered is not None and (info.delivered.consumer_seq or 0) >= 3, info
+    # Nobody acked, nak'ed or terminated any delivery.
+    assert info.num_ack_pending == info.delivered.consumer_seq, info
+    assert info.ack_floor is not None and (info.ack_floor.consumer_seq or 0) == 0, info
+    assert info.num_redelivered == 0, info
+
+
+async def test_a_leaf_cannot_feed_another_sites_agents_deliveries_of_its_own(tmp_path: Path) -> None:
+    async with running_federation(tmp_path) as federation:
+        hub, beta = federation["hub"], federation["beta"]
+        published = await _aim_public_deliveries(federation, "rogue-agent", "lwfm-agent.beta.deliver", None)
+        # A real job afterwards: its submission reaches the agents after the rogue
+        # deliveries did (one subject, one connection each), and it runs normally.
+        job = await hub.submit(_true("after-rogue"), site="beta")
+        assert (await job.wait(timeout=60)).state == lb.JobState.COMPLETE
+        await _untouched(federation, "rogue-agent")
+        after = await beta.jetstream.consumer_info("LWFM_SUBMIT", "lwfm-agent-beta")
+        assert after.num_ack_pending == 0 and after.num_redelivered == 0
+        jobs = {e.data.job_id for e in await _jobs_of(beta) if isinstance(e.data, lb.JobStatus)}
+        assert jobs == {job.job_id} | published, jobs  # nothing was launched from the rogue deliveries
+
+
+async def _jobs_of(bus: lb.Bus) -> list[lb.Event]:
+    async with bus.replay("lwfm.beta.job.>") as history:
+        return [e async for e in history]
+
+
+async def test_a_leaf_cannot_feed_another_sites_engine_deliveries_of_its_own(tmp_path: Path) -> None:
+    async with running_federation(tmp_path) as federation:
+        hub, beta = federation["hub"], federation["beta"]
+        engine = beta.engine
+        assert engine is not None
+        await _aim_public_deliveries(federation, "rogue-engine", f"{ENGINE}.LWFM.deliver", ENGINE)
+        judged = engine.stats.events
+        # Events beta's engine judges after the rogue deliveries reached it: a job's
+        # events, from its own consumer; its end shows they were judged.
+        job = await hub.submit(_true("after-rogue"), site="beta")
+        await job.wait(timeout=60)
+        await _untouched(federation, "rogue-engine")
+        ours = len(await _jobs_of(beta))
+        assert engine.stats.events - judged <= ours, (engine.stats.events, judged, ours)

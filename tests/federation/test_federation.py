@@ -75,7 +75,7 @@ def _restrict_submissions(path: Path, site: str, targets: list[str]) -> None:
     """Edit the federation file: ``site`` may submit only to ``targets`` (init allows every member)."""
     blocks = path.read_text().split("\n\n")
     for i, block in enumerate(blocks):
-        if block.startswith(f"[sites.{site}]"):
+        if block.startswith(f"[sites.{json.dumps(site)}]"):
             blocks[i] = block.replace('submit_to = ["*"]', f"submit_to = {json.dumps(targets)}")
     path.write_text("\n\n".join(blocks))
 
@@ -155,6 +155,50 @@ def test_init_writes_hashes_not_secrets_and_each_secret_private(tmp_path: Path) 
     ).stdout  # fmt: skip
     assert 'domain: "alpha"' in out
     assert "nats-leaf://alpha:" in out
+
+
+def test_site_names_beyond_toml_bare_keys_make_a_readable_federation_file(tmp_path: Path) -> None:
+    root = tmp_path / "fed"
+    subprocess.run(
+        [*CLI, "federation", "init", "-o", str(root), "--hub", "h@q", "--hub-url", PLACEHOLDER,
+         "--leaf", "a:b=a+hpc", "--leaf", "c~d^e"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    fed = lb.load_federation(root / "federation.toml")
+    assert (fed.hub, sorted(fed.sites)) == ("h@q", ["a:b", "c~d^e", "h@q"])
+    assert fed.names_of("a:b") == ("a:b", "a+hpc")
+
+
+def test_a_hubs_config_takes_its_old_global_store_and_is_written_private(tmp_path: Path) -> None:
+    """A hub's store from before per-site accounts (``jetstream/$G``) is refused, or moved on
+    request; both directories at once is said; ``-o`` writes the hub's password mode 600."""
+    root, store = tmp_path / "fed", tmp_path / "store"
+    _init(root)
+    env = {**os.environ, "LWFM_BUS_FEDERATION_SECRET": str(root / "secrets" / "hub.secret")}
+    argv = [*CLI, "--site", "hub", "--federation", str(root / "federation.toml"), "federation", "config"]
+    argv += ["--store", str(store)]
+
+    def config(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*argv, *extra], capture_output=True, text=True, env=env, timeout=60)
+
+    old, new = store / "jetstream" / "$G", store / "jetstream" / "lwfm-hub"
+    (old / "streams" / "LWFM").mkdir(parents=True)
+    done = config()
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "--move-store" in done.stderr and done.stdout == ""
+    assert old.is_dir() and not new.exists()
+    out = tmp_path / "hub.conf"
+    out.write_text("")
+    out.chmod(0o644)  # an existing file is made private too
+    done = config("--move-store", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert (new / "streams" / "LWFM").is_dir() and not old.exists()  # as the embedded hub adopts it
+    assert out.stat().st_mode & 0o777 == 0o600
+    secret = (root / "secrets" / "hub.secret").read_text().strip()
+    assert secret in out.read_text() and f"store_dir: {json.dumps(str(store))}" in out.read_text()
+    old.mkdir()  # both: the account's directory is used, the old one is said
+    done = config()
+    assert done.returncode == 0 and "both exist" in done.stderr and secret in done.stdout
 
 
 @pytest.mark.parametrize(
