@@ -16,43 +16,38 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
-import sys
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import nats.errors
 import nats.js.errors
 
 from ._bus._connect import open_event_bus
-from ._bus._eventbus import STREAM, EventBus
+from ._bus._eventbus import STREAM
 from ._bus._fedkeeper import keeping_sources
 from ._config import BusConfig, load_config
-from ._errors import ConfigError, JobTimeoutError, SiteError, TriggerError, UnknownJobError
+from ._errors import ConfigError, JobTimeoutError, SiteError, UnknownJobError
 from ._events import (
     EventDecodeError,
     JobStatus,
     SiteHeartbeatEvent,
-    TriggerCancelled,
-    TriggerRegistered,
     WorkflowDefined,
     decode_event,
     make_event,
     new_id,
 )
 from ._identity import bus_env
-from ._index._projection import JobIndex, JobRecord, TriggerRecord, WorkflowRecord
+from ._index._projection import JobIndex, JobRecord, WorkflowRecord
 from ._jobs import JobContext, JobDefn, Workflow
 from ._meta import Metadata
-from ._notify import NOTIFY_URL_ENV, Notify, notify_triggers
 from ._query import DataPage, DataQuery, DataRecord
 from ._repo._repository import DataRepo, Provenance
 from ._repo._workspaces import Workspaces
-from ._secrets import SecretStore, credential_like, redact, secret_name
+from ._secrets import SecretStore, redact
 from ._sites._dispatch import NOT_TAKEN, Dispatcher
 from ._sites._protocol import LogStream, SiteAdapter, SiteRuntime
 from ._sites._registry import SiteSpec, load_sites
@@ -60,7 +55,7 @@ from ._sites._report import Reporter
 from ._sites._submit import request_cancel
 from ._states import JobState
 from ._subjects import ROOT, check_token
-from ._triggers import DataTrigger, Downstream, JobTrigger, JoinTrigger, Match, ScheduleTrigger, Trigger, Upstream
+from ._triggerapi import TriggerApi
 from ._waiting import never_runs, wait_for_end
 
 if TYPE_CHECKING:
@@ -100,7 +95,7 @@ class Job:
         return await self.bus.logs(self.job_id, stream)
 
 
-class Bus(EventBus):
+class Bus(TriggerApi):
     """A connection to an lwfm bus.  Obtain one with ``async with lwfm_bus.connect() as bus``."""
 
     def __init__(self, nc: Any, config: BusConfig) -> None:
@@ -111,7 +106,6 @@ class Bus(EventBus):
         # hold up opening another (issue 22: one unreachable site delayed every local job).
         self._adapter_locks: dict[str, asyncio.Lock] = {}
         self._index: JobIndex | None = None
-        self._warned_credentials: set[str] = set()  # env names warned about at registration
         self._index_lock = asyncio.Lock()
         self._agents: dict[str, SiteAgent] = {}
         self._engine: Engine | None = None
@@ -260,16 +254,6 @@ class Bus(EventBus):
         await self.dispatcher.submit_job(ctx, defn, always_warn=True)
         return Job(job_id=ctx.job_id, site=site, workflow_id=wf_id, bus=self)
 
-    def _here(self, defn: JobDefn, site: str) -> JobDefn:
-        """A job for this machine with no working directory runs where it was submitted from.
-
-        It runs in an agent's process now, whose directory is the agent's: without this, a
-        relative path in a job would mean something else than where the user typed it.
-        """
-        if defn.cwd is not None or not self.is_local_site(site):
-            return defn
-        return defn.model_copy(update={"cwd": os.getcwd()})
-
     async def wait(self, job_id: str, *, timeout: float | None = None) -> JobStatus:
         """The job's terminal status, woken by its event (it may have ended already).
 
@@ -404,13 +388,6 @@ class Bus(EventBus):
                 with contextlib.suppress(TimeoutError):
                     await news.next(timeout=left)  # something of the workflow moved: look again
 
-    async def _withdraw(self, record: TriggerRecord, reason: str | None) -> None:
-        data = TriggerCancelled(
-            trigger_id=record.trigger_id, site=self.config.site, workflow_id=record.workflow_id, reason=reason
-        )
-        event_id = f"cancelled:{record.trigger_id}"
-        await self.publish(make_event(data, source=f"/sites/{self.config.site}/api", id=event_id))
-
     async def logs(self, job_id: str, stream: LogStream = "stdout") -> bytes:
         """What the job wrote, with the values of its site's secrets in this home's store as ``***``.
 
@@ -496,183 +473,6 @@ class Bus(EventBus):
 
     # ------------------------------------------------------------------ triggers
 
-    async def add_trigger(self, trigger: Trigger) -> Trigger:
-        """Register a trigger (validated already: a bad one never reaches the bus).
-
-        A plain ``env`` value whose name looks like a credential is warned about (once per
-        name and process): it is stored in the registration and travels with it.
-        """
-        jobs = [
-            trigger.downstream.job,
-            *([trigger.fallback.job] if isinstance(trigger, JoinTrigger) and trigger.fallback else []),
-        ]
-        plain = {n for job in jobs for n in credential_like(job.env)}
-        plain |= {NOTIFY_URL_ENV for job in jobs if secret_name(job.env.get(NOTIFY_URL_ENV, "secret:X")) is None}
-        for name in sorted(plain - self._warned_credentials):
-            self._warned_credentials.add(name)
-            log.warning(
-                "trigger %s: env %s holds a plain value that looks like a credential; it is stored on the bus "
-                "with the trigger: use secret:NAME instead (see 'lwfm-bus secret set')",
-                trigger.trigger_id, name,
-            )  # fmt: skip
-        data = TriggerRegistered(
-            trigger_id=trigger.trigger_id, site=self.config.site, workflow_id=trigger.workflow_id, definition=trigger
-        )
-        await self.publish(
-            make_event(data, source=f"/sites/{self.config.site}/api", id=f"registered:{trigger.trigger_id}")
-        )
-        return trigger
-
-    async def set_job_trigger(
-        self,
-        downstream: JobDefn,
-        upstream: str | Job | Iterable[str | Job],
-        *,
-        site: str = "local",
-        states: JobState | Iterable[JobState] = JobState.COMPLETE,
-        match: Match | str = Match.EXACT,
-        mode: str = "all",
-        at_least: int | None = None,
-        within_s: float | None = None,
-        fallback: JobDefn | None = None,
-        fallback_site: str | None = None,
-        job_id: str | None = None,
-        workflow: Workflow | str | None = None,
-        trigger_id: str | None = None,
-    ) -> Trigger:
-        """Run ``downstream`` after ``upstream`` (one job: 3b) or after a set of jobs (a join: 3c).
-
-        ``job_id`` fixes the id of the job that will run, so it can be waited on now.
-        """
-        wanted = (states,) if isinstance(states, JobState) else tuple(states)
-        wf_id = workflow.workflow_id if isinstance(workflow, Workflow) else workflow
-        target = Downstream(job=self._here(downstream, site), site=site, job_id=job_id, workflow_id=wf_id)
-        common: dict[str, Any] = {"downstream": target, "workflow_id": wf_id}
-        if trigger_id is not None:
-            common["trigger_id"] = trigger_id
-        if isinstance(upstream, str | Job):
-            ups = [Upstream(job_id=_job_id(upstream), states=wanted, match=Match(match))]
-            single = mode == "all" and at_least is None and within_s is None and fallback is None
-        else:
-            ups = [Upstream(job_id=_job_id(u), states=wanted, match=Match(match)) for u in upstream]
-            single = False
-        trigger: Trigger
-        if single:
-            trigger = JobTrigger(upstream=ups[0], **common)
-        else:
-            fb_site = fallback_site or site
-            fb = Downstream(job=self._here(fallback, fb_site), site=fb_site, workflow_id=wf_id) if fallback else None
-            trigger = JoinTrigger.model_validate(
-                {"upstreams": ups, "mode": mode, "at_least": at_least, "within_s": within_s, "fallback": fb, **common}
-            )
-        return await self.add_trigger(trigger)
-
-    async def set_data_trigger(
-        self,
-        downstream: JobDefn,
-        signature: Mapping[str, Any],
-        *,
-        site: str = "local",
-        fire: str = "once",
-        source_site: str | None = None,
-        source_workflow: str | None = None,
-        existing: str = "include",
-        job_id: str | None = None,
-        workflow: Workflow | str | None = None,
-        trigger_id: str | None = None,
-    ) -> Trigger:
-        """Run ``downstream`` when data with metadata matching ``signature`` arrives (3d)."""
-        wf_id = workflow.workflow_id if isinstance(workflow, Workflow) else workflow
-        fields: dict[str, Any] = {
-            "downstream": Downstream(job=self._here(downstream, site), site=site, job_id=job_id, workflow_id=wf_id),
-            "workflow_id": wf_id,
-            "signature": dict(signature),
-            "fire": fire,
-            "source_site": source_site,
-            "source_workflow": source_workflow,
-            "existing": existing,
-        }
-        if trigger_id is not None:
-            fields["trigger_id"] = trigger_id
-        return await self.add_trigger(DataTrigger.model_validate(fields))
-
-    async def set_notify(
-        self,
-        workflow: Workflow | str,
-        url: str,
-        *,
-        on: Literal["failure", "success", "end"] = "failure",
-        jobs: Iterable[str | Job] = (),
-        title: str | None = None,
-    ) -> list[Trigger]:
-        """POST a JSON message to ``url`` when ``workflow`` fails (its first job that ends FAILED or
-        CANCELLED for good), succeeds (every one of ``jobs`` COMPLETE), or at its ``end`` either way.
-
-        Once per run, however many engines judge it; sent by a job on ``local``, whose retry
-        policy sends again while the webhook does not answer 2xx.  ``url`` may be
-        ``secret:NAME``, resolved by the agent that sends it.  Failures count from now on.
-        """
-        wf_id = check_token(workflow.workflow_id if isinstance(workflow, Workflow) else workflow, "workflow id")
-        finals = [j.job_id if isinstance(j, Job) else check_token(j, "job id") for j in jobs]
-        if on != "failure" and not finals:
-            raise ValueError(f"on={on!r}: name the jobs whose completion completes the workflow (jobs=...)")
-        notify = Notify(url=url, on=on)
-        triggers = notify_triggers(notify, wf_id, title or wf_id, finals, sys.executable)
-        for trigger in triggers:
-            await self.add_trigger(trigger)
-        return triggers
-
-    async def set_schedule(
-        self,
-        downstream: JobDefn,
-        *,
-        cron: str | None = None,
-        interval_s: int | None = None,
-        tz: str = "UTC",
-        start: datetime | None = None,
-        end: datetime | None = None,
-        catchup: bool = False,
-        site: str = "local",
-        workflow: Workflow | str | None = None,
-        trigger_id: str | None = None,
-    ) -> Trigger:
-        """Run ``downstream`` at each tick of a cron expression or an interval: a new job per tick.
-
-        Each tick's job id is derived from the trigger id and the tick, so a tick starts
-        one job however many engines run; ``catchup`` says whether the ticks missed while
-        no engine ran are started (the latest 1000), or only the latest of them.
-        """
-        wf_id = workflow.workflow_id if isinstance(workflow, Workflow) else workflow
-        fields: dict[str, Any] = {
-            "downstream": Downstream(job=self._here(downstream, site), site=site, workflow_id=wf_id),
-            "workflow_id": wf_id,
-            "cron": cron,
-            "interval_s": interval_s,
-            "tz": tz,
-            "start": start,
-            "end": end,
-            "catchup": catchup,
-        }
-        if trigger_id is not None:
-            fields["trigger_id"] = trigger_id
-        return await self.add_trigger(ScheduleTrigger.model_validate(fields))
-
-    async def cancel_trigger(self, trigger_id: str, reason: str | None = None) -> None:
-        """Withdraw a trigger: events judged from now on no longer fire it."""
-        record = await (await self.index()).trigger(trigger_id)
-        if record is None:
-            raise TriggerError(f"no trigger {trigger_id!r} is known to this bus")
-        await self._withdraw(record, reason)
-
-    async def triggers(
-        self, *, workflow: Workflow | str | None = None, state: str | None = None
-    ) -> list[TriggerRecord]:
-        wf_id = workflow.workflow_id if isinstance(workflow, Workflow) else workflow
-        return await (await self.index()).triggers(workflow_id=wf_id, state=state)
-
-    async def trigger(self, trigger_id: str) -> TriggerRecord | None:
-        return await (await self.index()).trigger(trigger_id)
-
 
 @dataclass(frozen=True)
 class WorkflowStop:
@@ -692,15 +492,6 @@ def _context_of(r: JobRecord) -> JobContext:
         job_id=r.job_id, site=r.site, workflow_id=r.workflow_id, name=r.name, native_id=r.native_id,
         parent_ids=r.parent_ids,
     )  # fmt: skip
-
-
-def _job_id(job: str | Job | Any) -> str:
-    if isinstance(job, str):
-        return check_token(job, "job id")
-    found = getattr(job, "job_id", None)
-    if not isinstance(found, str):
-        raise TriggerError(f"not a job or a job id: {job!r}")
-    return check_token(found, "job id")
 
 
 @contextlib.asynccontextmanager
