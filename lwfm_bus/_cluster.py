@@ -27,7 +27,6 @@ holds the routes' password, is written mode 600 too.
 from __future__ import annotations
 
 import re
-import tomllib
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -35,7 +34,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from ._errors import ConfigError
-from ._limits import load_toml_bounded, read_text_bounded
+from ._limits import read_toml_file
 from ._subjects import Token
 
 __all__ = [
@@ -182,11 +181,7 @@ def read_private(path: Path, what: str) -> str:
 def load_cluster(path: Path) -> Cluster:
     """Read and check a cluster file; errors name the file and the field."""
     try:
-        raw = load_toml_bounded(read_text_bounded(path, str(path)), str(path))
-    except OSError as exc:
-        raise ConfigError(f"cannot read cluster file {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        raw = read_toml_file(path, "cluster file")
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     try:

@@ -41,7 +41,6 @@ Secrets: the file holds bcrypt hashes only; each site keeps its own secret in a 
 from __future__ import annotations
 
 import secrets
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -50,7 +49,7 @@ from urllib.parse import quote, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ._errors import ConfigError
-from ._limits import load_toml_bounded, read_text_bounded
+from ._limits import read_toml_file
 from ._subjects import AGENT_ROOT, CANCEL_ROOT, DLQ_ROOT, ROOT, SUBMIT_ROOT, Token
 
 __all__ = [
@@ -352,11 +351,7 @@ class FederationMember:
 def load_federation(path: Path) -> Federation:
     """Read and check a federation file; errors name the file and the field."""
     try:
-        raw = load_toml_bounded(read_text_bounded(path, str(path)), str(path))
-    except OSError as exc:
-        raise ConfigError(f"cannot read federation file {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        raw = read_toml_file(path, "federation file")
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     try:

@@ -118,6 +118,21 @@ def read_text_bounded(source: Path | IO[str], what: str, limit: int = MAX_FILE_B
     return text
 
 
+def read_toml_file(path: Path, what: str = "") -> dict[str, Any]:
+    """A TOML file, read within the size and depth limits.
+
+    Every failure is a ValueError whose text is the one line a user reads (``cannot
+    read <what> <path>: ...``, ``<path>: not valid TOML: ...``, too large, too deep):
+    the sites, federation and cluster files are read and refused alike.
+    """
+    try:
+        return load_toml_bounded(read_text_bounded(path, str(path)), str(path))
+    except tomllib.TOMLDecodeError as exc:  # a ValueError too: said with what it is first
+        raise ValueError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {what + ' ' if what else ''}{path}: {exc.strerror or exc}") from None
+
+
 def load_toml_bounded(text: str, what: str, limit: int = MAX_DEPTH) -> dict[str, Any]:
     """``tomllib.loads`` that refuses nesting deeper than ``limit`` (ValueError naming ``what``).
 

@@ -19,6 +19,7 @@ Being a job, the POST is retried by a retry policy when the webhook does not ans
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections.abc import Sequence
 from typing import Annotated, Literal
@@ -36,6 +37,7 @@ __all__ = ["NOTIFY_URL_ENV", "Notify", "notify_triggers"]
 
 NOTIFY_URL_ENV = "LWFM_NOTIFY_URL"
 """Where ``notify-send`` finds the webhook address (an env value: a ``secret:`` reference is resolved there)."""
+log = logging.getLogger("lwfm_bus.client")
 _SEND_RETRY = RetryPolicy(max_attempts=5, backoff_s=5.0, max_backoff_s=120.0)
 _NO_SPACE = re.compile(r"^\S+$")
 
@@ -73,6 +75,12 @@ def notify_triggers(
     triggers of its own.  The sending job is in a workflow of its own: cancelling the
     run must not cancel the message that says it was cancelled.
     """
+    if secret_name(notify.url) is None:
+        log.warning(
+            "notify %s: a plain webhook address is stored on the bus with its triggers, and most webhooks' "
+            "addresses are credentials: use secret:NAME instead (see 'lwfm-bus secret set')",
+            title[:200],
+        )
     fingerprint = hashlib.sha256("\x1f".join(success_jobs).encode()).hexdigest()[:16]
     ids = {outcome: derived_id(workflow_id, "notify", outcome, fingerprint) for outcome in ("failure", "success")}
     wanted: tuple[str, ...] = ("failure", "success") if notify.on == "end" else (notify.on,)

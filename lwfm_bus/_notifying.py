@@ -22,20 +22,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
-import nats.errors
-import nats.js.errors
 
 from ._bus._connect import open_event_bus
-from ._bus._eventbus import STREAM, EventBus
+from ._bus._eventbus import EventBus
 from ._config import load_config
 from ._errors import ConfigError, JobError
-from ._events import EventDecodeError, JobStatus, JobStatusEvent, TriggerCancelled, decode_event, make_event
+from ._events import JobStatus, TriggerCancelled, make_event
 from ._identity import current_job
 from ._notify import NOTIFY_URL_ENV
 from ._retry import MAX_ATTEMPTS
 from ._secrets import secret_name
-from ._states import JobState
-from ._subjects import ROOT
+from ._waiting import stored_end
 
 __all__ = ["send_notification"]
 
@@ -71,26 +68,10 @@ async def _final_end(bus: EventBus, job_id: str) -> JobStatus | None:
     """The end of ``job_id``'s final attempt, as the stream holds it (None if it holds none)."""
     current = job_id
     for _ in range(MAX_ATTEMPTS):
-        end = await _end_of(bus, current)
+        end = await stored_end(bus, current)
         if end is None or end.retry_next is None:
             return end
         current = end.retry_next
-    return None
-
-
-async def _end_of(bus: EventBus, job_id: str) -> JobStatus | None:
-    for state in (JobState.COMPLETE, JobState.FAILED, JobState.CANCELLED):
-        subject = f"{ROOT}.*.job.*.{job_id}.{state.value}"
-        try:
-            raw = await bus.jetstream.get_msg(STREAM, seq=1, subject=subject, next=True)
-        except (nats.js.errors.NotFoundError, nats.errors.Error):
-            continue
-        try:
-            event = decode_event(raw.data or b"", bus.config.max_event_bytes, raw.subject)
-        except EventDecodeError:
-            continue
-        if isinstance(event, JobStatusEvent):
-            return event.data
     return None
 
 

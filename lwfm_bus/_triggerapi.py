@@ -19,8 +19,8 @@ from ._errors import TriggerError
 from ._events import TriggerCancelled, TriggerRegistered, make_event
 from ._index._projection import JobIndex, TriggerRecord
 from ._jobs import JobDefn, Workflow
-from ._notify import NOTIFY_URL_ENV, Notify, notify_triggers
-from ._secrets import credential_like, secret_name
+from ._notify import Notify, notify_triggers
+from ._secrets import credential_like
 from ._states import JobState
 from ._subjects import check_token
 from ._triggers import DataTrigger, Downstream, JobTrigger, JoinTrigger, Match, ScheduleTrigger, Trigger, Upstream
@@ -71,7 +71,6 @@ class TriggerApi(EventBus):
             *([trigger.fallback.job] if isinstance(trigger, JoinTrigger) and trigger.fallback else []),
         ]
         plain = {n for job in jobs for n in credential_like(job.env)}
-        plain |= {NOTIFY_URL_ENV for job in jobs if secret_name(job.env.get(NOTIFY_URL_ENV, "secret:X")) is None}
         for name in sorted(plain - self._warned_credentials):
             self._warned_credentials.add(name)
             log.warning(

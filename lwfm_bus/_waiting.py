@@ -35,7 +35,7 @@ from ._states import JobState
 from ._subjects import ROOT, check_token
 from ._triggers import JoinTrigger, Trigger
 
-__all__ = ["never_runs", "wait_for_end"]
+__all__ = ["never_runs", "stored_end", "wait_for_end"]
 
 log = logging.getLogger("lwfm_bus.client")
 
@@ -91,20 +91,9 @@ async def _end_of(bus: EventBus, job_id: str, doomed: Callable[[], Awaitable[Non
     async def stored() -> JobStatus:
         # An end already stored, read by subject (no consumer): with ``live`` subscribed
         # first, an end is either here or heard there.
-        for state in (JobState.COMPLETE, JobState.FAILED, JobState.CANCELLED):
-            try:
-                raw = await bus.jetstream.get_msg(
-                    STREAM, seq=1, subject=f"{ROOT}.*.job.*.{job_id}.{state.value}", next=True
-                )
-            except nats.js.errors.NotFoundError:
-                continue
-            except nats.errors.Error as exc:  # the other two ways still hear it
-                log.debug("wait %s: the stored end could not be read: %r", job_id, exc)
-                break
-            with contextlib.suppress(EventDecodeError):
-                event = decode_event(raw.data or b"", bus.config.max_event_bytes, raw.subject)
-                if isinstance(event, JobStatusEvent):
-                    return event.data
+        end = await stored_end(bus, job_id)
+        if end is not None:
+            return end
         await anyio.sleep_forever()
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -141,6 +130,26 @@ async def _end_of(bus: EventBus, job_id: str, doomed: Callable[[], Awaitable[Non
         return outcome[0]
 
     return await ended()
+
+
+async def stored_end(bus: EventBus, job_id: str) -> JobStatus | None:
+    """The end of ``job_id`` as the stream holds it, read by subject (no consumer); None if it holds
+    none, or cannot be read now (the caller has other ways to hear it, or says nothing)."""
+    for state in (JobState.COMPLETE, JobState.FAILED, JobState.CANCELLED):
+        try:
+            raw = await bus.jetstream.get_msg(
+                STREAM, seq=1, subject=f"{ROOT}.*.job.*.{job_id}.{state.value}", next=True
+            )
+        except nats.js.errors.NotFoundError:
+            continue
+        except nats.errors.Error as exc:
+            log.debug("job %s: the stored end could not be read: %r", job_id, exc)
+            return None
+        with contextlib.suppress(EventDecodeError):
+            event = decode_event(raw.data or b"", bus.config.max_event_bytes, raw.subject)
+            if isinstance(event, JobStatusEvent):
+                return event.data
+    return None
 
 
 async def never_runs(bus: EventBus, index_of: Callable[[], Awaitable[JobIndex]], job_id: str) -> None:

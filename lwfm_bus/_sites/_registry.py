@@ -18,7 +18,6 @@ Errors name the file and the key (``sites.toml: sites.hpc1.max_jobs: ...``).
 from __future__ import annotations
 
 import logging
-import tomllib
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -28,7 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from .._errors import ConfigError
-from .._limits import load_toml_bounded, read_text_bounded
+from .._limits import read_toml_file
 from .._secrets import ENV_NAME, SECRET_NAME
 from .._subjects import check_token
 
@@ -166,13 +165,9 @@ def load_sites(
     sites: dict[str, Any] = {}
     if path is not None and path.exists():
         try:
-            doc = load_toml_bounded(read_text_bounded(path, str(path)), str(path))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+            doc = read_toml_file(path)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
         unknown = set(doc) - {"sites"}
         if unknown:
             raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}; expected [sites.<name>] tables")

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 import lwfm_bus as lb
 from lwfm_bus._config import BusConfig
 from lwfm_bus._errors import PipelineError
-from lwfm_bus._notify import Notify
+from lwfm_bus._notify import Notify, notify_triggers
 from lwfm_bus._notifying import _post
 from lwfm_bus._pipeline import load_pipeline
 from lwfm_bus._pipeline._run import run_pipeline
@@ -226,3 +226,12 @@ def test_a_redirect_is_not_followed(tmp_path: Path) -> None:
             assert hook.paths == ["/hook"], "the redirect's target was never asked"
     finally:
         loop.close()
+
+
+def test_a_plain_webhook_address_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("WARNING", logger="lwfm_bus.client")
+    notify_triggers(Notify(url="secret:HOOK"), lb.new_id(), "quiet", ["j"], "python3")
+    assert not caplog.records
+    notify_triggers(Notify(url="https://hooks.example.org/T0/B0/xyz"), lb.new_id(), "told", ["j"], "python3")
+    [said] = [r.getMessage() for r in caplog.records]
+    assert "secret:NAME" in said and "xyz" not in said  # never the address itself
