@@ -136,17 +136,19 @@ class SshServer:
         """The per-test directory relative to the login directory (what remote paths use)."""
         return str(self.workdir.relative_to(self.home))
 
-    def site_options(self, **extra: object) -> dict[str, object]:
-        """Options of an ``ssh`` site reaching this server (TOML-ready types)."""
+    def login(self) -> dict[str, object]:
+        """How to reach this server: the ``ssh`` table of a site that goes through it (Slurm over SSH)."""
         return {
             "host": self.host,
             "port": self.port,
             "user": self.user,
             "identity_files": [str(self.identity)],
             "known_hosts": str(self.known_hosts),
-            "root": f"{self.rel_workdir}/sites",
-            **extra,
         }
+
+    def site_options(self, **extra: object) -> dict[str, object]:
+        """Options of an ``ssh`` site reaching this server (TOML-ready types)."""
+        return {**self.login(), "root": f"{self.rel_workdir}/sites", **extra}
 
     def start(self) -> None:
         config = self.root / "sshd_config"

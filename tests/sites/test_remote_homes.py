@@ -101,13 +101,7 @@ async def test_an_ssh_sites_bus_home_option_is_the_jobs_home(
 async def test_a_slurm_job_over_ssh_runs_in_its_job_directory_with_a_home_on_the_cluster(
     bus_config: lb.BusConfig, slurm: SlurmCluster, sshd: SshServer, tmp_path: Path
 ) -> None:
-    ssh = {
-        "host": sshd.host,
-        "port": sshd.port,
-        "user": sshd.user,
-        "identity_files": [str(sshd.identity)],
-        "known_hosts": str(sshd.known_hosts),
-    }
+    ssh = sshd.login()
     options = {"adapter": "slurm", **slurm.site_options(ssh=ssh, job_root=f"{sshd.rel_workdir}/slurm")}
     config = bus_config.model_copy(
         update={"sites_file": write_sites(tmp_path / "sites.toml", {"hpc": options}), "agents": ("*",)}

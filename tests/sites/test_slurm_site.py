@@ -339,13 +339,7 @@ async def test_an_agent_on_the_login_node_runs_the_sites_jobs(
 async def test_slurm_commands_over_the_ssh_connection(
     bus_config: lb.BusConfig, slurm: SlurmCluster, sshd: SshServer, tmp_path: Path
 ) -> None:
-    ssh = {
-        "host": sshd.host,
-        "port": sshd.port,
-        "user": sshd.user,
-        "identity_files": [str(sshd.identity)],
-        "known_hosts": str(sshd.known_hosts),
-    }
+    ssh = sshd.login()
     options = {"adapter": "slurm", **slurm.site_options(ssh=ssh, job_root=f"{sshd.rel_workdir}/slurm")}
     async with lb.connect(_config(bus_config, tmp_path, {"hpc": options})) as bus:
         job = await bus.submit(lb.JobDefn.of('echo "$(id -un) $LWFM_JOB_ID"; exit 2'), site="hpc")
